@@ -1,0 +1,295 @@
+"""RasterSource: anything rasterio opens (GeoTIFF, COG, VRT, /vsicurl/ URLs), tiled by its own blocks."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioIOError
+
+from ..cache import TileCache, TileKey
+from ..errors import InvalidArgumentError, SourceNotFoundError, SourceOpenError, TileFetchError
+from .array import _tile_shape
+from ._readahead import Readahead
+from .base import TileSource
+
+#: Tile shape used when a file's blocks make poor tiles (strips, tiny or huge blocks).
+FALLBACK_TILE = 512
+#: Windows ahead whose blocks an in-order pass over a local file decodes on background threads.
+LOCAL_READAHEAD = 4
+#: GDAL's process-wide block cache is capped at this many bytes on first open (see RasterSource).
+GDAL_BLOCK_CACHE_BYTES = 32 * 2**20
+
+_gdal_cache_lock = threading.Lock()
+_gdal_cache_set = False
+
+
+def _cap_gdal_block_cache(nbytes: int | None) -> None:
+    # lazytiles keeps decoded blocks in its own cache; GDAL's block cache (5% of RAM by default)
+    # would hold a second copy of the same pixels. GDAL's cache is process-wide, so this is set once,
+    # and never when the user has chosen a size themselves.
+    global _gdal_cache_set
+    if nbytes is None:
+        return
+    with _gdal_cache_lock:
+        if _gdal_cache_set or "GDAL_CACHEMAX" in os.environ:
+            return
+        if rasterio.env.hasenv() and "GDAL_CACHEMAX" in rasterio.env.getenv():
+            return  # chosen in an enclosing rasterio.Env(GDAL_CACHEMAX=...)
+        # rasterio reports GDAL's effective size (never None), so only ever lower it
+        current = rasterio.env.get_gdal_config("GDAL_CACHEMAX")
+        if not isinstance(current, int) or current > nbytes:
+            rasterio.env.set_gdal_config("GDAL_CACHEMAX", int(nbytes))
+        _gdal_cache_set = True
+
+
+def _drop_gdal_chain(err: BaseException) -> None:
+    # rasterio chains GDAL's CPLE_* errors, which do not unpickle where tblib's pickling support is
+    # installed (seqtools installs it): our errors must cross processes. Their text is in err's.
+    err.__cause__ = err.__context__ = None
+
+
+def _is_remote(path: str) -> bool:
+    return path.startswith(("/vsi", "http://", "https://", "s3://", "gs://", "az://")) or "://" in path
+
+
+#: GDAL options lazytiles applies to network rasters (``/vsicurl/``, ``http(s)://``, ``s3://``...)
+#: unless the user has set them (environment variable, enclosing ``rasterio.Env`` or ``gdal_options``).
+#: They go through ``rasterio.Env`` around each open and tile read, like ``gdal_options``; rasterio
+#: makes those thread-local in every thread but the main one, so read-ahead threads never race.
+REMOTE_GDAL_DEFAULTS: dict[str, str] = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing or sidecar probes per open
+    "GDAL_HTTP_MULTIPLEX": "YES",  # HTTP/2: concurrent range requests share one connection
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",  # adjacent byte ranges in one request
+    "GDAL_HTTP_MAX_RETRY": "4",  # ride out HTTP 429 and 5xx answers...
+    "GDAL_HTTP_RETRY_DELAY": "0.5",  # ...with GDAL's backoff, starting at half a second
+}
+
+
+def _is_network(path: str) -> bool:
+    return "/vsicurl" in path or path.startswith(
+        ("http://", "https://", "ftp://", "s3://", "gs://", "az://", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsioss", "/vsiswift")
+    )
+
+
+def _network_defaults(user: dict[str, Any]) -> dict[str, str]:
+    """The :data:`REMOTE_GDAL_DEFAULTS` the user has not set in any way."""
+    return {
+        key: value
+        for key, value in REMOTE_GDAL_DEFAULTS.items()
+        if key not in user and key not in os.environ and rasterio.env.get_gdal_config(key) is None
+    }
+
+
+def _tile_shape_for(block_shape: tuple[int, int], height: int, width: int) -> tuple[int, int]:
+    """The file's block shape when it makes a good tile; else about 512x512, in whole blocks."""
+    bh, bw = block_shape
+    if 64 <= bh <= 4096 and 64 <= bw <= 4096:
+        return bh, bw
+
+    def fit(block: int) -> int:  # short blocks (strips): a whole number of them; long ones: 512
+        return max(block, FALLBACK_TILE // block * block) if block < FALLBACK_TILE else FALLBACK_TILE
+
+    return min(fit(bh), height), min(fit(bw), width)
+
+
+class RasterSource(TileSource):
+    """A raster file or URL read through rasterio, one internal block per tile.
+
+    Each thread (and each process) opens its own dataset handle on first use, because GDAL handles are
+    not thread-safe; the source itself pickles as its recipe (path and options), never as a handle.
+
+    Parameters
+    ----------
+    path
+        Anything ``rasterio.open`` accepts: a file, a VRT, ``/vsicurl/https://...``, ``s3://...``.
+    bands
+        1-based band indexes to read, e.g. ``(1, 2, 3)`` for the RGB of an RGBN image (default: all).
+    nodata
+        Overrides the file's nodata value; also what fills pixels outside the raster.
+    tile_shape
+        Overrides the tile shape (default: the file's block shape, or 512x512 for striped files).
+    cache
+        The :class:`~lazytiles.TileCache` to use (default: the process-wide one).
+    gdal_options
+        GDAL configuration options applied while opening and reading (``rasterio.Env`` keywords),
+        e.g. ``{"GDAL_HTTP_MULTIPLEX": "YES"}``.
+    gdal_cache_bytes
+        On the first open in a process, GDAL's process-wide block cache is capped at this many bytes
+        (default 32 MiB) unless ``GDAL_CACHEMAX`` is already set; lazytiles keeps decoded blocks in
+        its own cache, so a large GDAL cache would only hold a second copy. ``None`` leaves GDAL alone.
+    readahead
+        Windows ahead whose blocks an in-order pass reads early on background threads (default:
+        ``2 * max_connections`` for network rasters, :data:`LOCAL_READAHEAD` for local files; 0
+        turns it off). The blocks of each window are also read concurrently. Decoding releases the
+        GIL, so on a local file this spreads decompression over the cores while the consuming thread
+        assembles windows. Network rasters get :data:`REMOTE_GDAL_DEFAULTS` (directory listing off,
+        merged ranges, HTTP/2 multiplexing, retries) where not set already.
+    max_connections
+        Background threads, each with its own GDAL handle (and so, for a network raster, its own
+        HTTP connection); default 16 for network rasters, the number of CPUs (at most 4) for local
+        files.
+
+    Raises
+    ------
+    SourceNotFoundError
+        The local path does not exist.
+    SourceOpenError
+        rasterio cannot open it as a raster.
+
+    Examples
+    --------
+    >>> import lazytiles as lt
+    >>> src = lt.open(sample_cog)            # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        bands: Sequence[int] | None = None,
+        nodata: float | None = None,
+        tile_shape: int | tuple[int, int] | None = None,
+        cache: TileCache | None = None,
+        gdal_options: dict[str, Any] | None = None,
+        gdal_cache_bytes: int | None = GDAL_BLOCK_CACHE_BYTES,
+        readahead: int | None = None,
+        max_connections: int | None = None,
+    ) -> None:
+        if not isinstance(path, str | os.PathLike):
+            raise InvalidArgumentError(f"path must be a string or os.PathLike, got {type(path).__name__} {path!r}")
+        self.path = os.fspath(path)
+        self._user_gdal_options = dict(gdal_options or {})
+        network = _is_network(self.path)
+        defaults = _network_defaults(self._user_gdal_options) if network else {}
+        self._gdal_options = {**defaults, **self._user_gdal_options}
+        if readahead is not None and (isinstance(readahead, bool) or not isinstance(readahead, int) or readahead < 0):
+            raise InvalidArgumentError(f"readahead must be a number of windows >= 0, got {readahead!r}")
+        if max_connections is not None and (
+            isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1
+        ):
+            raise InvalidArgumentError(f"max_connections must be a positive int, got {max_connections!r}")
+        self._explicit_readahead, self._max_connections = readahead, max_connections
+        threads = max_connections or (16 if network else min(4, os.cpu_count() or 1))
+        if readahead is None:
+            readahead = 2 * threads if network else LOCAL_READAHEAD
+        self.readahead = readahead
+        self._readahead = Readahead(threads, "lazytiles-raster") if network or self.readahead else None
+        self._gdal_cache_bytes = gdal_cache_bytes
+        self._local = threading.local()  # one GDAL handle per thread
+        _cap_gdal_block_cache(gdal_cache_bytes)
+        if not _is_remote(self.path) and not Path(self.path).exists():
+            raise SourceNotFoundError(
+                f"no such file: {self.path!r}; check the path (relative paths are from {os.getcwd()!r})"
+            )
+        ds = self._dataset()
+        self.crs = ds.crs
+        self.transform = ds.transform
+        self.height, self.width = ds.height, ds.width
+        all_bands = tuple(range(1, ds.count + 1))
+        if bands is None:
+            bands = all_bands
+        bands = tuple(int(b) for b in bands)
+        if not bands or any(b not in all_bands for b in bands):
+            raise InvalidArgumentError(
+                f"bands={bands!r} are not all bands of {self.path!r}, which has bands {all_bands}; "
+                "band indexes start at 1 as in rasterio"
+            )
+        self.bands = bands
+        self.count = len(bands)
+        dtypes = {ds.dtypes[b - 1] for b in bands}
+        if len(dtypes) > 1:
+            raise SourceOpenError(
+                f"{self.path!r} has bands of several dtypes {sorted(dtypes)}; pick bands of one dtype with bands=..."
+            )
+        self.dtype = np.dtype(dtypes.pop())
+        self.nodata = ds.nodata if nodata is None else nodata
+        if tile_shape is None:
+            self.tile_shape = _tile_shape_for(ds.block_shapes[bands[0] - 1], self.height, self.width)
+        else:
+            self.tile_shape = _tile_shape(tile_shape)
+        self.overviews = tuple(ds.overviews(bands[0]))
+        self._explicit_tile_shape = tile_shape
+        self._explicit_nodata = nodata
+        self._init_tiles(cache)
+
+    # -- handles -----------------------------------------------------------------------------------
+
+    def _dataset(self) -> rasterio.io.DatasetReader:
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():  # first use here, or a forked child
+            try:
+                with rasterio.Env(**self._gdal_options):
+                    local.ds = rasterio.open(self.path)
+            except RasterioIOError as err:
+                _drop_gdal_chain(err)
+                raise SourceOpenError(
+                    f"rasterio could not open {self.path!r} as a raster: {err}; check that it is a "
+                    "GeoTIFF, COG, VRT or another format GDAL reads, and that any URL is reachable"
+                ) from err
+            local.pid = os.getpid()
+        return local.ds
+
+    @property
+    def token(self) -> str:
+        return (
+            f"raster:{self.path}|bands={','.join(map(str, self.bands))}|tile={self.tile_shape[0]}x"
+            f"{self.tile_shape[1]}"
+        )
+
+    def _read_tile(self, key: TileKey) -> np.ndarray:
+        w = self.grid.tile_window(key.row, key.col)
+        try:
+            ds = self._dataset()
+            if self._gdal_options:
+                with rasterio.Env(**self._gdal_options):
+                    return ds.read(self.bands, window=w)
+            return ds.read(self.bands, window=w)
+        except (RasterioIOError, OSError) as err:
+            self._count("failures")
+            _drop_gdal_chain(err)
+            raise TileFetchError(f"tile {key} ({w!r}) of {self.path!r} could not be read: {err}") from err
+
+    def preview(self, max_size: int = 1024) -> np.ndarray:
+        """The whole raster scaled to at most ``max_size`` pixels a side, read from overviews where
+        the file has them (GDAL picks the level); no tile cache involved."""
+        scale = max(self.height, self.width) / max_size
+        if scale <= 1:
+            return self._dataset().read(self.bands)
+        shape = (self.count, max(1, round(self.height / scale)), max(1, round(self.width / scale)))
+        return self._dataset().read(self.bands, out_shape=shape)
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["path"] = self.path
+        info["overviews"] = self.overviews
+        return info
+
+    def __reduce__(self) -> tuple[Any, ...]:  # the recipe: no handle, lock or tiles
+        return (
+            partial(
+                RasterSource,
+                bands=self.bands,
+                nodata=self._explicit_nodata,
+                tile_shape=self._explicit_tile_shape,
+                cache=self.cache,
+                gdal_options=self._user_gdal_options or None,
+                gdal_cache_bytes=self._gdal_cache_bytes,
+                readahead=self._explicit_readahead,
+                max_connections=self._max_connections,
+            ),
+            (self.path,),
+        )
+
+    def __repr__(self) -> str:
+        crs = None if self.crs is None else self.crs.to_string()
+        return (
+            f"RasterSource({self.path!r})  # {self.count}x{self.height}x{self.width} {self.dtype.name}, "
+            f"crs={crs}, tiles {self.tile_shape[0]}x{self.tile_shape[1]}"
+        )
