@@ -1,0 +1,577 @@
+"""A real tile server on 127.0.0.1 for tests, benchmarks, notebooks and ``lazytiles demo``.
+
+:class:`TileServer` serves a directory over HTTP/1.1 with keep-alive and byte ranges (``Range``,
+``206 Partial Content``, ``HEAD``, ``Accept-Ranges``: what GDAL's ``/vsicurl/`` needs to read a COG),
+and injects faults on request: latency, HTTP errors, 429 with ``Retry-After``, truncated bodies,
+hanging connections, garbage bytes and absent tiles. It counts requests per path. Files that do not
+exist answer 404, so a directory of tiles is a tile service whose coverage ends where the files do.
+
+:func:`write_xyz_tiles` writes an image aligned to the web-mercator grid as ``{z}/{x}/{y}.png`` tiles.
+
+Examples
+--------
+>>> import tempfile, numpy as np, lazytiles as lt
+>>> from lazytiles.tileserver import TileServer, write_xyz_tiles
+>>> image = np.random.default_rng(0).integers(0, 255, (3, 512, 512), dtype=np.uint8)
+>>> tiles = tempfile.mkdtemp()
+>>> cover = write_xyz_tiles(image, tiles, zoom=10, top_left_tile=(550, 335))
+>>> with TileServer(tiles) as server:
+...     src = lt.open(server.template(), zoom=10, tile_size=256)
+...     server.fail(times=1)                      # every tile answers HTTP 500 once, then works
+...     window = lt.windows(src, size=512, bounds=cover.bounds)[0]
+...     hits = server.hits
+>>> bool((window.data == image).all()), sorted(hits.values())
+(True, [2, 2, 2, 2])
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import mimetypes
+import os
+import posixpath
+import re
+import socket
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+from rasterio.windows import Window
+
+from .errors import InvalidArgumentError
+from .grid import Bounds, mercator_bounds, tile_lnglat_bounds
+
+FAULT_KINDS = ("error", "throttle", "truncate", "hang", "garbage", "absent", "drop")
+#: What a "garbage" fault sends instead of the file: bytes that are no image.
+GARBAGE = b"<html>not a tile</html>\n" + bytes(range(256)) * 4
+
+
+@dataclass
+class _Fault:
+    kind: str
+    pattern: str
+    times: int | None  # per matching path; None: every request
+    options: dict[str, Any]
+    used: Counter[str] = field(default_factory=Counter)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+    allow_reuse_address = True
+    owner: TileServer
+
+    def server_activate(self) -> None:
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().server_activate()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """End every kept-alive connection, so no handler thread outlives the server."""
+        with self._open_lock:
+            open_sockets = list(self._open)
+        for sock in open_sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that time out or give up close their end mid-response: not a server error.
+        import sys
+
+        err = sys.exc_info()[1]
+        if isinstance(err, ConnectionError | socket.timeout | TimeoutError):
+            return
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms stall
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: the owner counts requests
+        pass
+
+    def do_GET(self) -> None:
+        self._serve(head=False)
+
+    def do_HEAD(self) -> None:
+        self._serve(head=True)
+
+    def _send(
+        self, status: int, body: bytes, ctype: str = "text/plain", head: bool = False, **headers: str
+    ) -> None:
+        self.send_response(status)
+        if status != 204:
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name.replace("_", "-"), value)
+        self.end_headers()
+        if not head and status != 204:
+            self.wfile.write(body)
+
+    def _serve(self, head: bool) -> None:
+        owner = self.server.owner
+        path = urlsplit(self.path).path
+        owner._record(path, self.headers, self.client_address)
+        try:
+            self._answer(owner, path, head)
+        finally:
+            owner._done()
+
+    def _answer(self, owner: TileServer, path: str, head: bool) -> None:
+        if owner.latency > 0:
+            time.sleep(owner.latency)  # the simulated network, not a synchronisation
+        fault = owner._take_fault(path)
+        if fault is not None and self._fault(fault, path, head):
+            return
+        file = owner._resolve(path)
+        if file is None:
+            self._send(404, b"no such tile\n", head=head)
+            return
+        size = file.stat().st_size
+        ctype = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        start, end = 0, size - 1
+        status = 200
+        extra = {"Accept_Ranges": "bytes"}
+        spec = self.headers.get("Range")
+        if spec:
+            m = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", spec)  # one range; several get the whole file
+            if m and (m[1] or m[2]):
+                if m[1]:
+                    start, end = int(m[1]), min(int(m[2]) if m[2] else size - 1, size - 1)
+                else:
+                    start = max(0, size - int(m[2]))
+                if start >= size or start > end:
+                    self._send(416, b"", head=head, Content_Range=f"bytes */{size}", **extra)
+                    return
+                status = 206
+                extra["Content_Range"] = f"bytes {start}-{end}/{size}"
+        with open(file, "rb") as f:
+            f.seek(start)
+            body = f.read(end - start + 1)
+        self._send(status, body, ctype, head, **extra)
+
+    def _fault(self, fault: _Fault, path: str, head: bool) -> bool:
+        """Answer with ``fault``; False when it needs a file that is not there (then serve normally)."""
+        kind, opts = fault.kind, fault.options
+        if kind == "error":
+            self._send(opts["status"], b"injected failure\n", head=head)
+        elif kind == "throttle":
+            wait = opts["retry_after"]
+            value = str(int(wait)) if float(wait).is_integer() else str(wait)
+            self._send(429, b"slow down\n", head=head, Retry_After=value)
+        elif kind == "absent":
+            self._send(opts["status"], b"" if opts["status"] == 204 else b"no such tile\n", head=head)
+        elif kind == "garbage":
+            self._send(200, GARBAGE, "image/png", head)
+        elif kind == "hang":
+            self.server.owner._release.wait(self.server.owner.hang_timeout)
+            self.close_connection = True  # give up without a word
+        elif kind == "drop":
+            self.close_connection = True
+        elif kind == "truncate":
+            file = self.server.owner._resolve(path)
+            if file is None:
+                return False
+            body = file.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Type", mimetypes.guess_type(file.name)[0] or "application/octet-stream")
+            self.end_headers()
+            if not head:
+                self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+        return True
+
+
+class TileServer:
+    """Serve ``directory`` on 127.0.0.1 from a background thread, with switchable faults.
+
+    Parameters
+    ----------
+    directory
+        The files to serve; ``/a/b.png`` is ``directory/a/b.png``. Nothing outside it is reachable.
+    host, port
+        Where to listen (default: 127.0.0.1 and a free port).
+    latency
+        Seconds each request waits before it is answered (settable at any time).
+    hang_timeout
+        Longest a hung request is held (see :meth:`hang`).
+
+    Notes
+    -----
+    Faults are set per path pattern (``fnmatch`` on the URL path, ``"*"`` for all) and apply to the
+    first ``times`` requests of *each* matching path (``times=None``: every request), earliest rule
+    first; a path with no fault left is served normally. So ``server.fail(times=2)`` makes every tile
+    fail twice, then work: a client with 2 retries must still read everything exactly.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency: float = 0.0,
+        hang_timeout: float = 30.0,
+    ) -> None:
+        self.directory = Path(directory).resolve()
+        if not self.directory.is_dir():
+            raise InvalidArgumentError(f"directory {os.fspath(directory)!r} is not a directory; pass the tile root")
+        self.host, self.port = host, port
+        self.latency = float(latency)
+        self.hang_timeout = float(hang_timeout)
+        self._lock = threading.Lock()
+        self._faults: list[_Fault] = []
+        self._hits: Counter[str] = Counter()
+        self._times: defaultdict[str, list[float]] = defaultdict(list)
+        self._headers: dict[str, str] = {}
+        self._in_flight = self._peak = 0
+        self._clients: set[tuple[Any, ...]] = set()
+        self._release = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- life cycle --------------------------------------------------------------------------------
+
+    def start(self) -> TileServer:
+        """Start serving (no-op when already started); returns the server."""
+        if self._server is None:
+            self._release.clear()
+            server = _Server((self.host, self.port), _Handler)
+            server.owner = self
+            self._server = server
+            self.port = server.server_address[1]
+            self._thread = threading.Thread(
+                target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="lazytiles-tileserver", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Release hung requests, stop serving and close the socket."""
+        server, self._server = self._server, None
+        self._release.set()
+        if server is not None:
+            server.shutdown()
+            server.close_connections()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def __enter__(self) -> TileServer:
+        return self.start()
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``, no trailing slash."""
+        return f"http://{self.host}:{self.port}"
+
+    def template(self, pattern: str = "{z}/{x}/{y}.png") -> str:
+        """The tile-URL template of tiles laid out as ``pattern`` under the directory."""
+        return f"{self.url}/{pattern.lstrip('/')}"
+
+    # -- counting ----------------------------------------------------------------------------------
+
+    def _record(self, path: str, headers: Any, client: Any) -> None:
+        with self._lock:
+            self._clients.add(tuple(client))
+            self._hits[path] += 1
+            self._times[path].append(time.monotonic())
+            self._headers = dict(headers.items())
+            self._in_flight += 1
+            self._peak = max(self._peak, self._in_flight)
+
+    def _done(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    @property
+    def last_headers(self) -> dict[str, str]:
+        """The headers of the latest request (User-Agent, API keys, Range...)."""
+        with self._lock:
+            return dict(self._headers)
+
+    @property
+    def connections(self) -> int:
+        """Distinct client connections (address and port) that sent requests since :meth:`reset_counts`."""
+        with self._lock:
+            return len(self._clients)
+
+    @property
+    def peak_in_flight(self) -> int:
+        """Most requests being answered at the same moment since the last :meth:`reset_counts`."""
+        with self._lock:
+            return self._peak
+
+    @property
+    def hits(self) -> Counter[str]:
+        """Requests per URL path so far (a copy), including failed and faulted ones."""
+        with self._lock:
+            return Counter(self._hits)
+
+    @property
+    def requests(self) -> int:
+        """All requests so far."""
+        with self._lock:
+            return sum(self._hits.values())
+
+    def request_times(self, path: str) -> list[float]:
+        """``time.monotonic()`` at the arrival of each request for ``path``."""
+        with self._lock:
+            return list(self._times.get(path, ()))
+
+    def reset_counts(self) -> None:
+        """Forget the request counts, times, connections and peak."""
+        with self._lock:
+            self._hits.clear()
+            self._times.clear()
+            self._peak = self._in_flight
+            self._clients.clear()
+
+    # -- faults ------------------------------------------------------------------------------------
+
+    def inject(self, kind: str, path: str = "*", *, times: int | None = 1, **options: Any) -> None:
+        """Make the first ``times`` requests of each path matching ``path`` fail as ``kind``.
+
+        Kinds: ``error`` (``status=500``), ``throttle`` (429, ``retry_after=1`` seconds), ``truncate``
+        (half the body, then the connection closes), ``hang`` (held until :meth:`release`, the
+        ``hang_timeout`` or :meth:`stop`, then closed without an answer), ``garbage`` (200 with bytes
+        that are no image), ``absent`` (``status=404`` or 204 even where the file exists), ``drop``
+        (connection closed at once). The helpers :meth:`fail`, :meth:`throttle`, ... call this.
+        """
+        if kind not in FAULT_KINDS:
+            raise InvalidArgumentError(f"fault kind must be one of {', '.join(FAULT_KINDS)}, got {kind!r}")
+        if times is not None and (isinstance(times, bool) or not isinstance(times, int) or times < 1):
+            raise InvalidArgumentError(f"times must be a positive int, or None for every request, got {times!r}")
+        defaults: dict[str, dict[str, Any]] = {"error": {"status": 500}, "throttle": {"retry_after": 1}, "absent": {"status": 404}}
+        opts = {**defaults.get(kind, {}), **options}
+        with self._lock:
+            self._faults.append(_Fault(kind, path, times, opts))
+
+    def fail(self, path: str = "*", *, times: int | None = 1, status: int = 500) -> None:
+        """Answer HTTP ``status`` (default 500)."""
+        self.inject("error", path, times=times, status=status)
+
+    def throttle(self, path: str = "*", *, times: int | None = 1, retry_after: float = 1) -> None:
+        """Answer 429 Too Many Requests with ``Retry-After: retry_after`` (seconds)."""
+        self.inject("throttle", path, times=times, retry_after=retry_after)
+
+    def truncate(self, path: str = "*", *, times: int | None = 1) -> None:
+        """Send the full ``Content-Length`` but half the body, then close the connection."""
+        self.inject("truncate", path, times=times)
+
+    def hang(self, path: str = "*", *, times: int | None = 1) -> None:
+        """Accept the request and never answer (until :meth:`release`, ``hang_timeout`` or :meth:`stop`)."""
+        self.inject("hang", path, times=times)
+
+    def garbage(self, path: str = "*", *, times: int | None = 1) -> None:
+        """Answer 200 with bytes that are not an image."""
+        self.inject("garbage", path, times=times)
+
+    def absent(self, path: str = "*", *, times: int | None = None, status: int = 404) -> None:
+        """Answer 404 (or 204) as if the tile did not exist; every time by default."""
+        self.inject("absent", path, times=times, status=status)
+
+    def release(self) -> None:
+        """Let every hung request go (each closes without an answer); later hangs are not held."""
+        self._release.set()
+
+    def clear_faults(self) -> None:
+        """Remove every fault and re-arm :meth:`hang`."""
+        with self._lock:
+            self._faults.clear()
+        self._release.clear()
+
+    def _take_fault(self, path: str) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.pattern == "*" or fnmatch.fnmatchcase(path, fault.pattern):
+                    if fault.times is None or fault.used[path] < fault.times:
+                        fault.used[path] += 1
+                        return fault
+        return None
+
+    def _resolve(self, path: str) -> Path | None:
+        rel = posixpath.normpath("/" + unquote(path)).lstrip("/")  # "/.." cannot climb above "/"
+        if not rel or "\x00" in rel:
+            return None
+        file = self.directory / rel
+        return file if file.is_file() else None
+
+    def __repr__(self) -> str:
+        state = f"serving at {self.url}" if self._server is not None else "stopped"
+        return f"TileServer({os.fspath(self.directory)!r}, latency={self.latency})  # {state}"
+
+
+# -- tiles from an array ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class XYZCoverage:
+    """The block of XYZ tiles :func:`write_xyz_tiles` wrote: ``cols`` x ``rows`` tiles from ``(x, y)``."""
+
+    zoom: int
+    x: int
+    y: int
+    cols: int
+    rows: int
+    tile_size: int
+
+    @property
+    def bounds(self) -> Bounds:
+        """(left, bottom, right, top) in EPSG:3857 metres."""
+        left, _, _, top = mercator_bounds(self.zoom, self.y, self.x)
+        _, bottom, right, _ = mercator_bounds(self.zoom, self.y + self.rows - 1, self.x + self.cols - 1)
+        return (left, bottom, right, top)
+
+    @property
+    def lnglat_bounds(self) -> Bounds:
+        """(west, south, east, north) in degrees."""
+        west, _, _, north = tile_lnglat_bounds(self.zoom, self.y, self.x)
+        _, south, east, _ = tile_lnglat_bounds(self.zoom, self.y + self.rows - 1, self.x + self.cols - 1)
+        return (west, south, east, north)
+
+    @property
+    def window(self) -> Window:
+        """The pixels of the block in the zoom's whole-world grid (what an ``XYZSource`` reads)."""
+        ts = self.tile_size
+        return Window(self.x * ts, self.y * ts, self.cols * ts, self.rows * ts)
+
+    def tiles(self) -> list[tuple[int, int]]:
+        """(x, y) of every tile, row by row."""
+        return [(self.x + c, self.y + r) for r in range(self.rows) for c in range(self.cols)]
+
+    def __contains__(self, tile: object) -> bool:
+        if not isinstance(tile, tuple) or len(tile) != 2:
+            return False
+        x, y = tile
+        return self.x <= x < self.x + self.cols and self.y <= y < self.y + self.rows
+
+    def __len__(self) -> int:
+        return self.cols * self.rows
+
+
+_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+
+
+def write_xyz_tiles(
+    array: np.ndarray,
+    directory: str | os.PathLike[str],
+    *,
+    zoom: int,
+    top_left_tile: tuple[int, int] = (0, 0),
+    tile_size: int = 256,
+    template: str = "{z}/{x}/{y}.png",
+    **save_options: Any,
+) -> XYZCoverage:
+    """Cut a uint8 image ``(bands, rows, cols)`` into XYZ tiles under ``directory``.
+
+    The image's upper-left pixel is the upper-left pixel of tile ``top_left_tile = (x, y)`` at
+    ``zoom``; its height and width must be whole numbers of ``tile_size``. Bands 1 to 4 are written
+    as grey, grey+alpha, RGB or RGBA; the format follows the template's extension (PNG is lossless,
+    so reading the tiles back gives the image bit for bit). ``{-y}`` and ``{q}`` templates work too.
+
+    Returns
+    -------
+    XYZCoverage
+        Which tiles were written, with their bounds and pixel window.
+    """
+    from PIL import Image
+
+    from .grid import quadkey
+
+    image = np.asarray(array)
+    if image.ndim == 2:
+        image = image[np.newaxis]
+    if image.ndim != 3 or image.dtype != np.uint8 or image.shape[0] not in _MODES:
+        raise InvalidArgumentError(
+            f"array must be uint8 (bands, rows, cols) with 1 to 4 bands, got {image.dtype} {image.shape}"
+        )
+    bands, height, width = image.shape
+    if height % tile_size or width % tile_size or not height:
+        raise InvalidArgumentError(
+            f"array of {height}x{width} px is not whole {tile_size}-px tiles; crop or pad it to multiples of {tile_size}"
+        )
+    x0, y0 = top_left_tile
+    rows, cols = height // tile_size, width // tile_size
+    n = 2**zoom
+    if not (0 <= x0 and x0 + cols <= n and 0 <= y0 and y0 + rows <= n):
+        raise InvalidArgumentError(
+            f"{cols}x{rows} tiles from top_left_tile={top_left_tile} do not fit the {n}x{n} tiles of zoom {zoom}"
+        )
+    root = Path(directory)
+    for r in range(rows):
+        for c in range(cols):
+            x, y = x0 + c, y0 + r
+            name = (
+                template.replace("{z}", str(zoom))
+                .replace("{x}", str(x))
+                .replace("{-y}", str(n - 1 - y))
+                .replace("{y}", str(y))
+                .replace("{q}", quadkey(zoom, y, x))
+            )
+            path = root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            block = image[:, r * tile_size : (r + 1) * tile_size, c * tile_size : (c + 1) * tile_size]
+            pixels = block[0] if bands == 1 else np.ascontiguousarray(block.transpose(1, 2, 0))
+            Image.fromarray(pixels).save(path, **save_options)  # mode from the shape: L, LA, RGB, RGBA
+    return XYZCoverage(zoom, x0, y0, cols, rows, tile_size)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m lazytiles.tileserver DIR [--latency S] [--port P]``: serve until SIGINT or SIGTERM.
+
+    Prints the server's URL on the first line of stdout, so a parent process can read it, and on
+    exit a JSON line ``{"requests": N, "paths": M}`` (M: distinct URL paths asked for).
+    """
+    import json
+    import signal
+
+    parser = argparse.ArgumentParser(prog="python -m lazytiles.tileserver", description=main.__doc__)
+    parser.add_argument("directory")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with TileServer(args.directory, port=args.port, latency=args.latency) as server:
+        print(server.url, flush=True)
+        while not stop.wait(0.5):
+            pass
+        hits = server.hits
+    print(json.dumps({"requests": sum(hits.values()), "paths": len(hits)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["FAULT_KINDS", "TileServer", "XYZCoverage", "main", "write_xyz_tiles"]
