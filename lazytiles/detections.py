@@ -1,0 +1,368 @@
+"""Detections: boxes found in a source, in its pixel grid, with scores, labels and where they came from."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from affine import Affine
+from rasterio.crs import CRS
+
+from ._index import select
+from .errors import CRSError, InvalidArgumentError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from PIL import Image as PILImage
+
+#: Rows shown by ``Detections._repr_html_``.
+HTML_ROWS = 10
+
+
+class Detections:
+    """Objects found in a source.
+
+    Attributes
+    ----------
+    boxes
+        ``(N, 4)`` float64, ``x0, y0, x1, y1`` in the source's pixel grid (x = column, y = row;
+        ``x1``/``y1`` exclusive, like a pixel window's right and bottom edges).
+    scores
+        ``(N,)`` float32 confidences.
+    labels
+        ``(N,)`` int64 class ids.
+    window_index
+        ``(N,)`` int64: the index of the window each box was found in (-1 when not from a window).
+    partial
+        ``(N,)`` bool: the box touches an edge of its window that is inside the area processed, so
+        the object may continue in a neighbouring window.
+    transform, crs
+        The source's georeferencing: ``transform * (x, y)`` is a map coordinate in ``crs``.
+    """
+
+    __slots__ = ("boxes", "scores", "labels", "window_index", "partial", "transform", "crs")
+
+    def __init__(
+        self,
+        boxes: Any,
+        scores: Any,
+        labels: Any,
+        window_index: Any = None,
+        *,
+        partial: Any = None,
+        transform: Affine | None = None,
+        crs: CRS | str | None = None,
+    ) -> None:
+        boxes = np.asarray(boxes, dtype=np.float64)
+        if boxes.size == 0:
+            boxes = boxes.reshape(0, 4)
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise InvalidArgumentError(f"boxes must be (N, 4) x0, y0, x1, y1, got shape {boxes.shape}")
+        n = len(boxes)
+
+        def column(value: Any, dtype: Any, default: Any, name: str) -> np.ndarray:
+            arr = np.full(n, default, dtype=dtype) if value is None else np.asarray(value, dtype=dtype).reshape(-1)
+            if arr.shape != (n,):
+                raise InvalidArgumentError(f"{name} must have one value per box ({n}), got shape {arr.shape}")
+            return arr
+
+        self.boxes = boxes
+        self.scores = column(scores, np.float32, 1.0, "scores")
+        self.labels = column(labels, np.int64, 0, "labels")
+        self.window_index = column(window_index, np.int64, -1, "window_index")
+        self.partial = column(partial, bool, False, "partial")
+        self.transform = Affine.identity() if transform is None else transform
+        self.crs = CRS.from_user_input(crs) if isinstance(crs, str) else crs
+
+    # -- a sequence of boxes -----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def __getitem__(self, key: Any) -> Detections:
+        """Boxes selected by an int, slice, integer array or boolean mask: ``dets[dets.scores > 0.5]``."""
+        picked = select(range(len(self)), key, what="detection")
+        idx = np.array([picked]) if isinstance(picked, int) else np.asarray(picked, dtype=np.int64)
+        return self._take(idx)
+
+    def _take(self, idx: np.ndarray) -> Detections:
+        return Detections(
+            self.boxes[idx],
+            self.scores[idx],
+            self.labels[idx],
+            self.window_index[idx],
+            partial=self.partial[idx],
+            transform=self.transform,
+            crs=self.crs,
+        )
+
+    @classmethod
+    def empty(cls, *, transform: Affine | None = None, crs: CRS | None = None) -> Detections:
+        """No boxes, with the given georeferencing."""
+        return cls(np.zeros((0, 4)), [], [], [], transform=transform, crs=crs)
+
+    @classmethod
+    def concat(cls, items: Iterable[Detections]) -> Detections:
+        """All boxes of ``items`` in one :class:`Detections` (georeferencing from the first)."""
+        items = list(items)
+        if not items:
+            return cls.empty()
+        for d in items:
+            if not isinstance(d, Detections):
+                raise InvalidArgumentError(f"can only concatenate Detections, got {type(d).__name__}")
+        first = items[0]
+        return cls(
+            np.concatenate([d.boxes for d in items]),
+            np.concatenate([d.scores for d in items]),
+            np.concatenate([d.labels for d in items]),
+            np.concatenate([d.window_index for d in items]),
+            partial=np.concatenate([d.partial for d in items]),
+            transform=first.transform,
+            crs=first.crs,
+        )
+
+    # -- georeferencing --------------------------------------------------------------------------------
+
+    def _crs_for(self, crs: CRS | str | int | None, what: str) -> CRS | None:
+        from .sources.base import to_crs
+
+        target = to_crs(crs, "crs")
+        if target is not None and self.crs is None:
+            raise CRSError(
+                f"{what} needs the detections' CRS, but they have none; detect on a source with a CRS, or "
+                "give lt.Detections(..., crs=...)"
+            )
+        return target
+
+    def outlines(self, crs: CRS | str | int | None = None, *, densify: int = 0) -> np.ndarray:
+        """``(N, P, 2)`` map coordinates of each box's outline, clockwise in pixels from (x0, y0).
+
+        ``P = 4 * (densify + 1)``: the 4 corners, plus ``densify`` points along each edge (useful when
+        reprojecting large boxes to a CRS in which straight edges bend). In the source CRS without
+        ``crs``, otherwise reprojected to it. No ring closure point.
+        """
+        if isinstance(densify, bool) or not isinstance(densify, int) or densify < 0:
+            raise InvalidArgumentError(f"densify must be an integer >= 0 (points per edge), got {densify!r}")
+        target = self._crs_for(crs, "outlines(crs=...)")
+        b = self.boxes
+        t = np.linspace(0.0, 1.0, densify + 2)[:-1]  # along an edge, excluding its end corner
+        x0, y0, x1, y1 = (b[:, k : k + 1] for k in range(4))
+        xs = np.concatenate([x0 + (x1 - x0) * t, np.broadcast_to(x1, (len(b), len(t))), x1 - (x1 - x0) * t,
+                             np.broadcast_to(x0, (len(b), len(t)))], axis=1)  # fmt: skip
+        ys = np.concatenate([np.broadcast_to(y0, (len(b), len(t))), y0 + (y1 - y0) * t,
+                             np.broadcast_to(y1, (len(b), len(t))), y1 - (y1 - y0) * t], axis=1)  # fmt: skip
+        a = self.transform
+        mx, my = a.a * xs + a.b * ys + a.c, a.d * xs + a.e * ys + a.f
+        if target is not None and target != self.crs and len(b):
+            import rasterio.warp
+
+            wx, wy = rasterio.warp.transform(self.crs, target, mx.ravel(), my.ravel())
+            mx, my = np.asarray(wx).reshape(mx.shape), np.asarray(wy).reshape(my.shape)
+        return np.stack([mx, my], axis=-1)
+
+    def geo_boxes(self, crs: CRS | str | int | None = None, *, densify: int = 0) -> np.ndarray:
+        """``(N, 4)`` (left, bottom, right, top) of each box in map coordinates; no I/O.
+
+        In the source CRS by default; with ``crs`` (e.g. ``"EPSG:4326"``, lon/lat) the box's corners
+        (and ``densify`` points per edge) are reprojected and the result is their bounding box.
+
+        Examples
+        --------
+        >>> from affine import Affine
+        >>> import lazytiles as lt
+        >>> utm = Affine(10, 0, 500_000, 0, -10, 6_000_000)
+        >>> d = lt.Detections([[0, 0, 10, 20]], [0.9], [1], transform=utm, crs="EPSG:32633")
+        >>> d.geo_boxes()
+        array([[ 500000., 5999800.,  500100., 6000000.]])
+        >>> d.geo_boxes("EPSG:4326").round(4)
+        array([[15.    , 54.1463, 15.0015, 54.1481]])
+        """
+        ring = self.outlines(crs, densify=densify)
+        if not len(ring):
+            return np.zeros((0, 4))
+        return np.stack([ring[..., 0].min(1), ring[..., 1].min(1), ring[..., 0].max(1), ring[..., 1].max(1)], axis=1)
+
+    def polygons(self, crs: CRS | str | int | None = None, *, densify: int = 0) -> np.ndarray:
+        """Each box as a shapely Polygon in map coordinates (source CRS, or ``crs``); an object array."""
+        import shapely
+
+        ring = self.outlines(crs, densify=densify)
+        if not len(ring):
+            return np.empty(0, dtype=object)
+        return shapely.polygons(np.concatenate([ring, ring[:, :1]], axis=1))
+
+    def _columns(self) -> dict[str, np.ndarray]:
+        return {
+            "score": self.scores.astype(np.float64),
+            "label": self.labels,
+            "window_index": self.window_index,
+            "partial": self.partial,
+        }
+
+    # -- writers -----------------------------------------------------------------------------------
+
+    def to_geojson(self, path: str | os.PathLike[str], *, densify: int = 0) -> str:
+        """Write an RFC 7946 GeoJSON FeatureCollection: one Polygon Feature per box, in lon/lat.
+
+        Coordinates are EPSG:4326 longitude, latitude (as RFC 7946 requires, whatever the source CRS),
+        rings counter-clockwise; properties ``score``, ``label``, ``window_index``, ``partial``.
+        Returns the path written.
+
+        Raises
+        ------
+        CRSError
+            The detections have no CRS, so lon/lat cannot be known.
+        """
+        if self.crs is None:
+            raise CRSError(
+                "to_geojson writes lon/lat (RFC 7946) and needs the detections' CRS, but they have none; "
+                "detect on a georeferenced source, or use to_gpkg for pixel coordinates"
+            )
+        ring = self.outlines("EPSG:4326", densify=densify)
+        x, y = ring[..., 0], ring[..., 1]
+        clockwise = (x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y).sum(axis=1) < 0
+        ring[clockwise] = ring[clockwise, ::-1]
+        features = []
+        for i in range(len(self)):
+            coords = ring[i].tolist()
+            features.append({
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [coords + coords[:1]]},
+                "properties": {
+                    "score": float(self.scores[i]),
+                    "label": int(self.labels[i]),
+                    "window_index": int(self.window_index[i]),
+                    "partial": bool(self.partial[i]),
+                },
+            })  # fmt: skip
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"type": "FeatureCollection", "features": features}, f)
+        return os.fspath(path)
+
+    def to_gpkg(self, path: str | os.PathLike[str], layer: str = "detections", *, append: bool = False) -> str:
+        """Write a GeoPackage layer of box polygons in the source CRS (via pyogrio / GDAL).
+
+        Fields ``score``, ``label``, ``window_index``, ``partial``. ``append=True`` adds to an existing
+        layer; otherwise the layer is replaced. Returns the path written.
+        """
+        import shapely
+        from pyogrio.raw import write
+
+        cols = self._columns()
+        write(
+            os.fspath(path),
+            shapely.to_wkb(self.polygons()),
+            list(cols.values()),
+            list(cols),
+            layer=layer,
+            driver="GPKG",
+            geometry_type="Polygon",
+            crs=None if self.crs is None else self.crs.to_wkt(),
+            append=append,
+        )
+        return os.fspath(path)
+
+    def to_geodataframe(self) -> Any:
+        """A ``geopandas.GeoDataFrame`` of box polygons in the source CRS, one row per box.
+
+        Raises
+        ------
+        MissingDependencyError
+            geopandas is not installed (``pip install geopandas``).
+        """
+        try:
+            import geopandas
+        except ImportError as err:
+            raise MissingDependencyError(
+                f"to_geodataframe needs geopandas, which cannot be imported ({err}); run `pip install geopandas`, "
+                "or use to_gpkg / to_geojson, which need no extra package"
+            ) from err
+        return geopandas.GeoDataFrame(self._columns(), geometry=list(self.polygons()), crs=self.crs)
+
+    # -- display -----------------------------------------------------------------------------------
+
+    def _repr_html_(self) -> str:
+        labels, counts = np.unique(self.labels, return_counts=True)
+        crs = "none" if self.crs is None else html.escape(self.crs.to_string())
+        head = "".join(f"<th>{h}</th>" for h in ("", "x0", "y0", "x1", "y1", "score", "label", "window", "partial"))
+        rows = []
+        for i in range(min(len(self), HTML_ROWS)):
+            cells = [f"{v:.1f}" for v in self.boxes[i]]
+            cells += [f"{self.scores[i]:.3f}", str(self.labels[i]), str(self.window_index[i])]
+            cells.append(str(bool(self.partial[i])))
+            rows.append(f"<tr><th>{i}</th>{''.join(f'<td>{c}</td>' for c in cells)}</tr>")
+        if len(self) > HTML_ROWS:
+            rows.append(f"<tr><td colspan='9'>... {len(self) - HTML_ROWS} more</td></tr>")
+        by_label = ", ".join(f"{int(lab)}: {int(c)}" for lab, c in zip(labels, counts)) or "none"
+        return (
+            f"<div><b>lt.Detections</b>: {len(self)} boxes, {int(self.partial.sum())} partial; CRS {crs}<br>"
+            f"by label: {by_label}<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        )
+
+    def show(self, background: Any = None, *, max_size: int = 1024) -> PILImage.Image:
+        """A picture (PIL) of the boxes, drawn in colours by label.
+
+        ``background`` is an ``lt.Window`` (its pixels; boxes placed by georeferencing), an
+        ``lt.WindowSequence`` or a source (an overview of its region), a ``(bands, rows, cols)`` array
+        whose pixel (0, 0) is the source's, or None: a white canvas over the boxes' extent.
+
+        Examples
+        --------
+        >>> import lazytiles as lt
+        >>> lt.Detections([[10, 10, 30, 20]], [0.9], [2]).show().size
+        (26, 16)
+        """
+        from .display import _shrink, draw_boxes, show, to_image
+
+        if background is None or isinstance(background, np.ndarray):
+            if background is None:
+                margin = 3  # outlines are drawn just outside the boxes
+                lo = np.floor(self.boxes[:, :2].min(0)) - margin if len(self) else np.zeros(2)
+                hi = np.ceil(self.boxes[:, 2:].max(0)) + margin if len(self) else np.full(2, 16.0)
+                from PIL import Image
+
+                image = Image.new("RGB", (int(hi[0] - lo[0]), int(hi[1] - lo[1])), (255, 255, 255))
+            else:
+                image, lo = to_image(background), np.zeros(2)
+            boxes = self.boxes - np.tile(lo, 2)
+            scale = min(1.0, max_size / max(image.size))
+            image = _shrink(image, max_size)
+            return draw_boxes(image, boxes * scale, self.labels, self.scores)
+        return show(background, self, max_size=max_size)
+
+    # -- combining ---------------------------------------------------------------------------------
+
+    def __add__(self, other: Detections) -> Detections:
+        if not isinstance(other, Detections):
+            return NotImplemented
+        return Detections.concat([self, other])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Detections):
+            return NotImplemented
+        return (
+            np.array_equal(self.boxes, other.boxes)
+            and np.array_equal(self.scores, other.scores)
+            and np.array_equal(self.labels, other.labels)
+            and np.array_equal(self.window_index, other.window_index)
+            and self.transform == other.transform
+            and self.crs == other.crs
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+
+    def __repr__(self) -> str:
+        labels, counts = np.unique(self.labels, return_counts=True)
+        by_label = ", ".join(f"{int(lab)}: {int(c)}" for lab, c in zip(labels[:8], counts[:8]))
+        crs = None if self.crs is None else self.crs.to_string()
+        return f"<Detections: {len(self)} boxes (by label {{{by_label}}}), crs={crs}>"
