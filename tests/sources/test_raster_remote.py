@@ -1,0 +1,134 @@
+"""RasterSource over HTTP (GDAL /vsicurl/ against the loopback TileServer): pixels, read-ahead, GDAL options."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from numpy.testing import assert_array_equal
+from rasterio.windows import Window
+
+import lazytiles as lt
+from lazytiles.sources.raster import LOCAL_READAHEAD, REMOTE_GDAL_DEFAULTS
+from lazytiles.tileserver import TileServer
+
+
+@pytest.fixture
+def cog(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """A 3-band uint16 1024 x 768 GeoTIFF in 128-px blocks whose pixels name their position."""
+    b, r, c = np.indices((3, 768, 1024), dtype=np.uint32)
+    array = (b * 20_000 + r * 7 + c * 3).astype(np.uint16)
+    path = tmp_path / "scene.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=1024, height=768, count=3, dtype="uint16", tiled=True,
+                       blockxsize=128, blockysize=128, compress="deflate", crs="EPSG:32633",
+                       transform=Affine(10, 0, 500_000, 0, -10, 6_000_000)) as ds:  # fmt: skip
+        ds.write(array)
+    return path, array
+
+
+@pytest.fixture
+def served(cog):
+    path, array = cog
+    with TileServer(path.parent, hang_timeout=60) as server:
+        yield server, f"/vsicurl/{server.url}/{path.name}", array
+
+
+def test_windows_over_vsicurl_equal_the_file(served):
+    server, url, array = served
+    src = lt.open(url, cache=lt.TileCache(64 * 2**20))
+    assert src.readahead == 32 and src.tile_shape == (128, 128)
+    for w in lt.windows(src, size=300, stride=200):
+        r, c = int(w.window.row_off), int(w.window.col_off)
+        assert_array_equal(w.data, array[:, r : r + 300, c : c + 300])
+
+
+def test_readahead_keeps_several_range_requests_in_flight(served):
+    server, url, array = served
+    server.latency = 0.03
+    src = lt.open(url, cache=lt.TileCache(64 * 2**20), readahead=8)
+    server.reset_counts()
+    wins = lt.windows(src, size=128)  # one block per window: only read-ahead can overlap requests
+    for w in wins:
+        r, c = int(w.window.row_off), int(w.window.col_off)
+        assert_array_equal(w.data, array[:, r : r + 128, c : c + 128])
+    assert server.peak_in_flight > 1
+    assert src.stats()["tiles_read"] == 48  # 6 x 8 blocks, each read once
+
+
+def test_remote_gdal_defaults_apply_unless_the_user_set_them(served, monkeypatch):
+    _, url, _ = served
+    src = lt.open(url, gdal_options={"GDAL_HTTP_MAX_RETRY": "1"})
+    assert src._gdal_options == {**REMOTE_GDAL_DEFAULTS, "GDAL_HTTP_MAX_RETRY": "1"}
+    monkeypatch.setenv("GDAL_HTTP_MULTIPLEX", "NO")
+    assert "GDAL_HTTP_MULTIPLEX" not in lt.open(url)._gdal_options
+    with rasterio.Env(GDAL_HTTP_MERGE_CONSECUTIVE_RANGES="NO"):
+        assert "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES" not in lt.open(url)._gdal_options
+
+
+def test_local_files_get_no_network_options_and_a_small_decode_readahead(cog):
+    path, _ = cog
+    src = lt.open(path)
+    assert src._gdal_options == {} and src.readahead == LOCAL_READAHEAD
+    assert src._readahead.workers == min(4, os.cpu_count() or 1)
+    assert lt.open(path, readahead=0)._readahead is None
+
+
+@pytest.mark.timeout(60)
+def test_gdal_retries_transient_server_errors_with_the_defaults(served):
+    server, url, array = served
+    fast = {"GDAL_HTTP_RETRY_DELAY": "0.05"}
+    src = lt.open(url, cache=lt.TileCache(64 * 2**20), gdal_options=fast)
+    # another URL for the same file, so GDAL's process-wide /vsicurl/ cache cannot answer for it
+    without = lt.open(url + "?copy", cache=lt.TileCache(64 * 2**20), gdal_options={**fast, "GDAL_HTTP_MAX_RETRY": "0"})
+    server.fail(times=3, status=503)  # the next three requests of the file fail
+    assert_array_equal(src.read(Window(512, 512, 128, 128)), array[:, 512:640, 512:640])
+    server.clear_faults()
+    server.reset_counts()
+    server.fail(times=3, status=503)
+    with pytest.raises(lt.TileFetchError, match=r"could not be read"):
+        without.read(Window(512, 512, 128, 128))
+
+
+def test_a_remote_source_pickles_with_its_own_options_only(served):
+    _, url, array = served
+    src = lt.open(url, readahead=4, max_connections=3, gdal_options={"GDAL_HTTP_MAX_RETRY": "2"})
+    copy = pickle.loads(pickle.dumps(src))
+    assert (copy.readahead, copy._max_connections) == (4, 3)
+    assert copy._user_gdal_options == {"GDAL_HTTP_MAX_RETRY": "2"}
+    assert_array_equal(copy.read(Window(130, 140, 10, 10)), array[:, 140:150, 130:140])
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [({"readahead": -1}, r"readahead must be a number of windows >= 0"), ({"max_connections": 0}, r"max_connections")],
+)
+def test_bad_readahead_options_are_refused(cog, options, match):
+    with pytest.raises(lt.InvalidArgumentError, match=match):
+        lt.open(cog[0], **options)
+
+
+@pytest.mark.timeout(30)
+def test_local_readahead_decodes_on_a_pool_that_ends_with_its_source(cog):
+    import gc
+    import threading
+
+    path, array = cog
+    for _ in range(10):  # a late background load of a used-up block would read it twice: try often
+        src = lt.open(path, cache=lt.TileCache(64 * 2**20))
+        wins = lt.windows(src, 256, stride=128)
+        for w in wins:  # an in-order pass: blocks of the next windows decode on the pool
+            r, c = w.window.row_off, w.window.col_off
+            assert_array_equal(w.data, array[:, r : r + 256, c : c + 256])
+        assert src.stats()["tiles_read"] == src.grid.rows * src.grid.cols  # each block once
+    pool = [t for t in threading.enumerate() if t.name.startswith("lazytiles-raster")]
+    assert pool
+    del src, wins, w
+    gc.collect()
+    for t in pool:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in pool)
