@@ -347,7 +347,7 @@ class DetectionSequence(Sequence[Detections]):
             boxes = np.array([[0.0, 0.0, width, height]])
             partial = np.zeros(1, dtype=bool)
         else:
-            partial = partial_flags(boxes, window, self._wins.area)
+            partial = partial_flags(boxes, window, self._wins._grid_area())
         keep = scores >= self._shared.options["score_threshold"]
         if not keep.all():
             boxes, scores, labels, partial = boxes[keep], scores[keep], labels[keep], partial[keep]

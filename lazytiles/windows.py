@@ -392,19 +392,23 @@ class WindowSequence(Sequence[Window]):
         Windows of ``edge='pad'`` may reach past the raster. An empty view covers nothing: its width and
         height are 0. O(1) for a whole grid; a view or a region's windows cost one pass over their offsets.
         """
-        rows, cols = self._plan.rows, self._plan.cols
         whole = self._keep is None and isinstance(self._positions, range)
         if whole and self._positions == range(len(self._plan)):
-            r0, c0 = rows.offset(0), cols.offset(0)
-            r1 = rows.offset(len(rows) - 1) + self._plan.size[0]
-            c1 = cols.offset(len(cols) - 1) + self._plan.size[1]
-            return PixelWindow(c0, r0, c1 - c0, r1 - r0)
+            return self._grid_area()
         px = self.pixel_windows()
         if not len(px):
-            return PixelWindow(cols.offset(0), rows.offset(0), 0, 0)
+            return PixelWindow(self._plan.cols.offset(0), self._plan.rows.offset(0), 0, 0)
         c0, r0 = px[:, 0].min(), px[:, 1].min()
         c1, r1 = (px[:, 0] + px[:, 2]).max(), (px[:, 1] + px[:, 3]).max()
         return PixelWindow(int(c0), int(r0), int(c1 - c0), int(r1 - r0))
+
+    def _grid_area(self) -> PixelWindow:
+        """The area of the whole window grid, for every view of it: where a window's edge is inner."""
+        rows, cols = self._plan.rows, self._plan.cols
+        r0, c0 = rows.offset(0), cols.offset(0)
+        r1 = rows.offset(len(rows) - 1) + self._plan.size[0]
+        c1 = cols.offset(len(cols) - 1) + self._plan.size[1]
+        return PixelWindow(c0, r0, c1 - c0, r1 - r0)
 
     @property
     def bounds(self) -> Bounds:

@@ -148,6 +148,8 @@ def test_slices_and_index_arrays_run_over_their_windows_only(scene):
     for i, d in zip(todo, results):
         assert as_set(d) == expected_in_window(rects, wins.pixel_window(int(i)), wins.area)
         assert set(d.window_index) <= {int(i)}
+    # a view's windows keep the partial flags they have in the whole grid (a view's edge is not the area's)
+    assert results == [dets[int(i)] for i in todo] and list(lt.detect(model, wins[3:5], progress=False)) == results[1:3]
     assert list(dets[23:]) == [dets[23], dets[24]] and dets[-1] == dets[24]
 
 
