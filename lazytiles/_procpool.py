@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import LazyTilesError, WorkerError
 
 if TYPE_CHECKING:
-    from .prefetch import _Engine
+    from ._prefetch_engine import _Engine
 
 #: Items whose out-of-band buffers total at least this many bytes travel through shared memory.
 SHM_MIN_BYTES = 64 * 2**10
