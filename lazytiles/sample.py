@@ -227,7 +227,7 @@ def write_tiles(
     as ``{z}/{x}/{y}.png`` tiles, with averaged lower zoom levels down to ``min_zoom`` (default: the
     level where the scene fits in one tile) for quick overviews. Lower levels are padded with black
     to whole tiles; ``origin_tile`` must lie on a tile corner of each of them."""
-    from .tileserver import write_xyz_tiles
+    from .xyztiles import write_xyz_tiles
 
     directory = Path(directory)
     _, height, width = pixels.shape

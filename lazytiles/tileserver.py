@@ -6,7 +6,12 @@ and injects faults on request: latency, HTTP errors, 429 with ``Retry-After``, t
 hanging connections, garbage bytes and absent tiles. It counts requests per path. Files that do not
 exist answer 404, so a directory of tiles is a tile service whose coverage ends where the files do.
 
-:func:`write_xyz_tiles` writes an image aligned to the web-mercator grid as ``{z}/{x}/{y}.png`` tiles.
+How one request is answered (files, byte ranges, each kind of fault) is in :mod:`lazytiles._tilehandler`;
+this module holds the server's state: its life cycle, the fault rules and the request counts, and the
+``python -m lazytiles.tileserver`` command (:func:`main`).
+
+:func:`write_xyz_tiles` (from :mod:`lazytiles.xyztiles`, importable here too) writes an image aligned to
+the web-mercator grid as ``{z}/{x}/{y}.png`` tiles.
 
 Examples
 --------
@@ -28,182 +33,20 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import mimetypes
 import os
 import posixpath
-import re
-import socket
 import threading
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
-import numpy as np
-from rasterio.windows import Window
-
+from ._tilehandler import FAULT_KINDS, _Fault, _Handler, _Server
+from ._tilehandler import GARBAGE as GARBAGE  # importable from here, as before the split
 from .errors import InvalidArgumentError
-from .grid import Bounds, mercator_bounds, tile_lnglat_bounds
-
-FAULT_KINDS = ("error", "throttle", "truncate", "hang", "garbage", "absent", "drop")
-#: What a "garbage" fault sends instead of the file: bytes that are no image.
-GARBAGE = b"<html>not a tile</html>\n" + bytes(range(256)) * 4
-
-
-@dataclass
-class _Fault:
-    kind: str
-    pattern: str
-    times: int | None  # per matching path; None: every request
-    options: dict[str, Any]
-    used: Counter[str] = field(default_factory=Counter)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256
-    allow_reuse_address = True
-    owner: TileServer
-
-    def server_activate(self) -> None:
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
-        super().server_activate()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._open_lock:
-            self._open.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._open_lock:
-            self._open.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        """End every kept-alive connection, so no handler thread outlives the server."""
-        with self._open_lock:
-            open_sockets = list(self._open)
-        for sock in open_sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients that time out or give up close their end mid-response: not a server error.
-        import sys
-
-        err = sys.exc_info()[1]
-        if isinstance(err, ConnectionError | socket.timeout | TimeoutError):
-            return
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive
-    disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms stall
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet: the owner counts requests
-        pass
-
-    def do_GET(self) -> None:
-        self._serve(head=False)
-
-    def do_HEAD(self) -> None:
-        self._serve(head=True)
-
-    def _send(
-        self, status: int, body: bytes, ctype: str = "text/plain", head: bool = False, **headers: str
-    ) -> None:
-        self.send_response(status)
-        if status != 204:
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name.replace("_", "-"), value)
-        self.end_headers()
-        if not head and status != 204:
-            self.wfile.write(body)
-
-    def _serve(self, head: bool) -> None:
-        owner = self.server.owner
-        path = urlsplit(self.path).path
-        owner._record(path, self.headers, self.client_address)
-        try:
-            self._answer(owner, path, head)
-        finally:
-            owner._done()
-
-    def _answer(self, owner: TileServer, path: str, head: bool) -> None:
-        if owner.latency > 0:
-            time.sleep(owner.latency)  # the simulated network, not a synchronisation
-        fault = owner._take_fault(path)
-        if fault is not None and self._fault(fault, path, head):
-            return
-        file = owner._resolve(path)
-        if file is None:
-            self._send(404, b"no such tile\n", head=head)
-            return
-        size = file.stat().st_size
-        ctype = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
-        start, end = 0, size - 1
-        status = 200
-        extra = {"Accept_Ranges": "bytes"}
-        spec = self.headers.get("Range")
-        if spec:
-            m = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", spec)  # one range; several get the whole file
-            if m and (m[1] or m[2]):
-                if m[1]:
-                    start, end = int(m[1]), min(int(m[2]) if m[2] else size - 1, size - 1)
-                else:
-                    start = max(0, size - int(m[2]))
-                if start >= size or start > end:
-                    self._send(416, b"", head=head, Content_Range=f"bytes */{size}", **extra)
-                    return
-                status = 206
-                extra["Content_Range"] = f"bytes {start}-{end}/{size}"
-        with open(file, "rb") as f:
-            f.seek(start)
-            body = f.read(end - start + 1)
-        self._send(status, body, ctype, head, **extra)
-
-    def _fault(self, fault: _Fault, path: str, head: bool) -> bool:
-        """Answer with ``fault``; False when it needs a file that is not there (then serve normally)."""
-        kind, opts = fault.kind, fault.options
-        if kind == "error":
-            self._send(opts["status"], b"injected failure\n", head=head)
-        elif kind == "throttle":
-            wait = opts["retry_after"]
-            value = str(int(wait)) if float(wait).is_integer() else str(wait)
-            self._send(429, b"slow down\n", head=head, Retry_After=value)
-        elif kind == "absent":
-            self._send(opts["status"], b"" if opts["status"] == 204 else b"no such tile\n", head=head)
-        elif kind == "garbage":
-            self._send(200, GARBAGE, "image/png", head)
-        elif kind == "hang":
-            self.server.owner._release.wait(self.server.owner.hang_timeout)
-            self.close_connection = True  # give up without a word
-        elif kind == "drop":
-            self.close_connection = True
-        elif kind == "truncate":
-            file = self.server.owner._resolve(path)
-            if file is None:
-                return False
-            body = file.read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Content-Type", mimetypes.guess_type(file.name)[0] or "application/octet-stream")
-            self.end_headers()
-            if not head:
-                self.wfile.write(body[: len(body) // 2])
-            self.close_connection = True
-        return True
+from .xyztiles import XYZCoverage, write_xyz_tiles
 
 
 class TileServer:
@@ -428,121 +271,6 @@ class TileServer:
     def __repr__(self) -> str:
         state = f"serving at {self.url}" if self._server is not None else "stopped"
         return f"TileServer({os.fspath(self.directory)!r}, latency={self.latency})  # {state}"
-
-
-# -- tiles from an array ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class XYZCoverage:
-    """The block of XYZ tiles :func:`write_xyz_tiles` wrote: ``cols`` x ``rows`` tiles from ``(x, y)``."""
-
-    zoom: int
-    x: int
-    y: int
-    cols: int
-    rows: int
-    tile_size: int
-
-    @property
-    def bounds(self) -> Bounds:
-        """(left, bottom, right, top) in EPSG:3857 metres."""
-        left, _, _, top = mercator_bounds(self.zoom, self.y, self.x)
-        _, bottom, right, _ = mercator_bounds(self.zoom, self.y + self.rows - 1, self.x + self.cols - 1)
-        return (left, bottom, right, top)
-
-    @property
-    def lnglat_bounds(self) -> Bounds:
-        """(west, south, east, north) in degrees."""
-        west, _, _, north = tile_lnglat_bounds(self.zoom, self.y, self.x)
-        _, south, east, _ = tile_lnglat_bounds(self.zoom, self.y + self.rows - 1, self.x + self.cols - 1)
-        return (west, south, east, north)
-
-    @property
-    def window(self) -> Window:
-        """The pixels of the block in the zoom's whole-world grid (what an ``XYZSource`` reads)."""
-        ts = self.tile_size
-        return Window(self.x * ts, self.y * ts, self.cols * ts, self.rows * ts)
-
-    def tiles(self) -> list[tuple[int, int]]:
-        """(x, y) of every tile, row by row."""
-        return [(self.x + c, self.y + r) for r in range(self.rows) for c in range(self.cols)]
-
-    def __contains__(self, tile: object) -> bool:
-        if not isinstance(tile, tuple) or len(tile) != 2:
-            return False
-        x, y = tile
-        return self.x <= x < self.x + self.cols and self.y <= y < self.y + self.rows
-
-    def __len__(self) -> int:
-        return self.cols * self.rows
-
-
-_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
-
-
-def write_xyz_tiles(
-    array: np.ndarray,
-    directory: str | os.PathLike[str],
-    *,
-    zoom: int,
-    top_left_tile: tuple[int, int] = (0, 0),
-    tile_size: int = 256,
-    template: str = "{z}/{x}/{y}.png",
-    **save_options: Any,
-) -> XYZCoverage:
-    """Cut a uint8 image ``(bands, rows, cols)`` into XYZ tiles under ``directory``.
-
-    The image's upper-left pixel is the upper-left pixel of tile ``top_left_tile = (x, y)`` at
-    ``zoom``; its height and width must be whole numbers of ``tile_size``. Bands 1 to 4 are written
-    as grey, grey+alpha, RGB or RGBA; the format follows the template's extension (PNG is lossless,
-    so reading the tiles back gives the image bit for bit). ``{-y}`` and ``{q}`` templates work too.
-
-    Returns
-    -------
-    XYZCoverage
-        Which tiles were written, with their bounds and pixel window.
-    """
-    from PIL import Image
-
-    from .grid import quadkey
-
-    image = np.asarray(array)
-    if image.ndim == 2:
-        image = image[np.newaxis]
-    if image.ndim != 3 or image.dtype != np.uint8 or image.shape[0] not in _MODES:
-        raise InvalidArgumentError(
-            f"array must be uint8 (bands, rows, cols) with 1 to 4 bands, got {image.dtype} {image.shape}"
-        )
-    bands, height, width = image.shape
-    if height % tile_size or width % tile_size or not height:
-        raise InvalidArgumentError(
-            f"array of {height}x{width} px is not whole {tile_size}-px tiles; crop or pad it to multiples of {tile_size}"
-        )
-    x0, y0 = top_left_tile
-    rows, cols = height // tile_size, width // tile_size
-    n = 2**zoom
-    if not (0 <= x0 and x0 + cols <= n and 0 <= y0 and y0 + rows <= n):
-        raise InvalidArgumentError(
-            f"{cols}x{rows} tiles from top_left_tile={top_left_tile} do not fit the {n}x{n} tiles of zoom {zoom}"
-        )
-    root = Path(directory)
-    for r in range(rows):
-        for c in range(cols):
-            x, y = x0 + c, y0 + r
-            name = (
-                template.replace("{z}", str(zoom))
-                .replace("{x}", str(x))
-                .replace("{-y}", str(n - 1 - y))
-                .replace("{y}", str(y))
-                .replace("{q}", quadkey(zoom, y, x))
-            )
-            path = root / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            block = image[:, r * tile_size : (r + 1) * tile_size, c * tile_size : (c + 1) * tile_size]
-            pixels = block[0] if bands == 1 else np.ascontiguousarray(block.transpose(1, 2, 0))
-            Image.fromarray(pixels).save(path, **save_options)  # mode from the shape: L, LA, RGB, RGBA
-    return XYZCoverage(zoom, x0, y0, cols, rows, tile_size)
 
 
 def main(argv: list[str] | None = None) -> None:
