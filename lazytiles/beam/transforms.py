@@ -1,0 +1,389 @@
+"""The Beam transforms: detect windows shard by shard, merge their detections across seams, write them once.
+
+:class:`DetectWindows`, :class:`MergeDetections` and :class:`WriteDetections` with the ``DoFn`` classes
+they apply, and the values that travel between them (:class:`WindowDetections`, :class:`DeadLetter`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.utils.shared import Shared
+
+from ..cellmerge import MERGED, RECORD, CellGrid, check_cells, merged_detections, merged_records, settle_cell, window_records
+from ..detections import Detections
+from ..errors import CRSError, InvalidArgumentError, RunStoreError
+from ..merge import _check_options
+from ..windows import WindowSequence
+from .shards import _check_shard, shard_ranges
+from .store import _locked_store
+
+log = logging.getLogger(__name__)
+
+#: Tags of :class:`DetectWindows`' outputs.
+DETECTIONS, DEAD_LETTER = "detections", "dead_letter"
+
+# -- values that travel ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class WindowDetections:
+    """One window's detections, as :class:`DetectWindows` emits them.
+
+    ``position`` is the window's place in the sequence (the merge's order), ``index`` its
+    :attr:`lazytiles.Window.index`, ``window`` its pixel area ``(col_off, row_off, width, height)``
+    and ``detections`` what the model found, in the source's pixels (as ``lt.detect`` gives them).
+    """
+
+    position: int
+    index: int
+    window: tuple[int, int, int, int]
+    detections: Detections
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A window whose tiles could not be read, after the source's retries: where it is and why."""
+
+    index: int
+    position: int
+    window: tuple[int, int, int, int]
+    reason: str
+
+
+# -- detecting -----------------------------------------------------------------------------------------
+
+
+class _Loaded:
+    """A model held for :class:`~apache_beam.utils.shared.Shared` (which keeps a weak reference)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+
+class _DetectShard(beam.DoFn):
+    """Run ``lt.detect`` over each shard ``(start, stop)``; the model is loaded once per worker process."""
+
+    def __init__(self, wins: WindowSequence, model: Any, options: dict[str, Any], shared: Shared) -> None:
+        self._wins, self._model, self._options, self._shared = wins, model, options, shared
+        self._windows = beam.metrics.Metrics.counter("lazytiles", "windows_done")
+        self._failed = beam.metrics.Metrics.counter("lazytiles", "windows_failed")
+        self._boxes = beam.metrics.Metrics.counter("lazytiles", "boxes")
+
+    def setup(self) -> None:
+        from ..detect import detect
+        from ..models import load_model
+
+        model = self._model
+        if isinstance(model, str):  # a spec: loaded once per process, shared by its threads
+            model = self._shared.acquire(lambda: _Loaded(load_model(self._model)), tag=self._model).model
+        self._dets = detect(model, self._wins, progress=False, **self._options)
+
+    def process(self, shard):  # no annotations: Beam would read them as type hints
+        start, stop = _check_shard(shard, len(self._wins))
+        for k, (index, found, error) in enumerate(self._dets[start:stop].outcomes()):
+            position = start + k
+            w = self._wins.pixel_window(position)
+            rect = (int(w.col_off), int(w.row_off), int(w.width), int(w.height))
+            if error is None:
+                self._windows.inc()
+                self._boxes.inc(len(found))
+                yield WindowDetections(position, int(index), rect, found)
+            else:
+                self._failed.inc()
+                log.warning("window %d (position %d) goes to the dead letters: %s", index, position, error)
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(int(index), position, rect, error))
+
+
+class DetectWindows(beam.PTransform):
+    """Detect objects in a window sequence, shard by shard: ``lt.detect`` as a Beam transform.
+
+    Applied to a pipeline (``p | DetectWindows(wins, model)``) it makes its shards with
+    :func:`shard_ranges`; applied to a PCollection of ``(start, stop)`` ranges it detects those. A
+    ``DoFn`` loads the model in ``setup``, once per worker process, and reads each shard with the
+    batched, prefetching pipeline of ``lt.detect``, in the sequence's cache-aware order.
+
+    Parameters
+    ----------
+    wins
+        The windows; it travels to the workers as its recipe (the source's path and the plan).
+    model
+        ``"pkg.module:factory"`` or a TorchScript path (loaded by each worker with
+        :func:`lazytiles.models.load_model`), or a picklable model (an ``nn.Module``).
+    shard_size
+        As in :func:`shard_ranges` (when applied to a pipeline).
+    batch_size, device, workers, preprocess, score_threshold
+        As in :func:`lazytiles.detect`. ``device`` is checked on the workers, not here (a job may be
+        launched from a machine without the workers' GPU).
+
+    Returns
+    -------
+    apache_beam.pvalue.DoOutputsTuple
+        ``.detections``: one :class:`WindowDetections` per window read; ``.dead_letter``: one
+        :class:`DeadLetter` per window whose tiles could not be read (the job goes on).
+
+    Examples
+    --------
+    >>> import apache_beam as beam, numpy as np, lazytiles as lt
+    >>> from lazytiles.beam import DetectWindows
+    >>> image = np.zeros((3, 256, 512), np.uint8)
+    >>> image[0, 100:120, 300:340] = 255
+    >>> wins = lt.windows(lt.ArraySource(image), size=256)
+    >>> with beam.Pipeline() as p:
+    ...     out = p | DetectWindows(wins, "lazytiles.models:blob_detector")
+    ...     _ = out.detections | beam.Map(lambda w: print(w.index, w.detections.boxes))
+    0 []
+    1 [[300. 100. 340. 120.]]
+    """
+
+    def __init__(
+        self,
+        wins: WindowSequence,
+        model: Any,
+        *,
+        shard_size: int | None = None,
+        batch_size: int = 8,
+        device: Any = "cpu",
+        workers: int = 1,
+        preprocess: Any = None,
+        score_threshold: float = 0.0,
+    ) -> None:
+        super().__init__()
+        from ..detect import detect
+
+        if isinstance(model, os.PathLike):
+            model = os.fspath(model)
+        # checks every argument here, where the job is built; the device is only parsed (see above)
+        detect(model, wins, batch_size=batch_size, device="cpu", workers=workers, preprocess=preprocess,
+               score_threshold=score_threshold, progress=False)  # fmt: skip
+        _parse_device(device)
+        if shard_size is not None:
+            shard_ranges(wins[:0], shard_size)  # checks shard_size
+        self._wins, self._model, self._shard_size = wins, model, shard_size
+        self._options = dict(batch_size=batch_size, device=device, workers=workers, preprocess=preprocess,
+                             score_threshold=score_threshold)  # fmt: skip
+        self._shared = Shared()
+
+    def expand(self, pcoll):
+        if isinstance(pcoll, beam.pvalue.PBegin):
+            pcoll = (
+                pcoll
+                | "Shards" >> beam.Create(shard_ranges(self._wins, self._shard_size))
+                | "Spread shards" >> beam.Reshuffle()
+            )
+        return pcoll | "Detect" >> beam.ParDo(
+            _DetectShard(self._wins, self._model, self._options, self._shared)
+        ).with_outputs(DEAD_LETTER, main=DETECTIONS)
+
+
+def _parse_device(device: Any) -> None:
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise InvalidArgumentError(
+            f"device={device!r} is not a torch device ({err}); use 'cpu', 'cuda', 'cuda:1' or a torch.device"
+        ) from None
+
+
+# -- merging: the transform ----------------------------------------------------------------------------------
+
+
+def _route_window(item, grid):
+    if not isinstance(item, WindowDetections):
+        raise InvalidArgumentError(
+            f"MergeDetections takes the WindowDetections of DetectWindows, got a {type(item).__name__}"
+        )
+    for key, rec in grid.route(window_records(item.position, item.window, item.detections), 0):
+        yield key, rec.tobytes()
+
+
+class _SettleCells(beam.DoFn):
+    UP = "up"
+
+    def __init__(self, grid: CellGrid, level: int, options: dict[str, Any]) -> None:
+        self._grid, self._level, self._options = grid, level, options
+
+    def process(self, element):
+        key, chunks = element
+        out, up = settle_cell(
+            self._grid, self._level, tuple(key), [np.frombuffer(c, RECORD) for c in chunks], self._options
+        )
+        if len(out):
+            yield out.tobytes()
+        for k2, r2 in up:
+            yield beam.pvalue.TaggedOutput(self.UP, (k2, r2.tobytes()))
+
+
+def _merge_records(pcoll: Any, grid: CellGrid, options: dict[str, Any]) -> Any:
+    """PCollection of WindowDetections -> PCollection of merged chunks (``MERGED`` records as bytes)."""
+    routed = pcoll | "To cells" >> beam.FlatMap(_route_window, grid)
+    merged = []
+    for level in range(grid.levels + 1):
+        name = "last cell" if level == grid.levels else f"level {level}"
+        grouped = routed | f"Group {name}" >> beam.GroupByKey()
+        out = grouped | f"Merge {name}" >> beam.ParDo(_SettleCells(grid, level, options)).with_outputs(
+            _SettleCells.UP, main="merged"
+        )
+        merged.append(out.merged)
+        routed = out[_SettleCells.UP]
+    return tuple(merged) | "Merged chunks" >> beam.Flatten()
+
+
+def _to_detections(chunk, transform, crs):
+    return merged_detections([np.frombuffer(chunk, MERGED)], transform, crs)
+
+
+class MergeDetections(beam.PTransform):
+    """The global, seam-aware merge of :class:`DetectWindows`' output: exactly ``lt.merge``'s result.
+
+    Boxes are keyed by square cells with a halo, then by coarser cells for the groups that reach a
+    cell's edge (see :mod:`lazytiles.cellmerge`), so no worker holds more than one cell's boxes.
+
+    Parameters
+    ----------
+    wins
+        The windows the detections come from (for the area, the georeferencing and the default cell).
+    iou, method, metric, class_aware, margin
+        As in :func:`lazytiles.merge`.
+    cell_size
+        Side of a level-0 cell in pixels. Default: ``CELL_WINDOWS`` (8) windows.
+    fanin
+        Cells per side of the next level's cells (>= 2): ``fanin ** 2`` cells become one.
+
+    Returns
+    -------
+    PCollection of Detections
+        The merged objects, one :class:`~lazytiles.Detections` per cell and level that settled any;
+        together, the boxes ``lt.merge`` returns. :func:`merged_detections` or
+        :class:`WriteDetections` puts them in one, in ``lt.merge``'s order.
+    """
+
+    def __init__(
+        self,
+        wins: WindowSequence,
+        *,
+        iou: float = 0.5,
+        method: str = "union",
+        metric: str = "ios",
+        class_aware: bool = True,
+        margin: float = 1.0,
+        cell_size: float | None = None,
+        fanin: int = 4,
+    ) -> None:
+        super().__init__()
+        self._grid, self._options = _merge_setup(wins, iou, method, metric, class_aware, margin, cell_size, fanin)
+        self._georef = (wins.source.transform, wins.source.crs)
+
+    @property
+    def grid(self) -> CellGrid:
+        """The cells the merge uses."""
+        return self._grid
+
+    def expand(self, pcoll):
+        chunks = _merge_records(pcoll, self._grid, self._options)
+        return chunks | "To Detections" >> beam.Map(_to_detections, *self._georef)
+
+
+def _merge_setup(
+    wins: Any, iou: Any, method: Any, metric: Any, class_aware: Any, margin: Any, cell_size: Any, fanin: Any
+) -> tuple[CellGrid, dict[str, Any]]:
+    if not isinstance(wins, WindowSequence):
+        raise InvalidArgumentError(f"wins must be a lazytiles.WindowSequence (made by lt.windows), got {type(wins).__name__}")
+    _check_options(iou, method, metric, margin)
+    cell, fan = check_cells(cell_size, fanin, wins.size)
+    options = dict(iou=float(iou), metric=metric, class_aware=bool(class_aware), margin=float(margin), method=method)
+    return CellGrid.for_area(wins.area, cell=cell, fanin=fan, margin=float(margin)), options
+
+
+# -- sinks -----------------------------------------------------------------------------------------------
+
+
+class _WriteOnce(beam.DoFn):
+    """Runs once (on a single element) and reads every merged chunk from a side input: the sinks."""
+
+    def __init__(self, transform: Any, crs: Any, geojson: str | None, gpkg: str | None, store: str | None,
+                 params: dict[str, Any] | None, as_records: bool) -> None:  # fmt: skip
+        self._georef = (transform, crs)
+        self._geojson, self._gpkg, self._store, self._params = geojson, gpkg, store, params
+        self._as_records = as_records
+
+    def process(self, _, chunks):
+        records = (np.frombuffer(c, MERGED) if self._as_records else _detections_records(c) for c in chunks)
+        found = merged_detections(records, *self._georef)
+        written = []
+        if self._store is not None:
+            with _locked_store(self._store) as store:
+                store.write_merged(found, self._params or {})
+            written.append(self._store)
+        if self._gpkg is not None:
+            _replace(Path(self._gpkg), lambda tmp: found.to_gpkg(tmp))
+            written.append(self._gpkg)
+        if self._geojson is not None:
+            _replace(Path(self._geojson), lambda tmp: found.to_geojson(tmp))
+            written.append(self._geojson)
+        yield {"objects": len(found), "written": written}
+
+
+def _detections_records(d: Detections) -> np.ndarray:
+    return merged_records(d.boxes, d.scores, d.labels, d.window_index, d.partial)
+
+
+def _replace(path: Path, write: Any) -> None:
+    """Write a file beside ``path`` and move it into place: a retried writer never leaves half a file."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise RunStoreError(f"cannot write {str(path)!r}: {err}") from err
+
+
+class WriteDetections(beam.PTransform):
+    """Write merged detections once, at the end: one worker gathers them and writes each file.
+
+    The input is :class:`MergeDetections`' output. The gathered boxes are put in ``lt.merge``'s
+    order; each file is written beside its path and moved into place, so a retried write never
+    leaves half a file. The one step whose memory grows with the number of objects found: about
+    170 bytes an object to gather and sort them, and about 350 more to write a GeoPackage, 1.3 KB
+    to write GeoJSON.
+
+    Parameters
+    ----------
+    wins
+        The windows (for the georeferencing).
+    geojson
+        A GeoJSON file (RFC 7946, lon/lat).
+    gpkg
+        A GeoPackage file, layer ``detections``, in the source's CRS.
+
+    Returns
+    -------
+    PCollection
+        One dict: ``{"objects": n, "written": [paths]}``.
+    """
+
+    def __init__(self, wins: WindowSequence, *, geojson: str | os.PathLike[str] | None = None,
+                 gpkg: str | os.PathLike[str] | None = None) -> None:  # fmt: skip
+        super().__init__()
+        src = wins.source
+        if geojson is not None and src.crs is None:
+            raise CRSError("geojson= writes lon/lat and needs the source's CRS, but it has none; use gpkg= instead")
+        self._fn = _WriteOnce(src.transform, src.crs, _abs(geojson), _abs(gpkg), None, None, as_records=False)
+
+    def expand(self, pcoll):
+        return pcoll.pipeline | "Once" >> beam.Create([None]) | "Write" >> beam.ParDo(self._fn, beam.pvalue.AsIter(pcoll))
+
+
+def _abs(path: str | os.PathLike[str] | None) -> str | None:
+    return None if path is None else os.path.abspath(os.fspath(path))
