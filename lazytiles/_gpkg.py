@@ -122,4 +122,21 @@ def register_table(con: sqlite3.Connection, table: str, description: str) -> Non
     )
 
 
-__all__ = ["create_geopackage", "polygon_blobs", "register_table"]
+def set_extent(con: sqlite3.Connection, layer: str, boxes: np.ndarray, transform: Affine) -> None:
+    """Record the map extent of pixel boxes ``(N, 4)`` (x0, y0, x1, y1) mapped through ``transform`` as
+    the extent of ``layer`` in ``gpkg_contents`` (NULL for no boxes), and stamp its ``last_change``."""
+    extent: tuple[float | None, ...] = (None, None, None, None)
+    if len(boxes):
+        t = transform
+        xs = boxes[:, [0, 2, 0, 2]]
+        ys = boxes[:, [1, 1, 3, 3]]
+        mx, my = t.a * xs + t.b * ys + t.c, t.d * xs + t.e * ys + t.f
+        extent = (float(mx.min()), float(my.min()), float(mx.max()), float(my.max()))
+    con.execute(
+        "UPDATE gpkg_contents SET min_x = ?, min_y = ?, max_x = ?, max_y = ?, "
+        "last_change = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE table_name = ?",
+        (*extent, layer),
+    )
+
+
+__all__ = ["create_geopackage", "polygon_blobs", "register_table", "set_extent"]

@@ -37,7 +37,6 @@ SQLite, and two copies of SQLite with one file open in one process can break eac
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
@@ -46,9 +45,7 @@ import signal
 import socket
 import sqlite3
 import threading
-import uuid
-import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,109 +55,36 @@ import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
 
-from ._gpkg import create_geopackage, polygon_blobs, register_table
-from ._index import select
+from ._flock import FileLock, LockHeldError
+from ._gpkg import set_extent
+from ._newstore import build_store
+from ._runtables import (
+    INSERT_MERGED,
+    INSERT_RAW,
+    MERGED_FIELDS,
+    MERGED_LAYER,
+    RAW_FIELDS,
+    RAW_LAYER,
+    STORE_SCHEMA,
+    columns,
+    merged_rows,
+    raw_rows,
+    unpack,
+)
+from ._stored import RunWindows, StoredDetections
 from .detections import Detections
 from .errors import RunLockedError, RunStoreError
 
-try:
-    import fcntl
-except ImportError:  # Windows: a sidecar lock file, see _Lock
-    fcntl = None  # type: ignore[assignment]
-
 log = logging.getLogger(__name__)
 
-#: Version of the tables' layout; a store with a higher one was made by a newer lazytiles.
-STORE_SCHEMA = 1
-#: Layer names in the GeoPackage.
-MERGED_LAYER = "detections"
-RAW_LAYER = "raw_detections"
 #: Test hook: ``"N"`` or ``"N:after"`` SIGKILLs the writing process inside its N-th commit (before
 #: COMMIT, or right after it with ``:after``). Read when a store opens for writing; never set it
 #: outside tests.
 KILL_HOOK_ENV = "LAZYTILES_TEST_KILL_AT_COMMIT"
 
-_RAW_FIELDS = ("window_index", "rank", "x0", "y0", "x1", "y1", "score", "label", "partial")
-_MERGED_FIELDS = ("score", "label", "window_index", "partial", "x0", "y0", "x1", "y1")
-_FIELD_TYPES = {
-    "window_index": np.int64, "rank": np.int64, "label": np.int64, "partial": np.bool_,
-    "x0": np.float64, "y0": np.float64, "x1": np.float64, "y1": np.float64, "score": np.float32,
-}  # fmt: skip
-_SCHEMA = """
-CREATE TABLE lazytiles_run (key TEXT PRIMARY KEY NOT NULL, value TEXT);
-CREATE TABLE lazytiles_windows (
-    window_index INTEGER PRIMARY KEY NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
-    boxes INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 1,
-    error TEXT,
-    col_off INTEGER, row_off INTEGER, width INTEGER, height INTEGER,
-    session INTEGER NOT NULL,
-    finished TEXT NOT NULL
-);
-CREATE TABLE lazytiles_sessions (
-    session INTEGER PRIMARY KEY NOT NULL,
-    started TEXT NOT NULL, ended TEXT, status TEXT NOT NULL,
-    pid INTEGER, host TEXT, lazytiles_version TEXT, options TEXT,
-    windows_done INTEGER NOT NULL DEFAULT 0, windows_failed INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX lazytiles_raw_by_window ON raw_detections (window_index, rank);
-"""
-
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# -- locking ---------------------------------------------------------------------------------------
-
-
-class _Lock:
-    """An exclusive, non-blocking lock on a store file, held until :meth:`release`.
-
-    POSIX: ``flock`` on the file itself (independent of SQLite's own ``fcntl`` locks, released by
-    the kernel when the process dies). Elsewhere (untested): ``msvcrt.locking`` on a sidecar
-    ``<sidecar_for or path>.lock``.
-    The descriptor must outlive every SQLite connection to the file: closing any descriptor of a file
-    drops that process's ``fcntl`` locks on it, SQLite's included.
-    """
-
-    def __init__(self, path: Path, *, sidecar_for: Path | None = None) -> None:
-        self.path = path
-        self._fd: int | None = None
-        if fcntl is not None:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise _Busy() from None
-        else:  # pragma: no cover - Windows
-            import msvcrt
-
-            fd = os.open(f"{sidecar_for or path}.lock", os.O_RDWR | os.O_CREAT)
-            try:
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-            except OSError:
-                os.close(fd)
-                raise _Busy() from None
-        self._fd = fd
-
-    def fsync(self) -> None:
-        if self._fd is not None and fcntl is not None:
-            os.fsync(self._fd)
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # drops the lock
-            self._fd = None
-
-
-class _Busy(Exception):
-    """Another process holds the lock."""
-
-
-# -- the store ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -192,7 +116,7 @@ class RunStore:
     """One run store file, open for reading or (locked) for writing. Made by :meth:`create`,
     :meth:`resume` and :meth:`read`; :func:`lazytiles.open_run` wraps a read-only one."""
 
-    def __init__(self, path: Path, con: sqlite3.Connection, lock: _Lock | None) -> None:
+    def __init__(self, path: Path, con: sqlite3.Connection, lock: FileLock | None) -> None:
         self.path = path
         self._con = con
         self._lock = lock
@@ -224,7 +148,7 @@ class RunStore:
             )
         self.recipe: dict[str, Any] = json.loads(values["recipe"])
         self.created: str = json.loads(values["created"])
-        self.windows = RunWindows(_unpack(values["windows"]), _unpack(values["pixel_windows"]).reshape(-1, 4))
+        self.windows = RunWindows(unpack(values["windows"]), unpack(values["pixel_windows"]).reshape(-1, 4))
         georef = json.loads(values["georef"])
         self.transform = Affine(*georef["transform"])
         self.crs = None if georef["crs"] is None else CRS.from_wkt(georef["crs"])
@@ -255,96 +179,9 @@ class RunStore:
         has checked what it is); otherwise an existing ``path`` raises :class:`RunStoreError`.
         """
         path = Path(path)
-        parent = path.absolute().parent
-        if not parent.is_dir():
-            raise RunStoreError(
-                f"cannot create run store {str(path)!r}: its directory {str(parent)!r} does not exist; "
-                "create it first (nothing was written)"
-            )
-        for leftover in (f"{path}-wal", f"{path}-journal"):
-            if not path.exists() and os.path.exists(leftover):
-                raise RunStoreError(
-                    f"found {leftover!r} without its database {str(path)!r}: it is left from a store that was "
-                    "deleted and would corrupt a new one; delete it, then run again"
-                )
-        tmp = parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp.gpkg"
-        try:
-            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-        except OSError as err:
-            raise RunStoreError(
-                f"cannot create run store {str(path)!r}: cannot write in {str(parent)!r} ({err.strerror}); "
-                "choose a writable directory for out= (nothing was written)"
-            ) from err
-        lock = None
-        try:
-            con = sqlite3.connect(tmp, isolation_level=None)
-            try:
-                # nobody sees the temporary file: no journal, and one fsync below instead of several
-                con.execute("PRAGMA journal_mode = OFF")
-                con.execute("PRAGMA synchronous = OFF")
-                con.execute("BEGIN")
-                srs_id = create_geopackage(
-                    con,
-                    crs,
-                    {
-                        MERGED_LAYER: ({f: _FIELD_TYPES[f] for f in _MERGED_FIELDS}, "lazytiles: merged detections"),
-                        RAW_LAYER: ({f: _FIELD_TYPES[f] for f in _RAW_FIELDS}, "lazytiles: raw detections per window"),
-                    },
-                )
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        con.execute(statement)
-                for table, what in (
-                    ("lazytiles_run", "the run's recipe and state"),
-                    ("lazytiles_windows", "each recorded window: done, or failed and why"),
-                    ("lazytiles_sessions", "each process that worked on the run"),
-                ):
-                    register_table(con, table, f"lazytiles: {what}")
-                georef = {"transform": list(transform)[:6], "crs": None if crs is None else crs.to_wkt(), "srs_id": srs_id}
-                rows = {
-                    "schema": json.dumps(STORE_SCHEMA),
-                    "recipe": json.dumps(recipe, sort_keys=True),
-                    "created": json.dumps(_now()),
-                    "georef": json.dumps(georef),
-                    "windows": _pack(indices),
-                    "pixel_windows": _pack(rects),
-                }
-                con.executemany("INSERT INTO lazytiles_run (key, value) VALUES (?, ?)", rows.items())
-                con.execute("COMMIT")
-                con.execute("PRAGMA journal_mode = WAL")  # persistent: the run starts in WAL mode
-            finally:
-                con.close()
-            lock = _Lock(tmp, sidecar_for=path)  # same inode as `path` once linked: nobody can take it in between
-            lock.fsync()
-            if replace:
-                for stale in (f"{path}-wal", f"{path}-journal", f"{path}-shm"):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(stale)  # they belong to the store being replaced
-                os.replace(tmp, path)
-            else:
-                try:
-                    os.link(tmp, path)
-                except FileExistsError:
-                    raise RunStoreError(
-                        f"run store {str(path)!r} appeared while this one was being made (another process "
-                        "starting the same run?); nothing was overwritten; run again to resume it"
-                    ) from None
-                except OSError:  # a file system without hard links
-                    if path.exists():
-                        raise RunStoreError(f"run store {str(path)!r} appeared while this one was being made") from None
-                    os.rename(tmp, path)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-        except BaseException as err:
-            if lock is not None:
-                lock.release()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            if isinstance(err, RunStoreError | KeyboardInterrupt | SystemExit):
-                raise
-            if isinstance(err, OSError | sqlite3.Error):
-                raise RunStoreError(f"cannot create run store {str(path)!r}: {err} (nothing was written)") from err
-            raise
+        lock = build_store(
+            path, recipe, indices=indices, rects=rects, transform=transform, crs=crs, created=_now(), replace=replace
+        )
         store = cls._open_locked(path, lock)
         store.start_writing()
         return store
@@ -371,11 +208,11 @@ class RunStore:
         return cls._open_locked(path, lock)
 
     @classmethod
-    def lock(cls, path: Path) -> _Lock:
+    def lock(cls, path: Path) -> FileLock:
         """Take the writer's lock on an existing file, or raise :class:`RunLockedError`."""
         try:
-            return _Lock(path)
-        except _Busy:
+            return FileLock(path)
+        except LockHeldError:
             raise RunLockedError(
                 f"run store {str(path)!r} is being written by another process{_holder(path)}; wait for it to "
                 "finish or stop it, then resume; lt.open_run(path).summary() shows its progress meanwhile"
@@ -384,7 +221,7 @@ class RunStore:
             raise RunStoreError(f"cannot open run store {str(path)!r}: {err.strerror}") from err
 
     @classmethod
-    def _open_locked(cls, path: Path, lock: _Lock) -> RunStore:
+    def _open_locked(cls, path: Path, lock: FileLock) -> RunStore:
         try:
             con = _connect(path, readonly=False)
         except sqlite3.Error as err:
@@ -474,17 +311,9 @@ class RunStore:
             return
         done = [r for r in results if r.detections is not None]
         failed = [r for r in results if r.detections is None]
-        raw_rows: list[tuple[Any, ...]] = []
+        rows: list[tuple[Any, ...]] = []
         for r in done:
-            d = r.detections
-            n = len(d)  # type: ignore[arg-type]
-            if n:
-                blobs = polygon_blobs(d.boxes, self.transform, self.srs_id)  # type: ignore[union-attr]
-                b = d.boxes.tolist()  # type: ignore[union-attr]
-                raw_rows.extend(
-                    (blobs[k], int(d.window_index[k]), k, *b[k], float(d.scores[k]), int(d.labels[k]), bool(d.partial[k]))  # type: ignore[union-attr]
-                    for k in range(n)
-                )
+            rows.extend(raw_rows(r.detections, self.transform, self.srs_id))  # type: ignore[arg-type]
         now, session = _now(), self._session or 0
         self._commits += 1
         try:
@@ -504,9 +333,7 @@ class RunStore:
                             ).fetchall()
                         )
                     con.executemany("DELETE FROM lazytiles_windows WHERE window_index = ?", [(i,) for i in previous])
-                    con.executemany(
-                        f"INSERT INTO {RAW_LAYER} (geom, {', '.join(_RAW_FIELDS)}) VALUES ({','.join('?' * 10)})", raw_rows
-                    )
+                    con.executemany(INSERT_RAW, rows)
                     con.executemany(
                         "INSERT INTO lazytiles_windows (window_index, status, boxes, attempts, error, col_off, row_off, "
                         "width, height, session, finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -550,13 +377,7 @@ class RunStore:
 
     def write_merged(self, found: Detections, params: dict[str, Any]) -> None:
         """Replace the ``detections`` layer with ``found`` and record ``params``, in one transaction."""
-        rows: list[tuple[Any, ...]] = []
-        if len(found):
-            blobs = polygon_blobs(found.boxes, self.transform, self.srs_id)
-            b = found.boxes.tolist()
-            s, lab, w = found.scores.tolist(), found.labels.tolist(), found.window_index.tolist()
-            p = found.partial.tolist()
-            rows = [(k + 1, blobs[k], s[k], lab[k], w[k], p[k], *b[k]) for k in range(len(found))]
+        rows = merged_rows(found, self.transform, self.srs_id)
         info = {"params": params, "count": len(found), "windows_done": len(self.done()), "written": _now()}
         try:
             with self._db_lock:
@@ -564,17 +385,8 @@ class RunStore:
                 con.execute("BEGIN IMMEDIATE")
                 try:
                     con.execute(f"DELETE FROM {MERGED_LAYER}")
-                    con.executemany(
-                        f"INSERT INTO {MERGED_LAYER} (fid, geom, {', '.join(_MERGED_FIELDS)}) VALUES "
-                        f"({','.join('?' * (len(_MERGED_FIELDS) + 2))})",
-                        rows,
-                    )
-                    extent = self._extent(found)
-                    con.execute(
-                        "UPDATE gpkg_contents SET min_x = ?, min_y = ?, max_x = ?, max_y = ?, "
-                        "last_change = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE table_name = ?",
-                        (*extent, MERGED_LAYER),
-                    )
+                    con.executemany(INSERT_MERGED, rows)
+                    set_extent(con, MERGED_LAYER, found.boxes, self.transform)
                     con.executemany(
                         "INSERT OR REPLACE INTO lazytiles_run (key, value) VALUES (?, ?)",
                         [("merge", json.dumps(params)), ("merged", json.dumps(info))],
@@ -587,15 +399,6 @@ class RunStore:
         except sqlite3.Error as err:
             raise RunStoreError(f"cannot write merged detections to run store {str(self.path)!r}: {err}") from err
         self.merge_params, self.merged_info = params, info
-
-    def _extent(self, found: Detections) -> tuple[float | None, ...]:
-        if not len(found):
-            return (None, None, None, None)
-        t = self.transform
-        xs = found.boxes[:, [0, 2, 0, 2]]
-        ys = found.boxes[:, [1, 1, 3, 3]]
-        mx, my = t.a * xs + t.b * ys + t.c, t.d * xs + t.e * ys + t.f
-        return (float(mx.min()), float(my.min()), float(mx.max()), float(my.max()))
 
     # -- reading -------------------------------------------------------------------------------------
 
@@ -624,16 +427,15 @@ class RunStore:
 
     def raw(self) -> StoredDetections:
         """The raw detections of every done window, per window, in the run's window order."""
-        rows = self._query(f"SELECT {', '.join(_RAW_FIELDS)} FROM {RAW_LAYER} ORDER BY window_index, rank")
-        columns = _columns(rows, _RAW_FIELDS)
-        return StoredDetections(self.windows, columns, self.transform, self.crs)
+        rows = self._query(f"SELECT {', '.join(RAW_FIELDS)} FROM {RAW_LAYER} ORDER BY window_index, rank")
+        return StoredDetections(self.windows, columns(rows, RAW_FIELDS), self.transform, self.crs)
 
     def merged(self) -> Detections | None:
         """The ``detections`` layer as written by the last merge, or None before the first merge."""
         if self.merged_info is None:
             return None
-        rows = self._query(f"SELECT {', '.join(_MERGED_FIELDS)} FROM {MERGED_LAYER} ORDER BY fid")
-        c = _columns(rows, _MERGED_FIELDS)
+        rows = self._query(f"SELECT {', '.join(MERGED_FIELDS)} FROM {MERGED_LAYER} ORDER BY fid")
+        c = columns(rows, MERGED_FIELDS)
         boxes = np.stack([c["x0"], c["y0"], c["x1"], c["y1"]], axis=1)
         return Detections(
             boxes, c["score"], c["label"], c["window_index"], partial=c["partial"], transform=self.transform, crs=self.crs
@@ -650,7 +452,7 @@ class RunStore:
     # -- closing ---------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the database, then drop the writer's lock (in that order: see :class:`_Lock`)."""
+        """Close the database, then drop the writer's lock (in that order: see :class:`~lazytiles._flock.FileLock`)."""
         con, self._con = self._con, None  # type: ignore[assignment]
         if con is not None:
             if self._writing:
@@ -678,35 +480,6 @@ class RunStore:
         self.close()
 
 
-def _pack(array: np.ndarray) -> str:
-    return base64.b64encode(zlib.compress(np.ascontiguousarray(array, dtype="<i8").tobytes())).decode()
-
-
-def _unpack(text: str) -> np.ndarray:
-    return np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype="<i8").astype(np.int64)
-
-
-class RunWindows:
-    """The windows of a run, without their source: what ``lt.merge(..., windows=)`` needs.
-
-    ``indices`` are the windows' indices in the sequence ``lt.windows`` made, in the run's order;
-    :meth:`pixel_windows` their ``(N, 4)`` col_off, row_off, width, height in the source's pixels.
-    """
-
-    def __init__(self, indices: np.ndarray, rects: np.ndarray) -> None:
-        self.indices = indices
-        self._rects = rects
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def pixel_windows(self) -> np.ndarray:
-        return self._rects
-
-    def __repr__(self) -> str:
-        return f"<RunWindows: {len(self)} windows>"
-
-
 def _holder(path: Path) -> str:
     """`` (pid N on host, since T)`` of the running session, best effort, for RunLockedError."""
     try:
@@ -720,63 +493,6 @@ def _holder(path: Path) -> str:
     except sqlite3.Error:
         return ""
     return "" if row is None else f" (pid {row[0]} on {row[1]}, since {row[2]})"
-
-
-def _columns(rows: list[tuple[Any, ...]], names: Sequence[str]) -> dict[str, np.ndarray]:
-    if not rows:
-        return {name: np.empty(0, dtype=_FIELD_TYPES[name]) for name in names}
-    cols = list(zip(*rows))
-    return {name: np.array(col, dtype=np.float64 if name == "score" else _FIELD_TYPES[name]).astype(_FIELD_TYPES[name])
-            for name, col in zip(names, cols)}  # fmt: skip
-
-
-class StoredDetections(Sequence[Detections]):
-    """Raw detections of a run: one :class:`~lazytiles.Detections` per window of the run, in its order.
-
-    A window that is not done (missing or failed) gives an empty ``Detections``. ``windows`` is the
-    run's :class:`RunWindows`, so ``lt.merge(stored)`` merges exactly as ``lt.merge(lt.detect(model,
-    wins))`` does. Every box is held in a few numpy arrays; per-window objects are made on access.
-    """
-
-    def __init__(self, windows: RunWindows, columns: dict[str, np.ndarray], transform: Affine, crs: CRS | None) -> None:
-        self.windows = windows
-        self.transform, self.crs = transform, crs
-        self._cols = columns
-        w = columns["window_index"]
-        self._start = np.searchsorted(w, windows.indices, side="left")
-        self._stop = np.searchsorted(w, windows.indices, side="right")
-
-    def __len__(self) -> int:
-        return len(self.windows)
-
-    def __getitem__(self, key: Any) -> Any:
-        picked = select(range(len(self)), key, what="window")
-        if isinstance(picked, int):
-            return self._take(np.arange(self._start[picked], self._stop[picked]))
-        idx = np.asarray(picked, dtype=np.int64)
-        sub = RunWindows(self.windows.indices[idx], self.windows.pixel_windows()[idx])
-        return StoredDetections(sub, self._cols, self.transform, self.crs)
-
-    def __iter__(self) -> Iterator[Detections]:
-        for a, b in zip(self._start.tolist(), self._stop.tolist()):
-            yield self._take(slice(a, b))
-
-    def _take(self, idx: Any) -> Detections:
-        c = self._cols
-        boxes = np.stack([c["x0"][idx], c["y0"][idx], c["x1"][idx], c["y1"][idx]], axis=1)
-        return Detections(
-            boxes, c["score"][idx], c["label"][idx], c["window_index"][idx],
-            partial=c["partial"][idx], transform=self.transform, crs=self.crs,
-        )  # fmt: skip
-
-    def concat(self) -> Detections:
-        """Every box, in window order, as one :class:`~lazytiles.Detections`."""
-        lengths = self._stop - self._start
-        idx = np.repeat(self._start - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
-        return self._take(idx)
-
-    def __repr__(self) -> str:
-        return f"<StoredDetections: {len(self)} windows, {int((self._stop - self._start).sum())} boxes>"
 
 
 __all__ = ["KILL_HOOK_ENV", "MERGED_LAYER", "RAW_LAYER", "RunStore", "RunWindows", "StoredDetections", "WindowResult"]
