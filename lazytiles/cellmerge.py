@@ -43,9 +43,10 @@ from typing import Any
 
 import numpy as np
 
+from ._grouping import _Boxes, _finish, _settle
 from .detections import Detections
 from .errors import InvalidArgumentError
-from .merge import _Boxes, _check_options, _finish, _settle
+from .merge import _check_options
 
 #: A box on its way through the merge: what ``lazytiles.merge`` needs of it, in 93 bytes.
 RECORD = np.dtype(

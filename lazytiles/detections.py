@@ -315,7 +315,8 @@ class Detections:
         >>> lt.Detections([[10, 10, 30, 20]], [0.9], [2]).show().size
         (26, 16)
         """
-        from .display import _shrink, draw_boxes, show, to_image
+        from ._picture import _shrink, draw_boxes, to_image
+        from .display import show
 
         if background is None or isinstance(background, np.ndarray):
             if background is None:
