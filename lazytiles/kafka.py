@@ -149,7 +149,7 @@ def _run_id(recipe: Mapping[str, Any]) -> str:
 
 
 def message_recipe(recipe: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
-    """The recipe a result message carries: a run recipe (:func:`lazytiles.runs.run_recipe`) without
+    """The recipe a result message carries: a run recipe (:func:`lazytiles.recipe.run_recipe`) without
     what depends on the machine (the source's local path) and with the CRS as a short string, so two
     workers on two hosts send the same bytes for the same window."""
     from rasterio.crs import CRS
@@ -258,7 +258,8 @@ class _Payload:
 
 def _payload(obj: Any, merged: bool) -> _Payload:
     from .detect import DetectionSequence
-    from .runs import Run, open_run, run_recipe
+    from .recipe import run_recipe
+    from .runs import Run, open_run
 
     if isinstance(obj, Detections):
         if not merged:

@@ -178,7 +178,7 @@ class _Worker:
 
         from . import __version__
         from .detect import detect
-        from .runs import run_recipe
+        from .recipe import run_recipe
         from .sources import open as open_source
         from .windows import windows
 
@@ -269,7 +269,7 @@ def _job_store(path: str, recipe: dict[str, Any], indices: Any, rects: Any, src:
     """The job's run store: resumed (same recipe, or :class:`RecipeMismatchError`) or created."""
     from .errors import RunLockedError, RunStoreError
     from .io import RunStore
-    from .runs import check_recipe
+    from .recipe import check_recipe
 
     if os.path.exists(path):
         store = RunStore.resume(path)
