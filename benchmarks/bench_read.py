@@ -57,6 +57,7 @@ CASES = [
     "lazytiles-serial",
     "lazytiles-serial-noreadahead",
     "lazytiles-serial-uncapped",
+    "lazytiles-index-loop",
     "lazytiles-prefetch-threads",
     "lazytiles-prefetch-processes",
 ]
@@ -67,6 +68,7 @@ LABELS = {
     "lazytiles-serial": "lazytiles, one consumer (block read-ahead)",
     "lazytiles-serial-noreadahead": "lazytiles, readahead=0 (one thread)",
     "lazytiles-serial-uncapped": "lazytiles, GDAL cache uncapped",
+    "lazytiles-index-loop": "lazytiles, wins[i] in an index loop",
     "lazytiles-prefetch-threads": "lazytiles lt.prefetch, 2 threads",
     "lazytiles-prefetch-processes": "lazytiles lt.prefetch, 2 processes",
 }
@@ -162,6 +164,9 @@ def run_case(case: str, cog: str, limit: int | None = None) -> dict[str, Any]:
         if case.startswith("lazytiles-serial"):
             for w in wins:
                 total += checksum(w.data)
+        elif case == "lazytiles-index-loop":
+            for i in range(len(wins)):
+                total += checksum(wins[i].data)
         else:
             method = "thread" if case.endswith("threads") else "process"
             with lt.prefetch(wins, workers=WORKERS, method=method, progress=False) as pre:

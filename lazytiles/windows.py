@@ -332,6 +332,8 @@ class WindowSequence(Sequence[Window]):
         self._plan = plan
         self._keep = keep  # candidate ids kept by a region filter, or None for all
         self._positions = positions
+        self._last_read: int | None = None  # indexing forward (wins[i], wins[i + 1], ...) turns read-ahead on
+        self._warmed = -1  # the last index whose tiles that read-ahead has asked for
 
     # -- what it is --------------------------------------------------------------------------------
 
@@ -438,8 +440,26 @@ class WindowSequence(Sequence[Window]):
     def __getitem__(self, key: Any) -> Any:
         picked = select(self._positions, key)
         if isinstance(picked, int):
+            if self._src.readahead:
+                self._read_ahead_after(picked)
             return self._read(picked)
         return WindowSequence(self._src, self._plan, self._keep, picked)
+
+    def _read_ahead_after(self, index: int) -> None:
+        """Indexing that moves forward a little (a loop over ``range(len(wins))``, or the threads of
+        ``lt.prefetch`` taking turns) loads the tiles of the next windows in the background, as an
+        in-order pass does; a jump switches it off until indexing moves forward again. Threads may race
+        here: the worst outcome is asking twice for a tile, which the source's read-ahead ignores."""
+        ahead = self._src.readahead
+        last, self._last_read = self._last_read, index
+        if last is None or not 0 < index - last <= ahead:
+            self._warmed = index
+            return
+        stop = min(index + ahead, (len(self._plan) if self._keep is None else len(self._keep)) - 1)
+        start = max(self._warmed, index) + 1
+        for k in range(start, stop + 1):
+            self._src.warm(self._src.tiles_under(self._plan.window(self._candidate(k))))
+        self._warmed = max(self._warmed, stop)
 
     def __iter__(self) -> Iterator[Window]:
         """The windows in order. A pass in the plan's order (the root, slices with a positive step,

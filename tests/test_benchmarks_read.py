@@ -26,6 +26,7 @@ def test_bench_read_quick_runs_every_case_and_they_agree():
         "lazytiles, one consumer (block read-ahead)",
         "lazytiles, readahead=0 (one thread)",
         "lazytiles, GDAL cache uncapped",
+        "lazytiles, wins[i] in an index loop",
         "lazytiles lt.prefetch, 2 threads",
         "lazytiles lt.prefetch, 2 processes",
     ):

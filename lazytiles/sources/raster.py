@@ -125,12 +125,13 @@ class RasterSource(TileSource):
         (default 32 MiB) unless ``GDAL_CACHEMAX`` is already set; lazytiles keeps decoded blocks in
         its own cache, so a large GDAL cache would only hold a second copy. ``None`` leaves GDAL alone.
     readahead
-        Windows ahead whose blocks an in-order pass reads early on background threads (default:
-        ``2 * max_connections`` for network rasters, :data:`LOCAL_READAHEAD` for local files; 0
-        turns it off). The blocks of each window are also read concurrently. Decoding releases the
-        GIL, so on a local file this spreads decompression over the cores while the consuming thread
-        assembles windows. Network rasters get :data:`REMOTE_GDAL_DEFAULTS` (directory listing off,
-        merged ranges, HTTP/2 multiplexing, retries) where not set already.
+        Windows ahead whose blocks an in-order pass, or indexing that moves forward, reads early on
+        background threads (default: ``2 * max_connections`` for network rasters,
+        :data:`LOCAL_READAHEAD` for local files; 0 turns it off). The blocks of each window are also
+        read concurrently. Decoding releases the GIL, so on a local file this spreads decompression
+        over the cores while the consuming thread assembles windows. Network rasters get
+        :data:`REMOTE_GDAL_DEFAULTS` (directory listing off, merged ranges, HTTP/2 multiplexing,
+        retries) where not set already.
     max_connections
         Background threads, each with its own GDAL handle (and so, for a network raster, its own
         HTTP connection); default 16 for network rasters, the number of CPUs (at most 4) for local

@@ -158,8 +158,8 @@ class XYZSource(TileSource):
         directory; later reads, in any process, come from disk, also offline (see
         :class:`~lazytiles.diskcache.DiskCache`). Default: no disk cache. Local templates ignore it.
     readahead
-        Windows ahead whose tiles an in-order pass requests early (default: ``2 * max_connections``
-        for URLs, 4 for local files; 0 turns it off).
+        Windows ahead whose tiles an in-order pass, or indexing that moves forward, requests early
+        (default: ``2 * max_connections`` for URLs, 4 for local files; 0 turns it off).
     cache
         The :class:`~lazytiles.TileCache` of decoded tiles (default: the process-wide one).
 

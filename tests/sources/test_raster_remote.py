@@ -113,6 +113,36 @@ def test_bad_readahead_options_are_refused(cog, options, match):
 
 
 @pytest.mark.timeout(30)
+def settled(src) -> None:
+    """Wait until the source's read-ahead has no load queued or running."""
+    import time
+
+    deadline = time.monotonic() + 20
+    while getattr(src._readahead, "_inflight", ()):  # made at first use
+        assert time.monotonic() < deadline, "read-ahead never settled"
+        time.sleep(0.01)
+
+
+def test_indexing_forward_reads_ahead_and_a_jump_does_not(cog):
+    path, array = cog
+    src = lt.open(path, cache=lt.TileCache(64 * 2**20), readahead=4)
+    wins = lt.windows(src, size=128)  # one block per window, 8 a row
+    cached = lambda: {k for k in (src.tile_key(r, c) for r in range(6) for c in range(8)) if k in src.cache}  # noqa: E731
+    assert_array_equal(wins[0].data, array[:, :128, :128])
+    settled(src)
+    assert cached() == {src.tile_key(0, 0)}  # one index is not a pattern: nothing read ahead
+    assert_array_equal(wins[1].data, array[:, :128, 128:256])
+    settled(src)  # i, i + 1: the blocks of windows 2..5 are decoded before anyone asks
+    assert cached() == {src.tile_key(0, c) for c in range(6)}
+    assert_array_equal(wins[40].data, array[:, 640:768, :128])  # a jump: no read-ahead
+    settled(src)
+    assert cached() == {src.tile_key(0, c) for c in range(6)} | {src.tile_key(5, 0)}
+    for i in range(len(wins)):  # a loop over range(len(wins)) reads each block once, correctly
+        r, c = divmod(i, 8)
+        assert_array_equal(wins[i].data, array[:, 128 * r : 128 * r + 128, 128 * c : 128 * c + 128])
+    assert src.stats()["tiles_read"] == 48
+
+
 def test_local_readahead_decodes_on_a_pool_that_ends_with_its_source(cog):
     import gc
     import threading
