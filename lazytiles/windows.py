@@ -13,13 +13,12 @@ from typing import Any, Union
 import numpy as np
 import rasterio.warp
 import shapely
-import shapely.affinity
-import shapely.geometry
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window as PixelWindow
 
 from ._index import Positions, select
+from ._regions import filter_by_callable, filter_by_geometry, region_in_pixels, to_geometry
 from .cache import TileKey
 from .errors import BoundsError, InvalidArgumentError, TileFetchError
 from .grid import Bounds, pixel_window, window_bounds, window_transform
@@ -112,32 +111,6 @@ def _bounds(value: Any, what: str = "bounds") -> Bounds:
             f"{what}={value!r} is not (left, bottom, right, top) with left < right and bottom < top"
         )
     return left, bottom, right, top
-
-
-def _to_geometry(region: Any) -> shapely.Geometry | None:
-    if isinstance(region, shapely.Geometry):
-        geometry = region
-    elif isinstance(region, dict) or hasattr(region, "__geo_interface__"):
-        try:
-            geometry = shapely.geometry.shape(region)
-        except Exception as err:  # shapely raises several kinds on bad GeoJSON
-            raise InvalidArgumentError(f"region {region!r:.200} is not a valid GeoJSON geometry: {err}") from err
-    else:
-        return None
-    if geometry.is_empty:
-        raise BoundsError("region is an empty geometry; pass a geometry that covers the area to process")
-    return geometry
-
-
-def _region_in_pixels(geometry: shapely.Geometry, region_crs: CRS | None, src: TileSource) -> shapely.Geometry:
-    if region_crs is not None and src.crs is not None and region_crs != src.crs:
-        minx, miny, maxx, maxy = geometry.bounds
-        geometry = shapely.segmentize(geometry, max(maxx - minx, maxy - miny) / 64 or 1.0)  # curves survive
-        geometry = shapely.geometry.shape(
-            rasterio.warp.transform_geom(region_crs, src.crs, shapely.geometry.mapping(geometry))
-        )
-    inv = ~src.transform
-    return shapely.affinity.affine_transform(geometry, [inv.a, inv.b, inv.d, inv.e, inv.c, inv.f])
 
 
 def _intersect(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
@@ -251,7 +224,7 @@ def windows(
     geometry = None
     keep_fn: Callable[[Bounds], bool] | None = None
     if region is not None:
-        geometry = _to_geometry(region)
+        geometry = to_geometry(region)
         if geometry is None:
             if not callable(region):
                 raise InvalidArgumentError(
@@ -262,7 +235,7 @@ def windows(
         else:
             if r_crs is not None and r_crs != src.crs:
                 src._require_crs(f"region_crs={region_crs!r}")
-            geometry = _region_in_pixels(geometry, r_crs, src)
+            geometry = region_in_pixels(geometry, r_crs, src)
             c0, r0, c1, r1 = geometry.bounds
             pw = (math.floor(r0), math.floor(c0), math.ceil(r1) - math.floor(r0), math.ceil(c1) - math.floor(c0))
             hit = _intersect(aoi, (pw[0], pw[1], max(pw[2], 1), max(pw[3], 1)))
@@ -284,38 +257,12 @@ def windows(
 
     keep = None
     if geometry is not None:
-        keep = _filter_by_geometry(plan, geometry)
+        keep = filter_by_geometry(plan, geometry)
     elif keep_fn is not None:
-        keep = _filter_by_callable(plan, keep_fn, src.transform)
+        keep = filter_by_callable(plan, keep_fn, src.transform)
     if keep is not None and len(keep) == 0:
         raise BoundsError("no window overlaps the region; check the region and region_crs")
     return WindowSequence(src, plan, keep, range(len(plan) if keep is None else len(keep)))
-
-
-def _filter_by_geometry(plan: WindowPlan, geometry: shapely.Geometry, chunk: int = 1 << 18) -> np.ndarray:
-    shapely.prepare(geometry)
-    polygonal = geometry.geom_type in ("Polygon", "MultiPolygon")
-    h, w = plan.size
-    kept = []
-    for start in range(0, len(plan), chunk):
-        k = np.arange(start, min(start + chunk, len(plan)))
-        r, c = plan.offsets(k)
-        boxes = shapely.box(c, r, c + w, r + h)
-        hit = shapely.intersects(geometry, boxes)
-        if polygonal:  # sharing only an edge is not overlapping
-            hit &= ~shapely.touches(geometry, boxes)
-        elif hit.any():  # pixels are half-open: a point or line only on a window's right or bottom
-            far = np.stack([np.stack(p, axis=-1) for p in ((c + w, r), (c + w, r + h), (c, r + h))], axis=1)
-            on_far_edge = shapely.covered_by(shapely.intersection(geometry, boxes[hit]), shapely.linestrings(far[hit]))
-            hit[hit] = ~on_far_edge  # edge is its neighbour's
-        kept.append(k[hit])
-    return np.concatenate(kept)
-
-
-def _filter_by_callable(plan: WindowPlan, keep: Callable[[Bounds], bool], transform: Affine) -> np.ndarray:
-    return np.fromiter(
-        (k for k in range(len(plan)) if keep(window_bounds(plan.window(k), transform))), dtype=np.int64
-    )
 
 
 class WindowSequence(Sequence[Window]):
