@@ -1,9 +1,9 @@
 """The cost of Apache Beam: the detection job on the DirectRunner vs the same job in one process.
 
-Writes the built-in sample scene (:mod:`lazytiles.sample`: a 3-band uint8 COG in 256-px blocks, one
+Writes the built-in sample scene (:mod:`lazytiles.testing.sample`: a 3-band uint8 COG in 256-px blocks, one
 coloured object per 256 x 256 px, a third of them on 128-px seams) to a temporary directory and detects
 its objects in 512-px windows (overlap 0.25) with the built-in ``BlobDetector``
-(``"lazytiles.models:blob_detector"``, cheap, so the fixed costs of a job show at their worst).
+(``"lazytiles.detection.models:blob_detector"``, cheap, so the fixed costs of a job show at their worst).
 
 Cases, run alternately ``--repeat`` times, each over a fresh tile cache and a new run store:
 
@@ -49,10 +49,10 @@ import apache_beam as beam  # noqa: E402
 
 import lazytiles as lt  # noqa: E402
 from lazytiles import beam as lb  # noqa: E402
-from lazytiles.cellmerge import RECORD, CellGrid, merge_in_cells  # noqa: E402
-from lazytiles.sample import make_sample  # noqa: E402
+from lazytiles.merging.cells import RECORD, CellGrid, merge_in_cells  # noqa: E402
+from lazytiles.testing.sample import make_sample  # noqa: E402
 
-MODEL = "lazytiles.models:blob_detector"
+MODEL = "lazytiles.detection.models:blob_detector"
 TWO_WORKERS = ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
 ONE_WORKER = ["--runner=DirectRunner"]
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                     results[name] = found
 
         worker_start, _ = timed(lambda: subprocess.run(
-            [sys.executable, "-c", "import lazytiles.beam, lazytiles.models"], check=True, capture_output=True))  # fmt: skip
+            [sys.executable, "-c", "import lazytiles.beam, lazytiles.detection.models"], check=True, capture_output=True))  # fmt: skip
         reference = results["local, in memory"]
         same = all(
             r == reference and np.array_equal(r.partial, reference.partial) for r in results.values()

@@ -3,7 +3,7 @@
 Writes a 3-band uint8 DEFLATE COG (512-px blocks) of coloured blobs on a noisy background to a
 temporary directory, then detects the blobs in 512-px windows (overlap 0.25) with a CPU model whose
 time per window is just above a window's read time (``--model-ratio``, calibrated first and
-printed): :class:`~lazytiles.models.BlobDetector` at an eighth of the resolution plus a matrix
+printed): :class:`~lazytiles.detection.models.BlobDetector` at an eighth of the resolution plus a matrix
 product sized to taste (one compute-bound kernel that releases the GIL, as a CNN's convolutions
 do). The model gets one torch thread and the reading the other core: the CPU stand-in for a GPU
 pipeline, in which the device computes while the host reads. On a busy machine every thread
@@ -48,7 +48,7 @@ from rasterio.windows import Window as PixelWindow
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lazytiles as lt  # noqa: E402
-from lazytiles.models import BlobDetector  # noqa: E402
+from lazytiles.detection.models import BlobDetector  # noqa: E402
 
 WORKERS = 2  # DataLoader workers
 DETECT_OPTIONS: dict[str, Any] = {}  # lt.detect's own defaults unless --workers says otherwise

@@ -63,9 +63,9 @@ class StoreTimer:
         self.commits = 0
         for name in self.METHODS:
             self._wrap(name)
-        import lazytiles.runs
+        import lazytiles.runs.run
 
-        recipe = lazytiles.runs.run_recipe
+        recipe = lazytiles.runs.run.run_recipe
 
         def timed_recipe(*args: Any, **kwargs: Any) -> Any:
             wall, cpu = time.perf_counter(), time.thread_time()
@@ -75,10 +75,10 @@ class StoreTimer:
                 self.wall += time.perf_counter() - wall
                 self.cpu += time.thread_time() - cpu
 
-        lazytiles.runs.run_recipe = timed_recipe
+        lazytiles.runs.run.run_recipe = timed_recipe
 
     def _wrap(self, name: str) -> None:
-        from lazytiles.io import RunStore
+        from lazytiles.runs.store import RunStore
 
         original = RunStore.__dict__[name]
         func = original.__func__ if isinstance(original, classmethod) else original

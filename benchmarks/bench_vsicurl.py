@@ -1,7 +1,7 @@
 """A COG over HTTP (GDAL ``/vsicurl/``): one pass of 512-px windows (stride 256), lazytiles vs rasterio.
 
 Writes a 3-band uint8 COG (512-px blocks, DEFLATE, imagery-like content) and serves it with HTTP range
-requests from ``lazytiles.tileserver`` in its own process, with ``--latency`` seconds before every
+requests from ``lazytiles.testing.tileserver`` in its own process, with ``--latency`` seconds before every
 answer. Each case runs in its own process against a fresh server, over the same windows, row-major:
 
 - ``naive rasterio``: ``rasterio.open("/vsicurl/" + url)`` and ``ds.read(window=w)`` per window,
@@ -95,7 +95,7 @@ def run_case(case: str, url: str) -> dict[str, Any]:
 def run_served(directory: Path, latency: float, case: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     server = subprocess.Popen(
-        [sys.executable, "-m", "lazytiles.tileserver", str(directory), "--latency", str(latency)],
+        [sys.executable, "-m", "lazytiles.testing.tileserver", str(directory), "--latency", str(latency)],
         stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     assert server.stdout is not None

@@ -1,7 +1,7 @@
 """XYZ tiles over HTTP: one pass of 512-px windows (stride 256), lazytiles vs what users write today.
 
 Writes ``--tiles`` x ``--tiles`` PNG tiles (256 px, imagery-like content that PNG compresses about
-1.6:1) of one zoom level, serves them from ``lazytiles.tileserver`` in its own process with
+1.6:1) of one zoom level, serves them from ``lazytiles.testing.tileserver`` in its own process with
 ``--latency`` seconds before every answer, and runs each case in its own process (so peak RSS is
 per case) over the same windows, in row-major order:
 
@@ -210,10 +210,10 @@ def in_subprocess(args: list[str]) -> dict[str, Any]:
 
 
 def start_server(directory: Path, latency: float) -> tuple[subprocess.Popen[str], str]:
-    """``python -m lazytiles.tileserver`` in its own process (its own GIL); the URL it prints."""
+    """``python -m lazytiles.testing.tileserver`` in its own process (its own GIL); the URL it prints."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lazytiles.tileserver", str(directory), "--latency", str(latency)],
+        [sys.executable, "-m", "lazytiles.testing.tileserver", str(directory), "--latency", str(latency)],
         stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     assert proc.stdout is not None

@@ -28,15 +28,15 @@ from .errors import (
 )
 from .sources import ArraySource, RasterSource, TileSource, open
 from .sources.xyz import XYZSource
-from .http import HttpClient
+from .sources.http import HttpClient
 from .detections import Detections
-from .detect import DetectionSequence, Preprocess, detect
-from .merge import merge
-from .runs import Run, detect_region, open_run
-from .prefetch import Prefetched, prefetch
-from .windows import Window, WindowSequence, collate, windows
-from .display import show
-from . import kafka
+from .detection.sequence import DetectionSequence, Preprocess, detect
+from .merging.streaming import merge
+from .runs.run import Run, detect_region, open_run
+from .prefetching.sequence import Prefetched, prefetch
+from .windowing.sequence import Window, WindowSequence, collate, windows
+from .display.jupyter import show
+from .streams import kafka
 
 __version__ = "0.1.0"
 

@@ -107,7 +107,7 @@ def read_region(path: str) -> tuple[Any, str | None]:
 
 def _windows_from_args(args: argparse.Namespace) -> Any:
     from .sources import open as open_source
-    from .windows import windows
+    from .windowing.sequence import windows
 
     src = open_source(args.src, zoom=args.zoom)
     bounds = None if args.bounds is None else tuple(args.bounds)
@@ -132,7 +132,7 @@ def _info_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from .display import lonlat_bounds
+    from .display.jupyter import lonlat_bounds
     from .sources import open as open_source
 
     src = open_source(args.src, zoom=args.zoom)
@@ -249,8 +249,8 @@ def _run_detect(args: argparse.Namespace) -> int:
 
 def _detect_local(args: argparse.Namespace, wins: Any) -> Any:
     """Run in this process with ``lt.detect_region``: results are stored as windows finish."""
-    from .models import load_model
-    from .runs import detect_region
+    from .detection.models import load_model
+    from .runs.run import detect_region
 
     model = load_model(args.model)
     options = dict(
@@ -369,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
 
 
-from .worker import run_worker as _run_worker, worker_arguments as _worker_arguments  # noqa: E402 - confluent_kafka is imported lazily inside
+from .streams.worker import run_worker as _run_worker, worker_arguments as _worker_arguments  # noqa: E402 - confluent_kafka is imported lazily inside
 
 COMMANDS["worker"] = Command(
     "take region jobs from a Kafka topic, publish each window's detections to another (pip install lazytiles[kafka])",

@@ -1,6 +1,6 @@
 """``lazytiles demo``: the whole chain on the built-in sample, checked against the objects it holds.
 
-It writes the sample (a COG and XYZ tiles, see :mod:`lazytiles.sample`), serves the tiles from a
+It writes the sample (a COG and XYZ tiles, see :mod:`lazytiles.testing.sample`), serves the tiles from a
 loopback HTTP server it starts and stops itself, and runs the built-in blob detector over both
 sources in overlapping windows: the COG durably through ``lt.detect_region`` into
 ``detections.gpkg``, the tile server through ``lt.merge(lt.detect(...))`` in memory. Each result is
@@ -133,7 +133,7 @@ def score(name: str, found: Any, wins: Any, truth: Any, seconds: float) -> Score
 @contextlib.contextmanager
 def _serving(directory: Path) -> Iterator[str]:
     """A loopback tile server over ``directory`` for the ``with`` block; yields its URL template."""
-    from .tileserver import TileServer
+    from .testing.tileserver import TileServer
 
     with TileServer(directory) as server:
         yield server.template("{z}/{x}/{y}.png")
@@ -165,7 +165,7 @@ def run_demo(
     directory
         Where the sample and the results go (made if missing; earlier demo files are replaced).
     size, seed
-        The sample scene's side in pixels and its random seed (see :func:`lazytiles.sample.sample_scene`).
+        The sample scene's side in pixels and its random seed (see :func:`lazytiles.testing.sample.sample_scene`).
     progress
         Show progress bars.
     echo
@@ -176,14 +176,14 @@ def run_demo(
     DemoReport
         ``report.ok`` is True when both sources found every object once and nothing else.
     """
-    from .detect import detect
-    from .display import sequence_preview
-    from .merge import merge
-    from .models import BlobDetector
-    from .runs import detect_region
-    from .sample import make_sample
+    from .detection.sequence import detect
+    from .display.jupyter import sequence_preview
+    from .merging.streaming import merge
+    from .detection.models import BlobDetector
+    from .runs.run import detect_region
+    from .testing.sample import make_sample
     from .sources import open as open_source
-    from .windows import windows
+    from .windowing.sequence import windows
 
     say = echo or (lambda line: None)
     lines: list[str] = []

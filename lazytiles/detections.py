@@ -12,7 +12,7 @@ import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
 
-from ._index import select
+from .windowing.index import select
 from .errors import CRSError, InvalidArgumentError, MissingDependencyError
 
 if TYPE_CHECKING:
@@ -315,8 +315,8 @@ class Detections:
         >>> lt.Detections([[10, 10, 30, 20]], [0.9], [2]).show().size
         (26, 16)
         """
-        from ._picture import _shrink, draw_boxes, to_image
-        from .display import show
+        from .display.picture import _shrink, draw_boxes, to_image
+        from .display.jupyter import show
 
         if background is None or isinstance(background, np.ndarray):
             if background is None:

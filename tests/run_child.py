@@ -19,7 +19,7 @@ import threading
 from typing import Any
 
 import lazytiles as lt
-from lazytiles.models import BlobDetector
+from lazytiles.detection.models import BlobDetector
 
 #: The run every test uses: windows of SIZE px overlapping by OVERLAP, BATCH windows per model call
 #: and per commit.

@@ -171,7 +171,7 @@ def test_the_tables_of_commands_and_runners():
 
 @pytest.fixture
 def sample_cog(tmp_path: Path):
-    from lazytiles.sample import make_sample
+    from lazytiles.testing.sample import make_sample
 
     return make_sample(tmp_path / "data", size=512, objects=6, seed=2, tiles=False)
 
@@ -179,7 +179,7 @@ def sample_cog(tmp_path: Path):
 def test_detect_writes_a_run_and_geojson_and_refuses_to_overwrite(sample_cog, tmp_path, capsys):
     pytest.importorskip("torch")
     out, geojson = tmp_path / "run.gpkg", tmp_path / "found.geojson"
-    argv = ["detect", str(sample_cog.cog), "--model", "lazytiles.models:blob_detector", "--out", str(out),
+    argv = ["detect", str(sample_cog.cog), "--model", "lazytiles.detection.models:blob_detector", "--out", str(out),
             "--size", "256", "--overlap", "0.25", "--no-progress"]  # fmt: skip
     assert main([*argv, "--geojson", str(geojson)]) == 0
     report = rows(capsys.readouterr().out)

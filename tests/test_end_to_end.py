@@ -12,8 +12,8 @@ import torch
 from affine import Affine
 
 import lazytiles as lt
-from lazytiles.models import BlobDetector
-from lazytiles.sample import sample_scene
+from lazytiles.detection.models import BlobDetector
+from lazytiles.testing.sample import sample_scene
 
 #: A UTM grid whose origin is far from zero, so pixel and map coordinates cannot be confused.
 ORIGIN = Affine(0.5, 0.0, 612_345.0, 0.0, -0.5, 5_123_456.0)

@@ -23,7 +23,7 @@ The merge
     collecting every box on one worker: boxes are keyed by square cells of the area, each with a
     halo; a group of matching boxes that lies inside a cell is merged there, and the groups that
     reach a cell's edge go on to coarser cells, level by level (one ``GroupByKey`` each), until one
-    last cell takes what lies on the seams of the largest cells. :mod:`lazytiles.cellmerge` has the
+    last cell takes what lies on the seams of the largest cells. :mod:`lazytiles.merging.cells` has the
     algorithm, in plain numpy, and why it is exact.
 
 Resuming

@@ -18,7 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from ..detections import Detections
 from ..errors import CRSError, InvalidArgumentError, RunStoreError
-from ..windows import WindowSequence
+from ..windowing.sequence import WindowSequence
 from .shards import _check_shard, shard_ranges
 from .store import _done_among, _locked_store
 from .transforms import DeadLetter, DetectWindows, WindowDetections, _abs, _merge_records, _merge_setup, _WriteOnce
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def _result_of(item):
-    from ..io import WindowResult
+    from ..runs.store import WindowResult
 
     if isinstance(item, DeadLetter):
         return WindowResult(item.index, None, item.reason, item.window)
@@ -69,7 +69,7 @@ class _ReadStored(beam.DoFn):
         self._path, self._wins = path, wins
 
     def setup(self) -> None:
-        from ..io import RunStore
+        from ..runs.store import RunStore
 
         self._store = RunStore.read(self._path)
 
@@ -79,7 +79,7 @@ class _ReadStored(beam.DoFn):
             store.close()
 
     def process(self, shard):
-        from .._runtables import RAW_FIELDS, RAW_LAYER, columns
+        from ..runs.tables import RAW_FIELDS, RAW_LAYER, columns
 
         start, stop = _check_shard(shard, len(self._wins))
         part = self._wins[start:stop]
@@ -196,16 +196,16 @@ def detect_region(
     >>> image[1, 300:320, 100:140] = 255
     >>> wins = lt.windows(lt.ArraySource(image, token="beam-demo"), size=256, overlap=0.25)
     >>> out = pathlib.Path(tempfile.mkdtemp()) / "run.gpkg"
-    >>> detect_region("lazytiles.models:blob_detector", wins, out).boxes   # the DirectRunner, here
+    >>> detect_region("lazytiles.detection.models:blob_detector", wins, out).boxes   # the DirectRunner, here
     array([[100., 300., 140., 320.]])
     >>> lt.open_run(out).summary()["done"]
     9
     """
     from .. import __version__
-    from ..detect import detect
-    from ..io import RunStore
-    from ..recipe import _window_table, run_recipe
-    from ..runs import _check_bool, _open_store, warn_failed
+    from ..detection.sequence import detect
+    from ..runs.store import RunStore
+    from ..runs.recipe import _window_table, run_recipe
+    from ..runs.run import _check_bool, _open_store, warn_failed
 
     if not isinstance(wins, WindowSequence):
         raise InvalidArgumentError(f"wins must be a lazytiles.WindowSequence (made by lt.windows), got {type(wins).__name__}")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from ..windows import WindowSequence
+from ..windowing.sequence import WindowSequence
 
 #: Whole window rows per shard when ``shard_size`` is not given.
 SHARD_ROWS = 8
@@ -37,7 +37,7 @@ def shard_ranges(
 ) -> list[tuple[int, int]]:
     """Cut a window sequence into index ranges ``[start, stop)`` that each read a compact block of tiles.
 
-    The sequence's order is cache-aware (row-major in strips, see :mod:`lazytiles.plan`), so a run
+    The sequence's order is cache-aware (row-major in strips, see :mod:`lazytiles.windowing.plan`), so a run
     of whole window rows of one strip is a compact block of tiles: a worker reading it in order
     fetches each tile once. Shards are such runs. No I/O.
 

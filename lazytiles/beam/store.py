@@ -16,7 +16,7 @@ STORE_WAIT = 600.0
 @contextlib.contextmanager
 def _locked_store(path: str, session: int | None = None) -> Iterator[Any]:
     """The run store, locked for writing, waiting while another worker writes (commits are short)."""
-    from ..io import RunStore
+    from ..runs.store import RunStore
 
     deadline = time.monotonic() + STORE_WAIT
     pause = 0.01

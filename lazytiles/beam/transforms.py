@@ -17,11 +17,11 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.utils.shared import Shared
 
-from ..cellmerge import MERGED, RECORD, CellGrid, check_cells, merged_detections, merged_records, settle_cell, window_records
+from ..merging.cells import MERGED, RECORD, CellGrid, check_cells, merged_detections, merged_records, settle_cell, window_records
 from ..detections import Detections
 from ..errors import CRSError, InvalidArgumentError, RunStoreError
-from ..merge import _check_options
-from ..windows import WindowSequence
+from ..merging.streaming import _check_options
+from ..windowing.sequence import WindowSequence
 from .shards import _check_shard, shard_ranges
 from .store import _locked_store
 
@@ -78,8 +78,8 @@ class _DetectShard(beam.DoFn):
         self._boxes = beam.metrics.Metrics.counter("lazytiles", "boxes")
 
     def setup(self) -> None:
-        from ..detect import detect
-        from ..models import load_model
+        from ..detection.sequence import detect
+        from ..detection.models import load_model
 
         model = self._model
         if isinstance(model, str):  # a spec: loaded once per process, shared by its threads
@@ -116,7 +116,7 @@ class DetectWindows(beam.PTransform):
         The windows; it travels to the workers as its recipe (the source's path and the plan).
     model
         ``"pkg.module:factory"`` or a TorchScript path (loaded by each worker with
-        :func:`lazytiles.models.load_model`), or a picklable model (an ``nn.Module``).
+        :func:`lazytiles.detection.models.load_model`), or a picklable model (an ``nn.Module``).
     shard_size
         As in :func:`shard_ranges` (when applied to a pipeline).
     batch_size, device, workers, preprocess, score_threshold
@@ -137,7 +137,7 @@ class DetectWindows(beam.PTransform):
     >>> image[0, 100:120, 300:340] = 255
     >>> wins = lt.windows(lt.ArraySource(image), size=256)
     >>> with beam.Pipeline() as p:
-    ...     out = p | DetectWindows(wins, "lazytiles.models:blob_detector")
+    ...     out = p | DetectWindows(wins, "lazytiles.detection.models:blob_detector")
     ...     _ = out.detections | beam.Map(lambda w: print(w.index, w.detections.boxes))
     0 []
     1 [[300. 100. 340. 120.]]
@@ -156,7 +156,7 @@ class DetectWindows(beam.PTransform):
         score_threshold: float = 0.0,
     ) -> None:
         super().__init__()
-        from ..detect import detect
+        from ..detection.sequence import detect
 
         if isinstance(model, os.PathLike):
             model = os.fspath(model)
@@ -246,7 +246,7 @@ class MergeDetections(beam.PTransform):
     """The global, seam-aware merge of :class:`DetectWindows`' output: exactly ``lt.merge``'s result.
 
     Boxes are keyed by square cells with a halo, then by coarser cells for the groups that reach a
-    cell's edge (see :mod:`lazytiles.cellmerge`), so no worker holds more than one cell's boxes.
+    cell's edge (see :mod:`lazytiles.merging.cells`), so no worker holds more than one cell's boxes.
 
     Parameters
     ----------

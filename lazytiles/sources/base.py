@@ -19,7 +19,7 @@ from ..errors import CacheTooSmallError, CRSError, InvalidArgumentError
 from ..grid import Bounds, TileGrid, window_bounds
 
 if TYPE_CHECKING:
-    from ._readahead import Readahead
+    from ..windowing.readahead import Readahead
 
 
 def to_crs(value: CRS | str | int | None, what: str = "crs") -> CRS | None:
@@ -136,7 +136,7 @@ class TileSource(ABC):
 
     def warm(self, keys: Iterable[TileKey]) -> None:
         """Start loading ``keys`` that are neither cached nor loading on the source's read-ahead threads
-        and return at once; sources without read-ahead do nothing. See :mod:`lazytiles.sources._readahead`."""
+        and return at once; sources without read-ahead do nothing. See :mod:`lazytiles.windowing.readahead`."""
         if self._readahead is not None:
             self._readahead.warm(self, keys)
 
@@ -194,7 +194,7 @@ class TileSource(ABC):
         }
 
     def _repr_html_(self) -> str:
-        from ..display import source_html
+        from ..display.jupyter import source_html
 
         return source_html(self)
 

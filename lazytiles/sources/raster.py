@@ -16,7 +16,7 @@ from rasterio.errors import RasterioIOError
 from ..cache import TileCache, TileKey
 from ..errors import InvalidArgumentError, SourceNotFoundError, SourceOpenError, TileFetchError
 from .array import _tile_shape
-from ._readahead import Readahead
+from ..windowing.readahead import Readahead
 from .base import TileSource
 
 #: Tile shape used when a file's blocks make poor tiles (strips, tiny or huge blocks).

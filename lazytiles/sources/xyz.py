@@ -43,11 +43,11 @@ from PIL import Image, UnidentifiedImageError
 from rasterio.crs import CRS
 
 from ..cache import TileCache, TileKey
-from ..diskcache import DiskCache
+from .diskcache import DiskCache
 from ..errors import InvalidArgumentError, SourceOpenError, TileFetchError, TileMissingError
 from ..grid import mercator_transform, quadkey
-from ..http import BodyError, HttpClient, redact
-from ._readahead import Readahead
+from .http import BodyError, HttpClient, redact
+from ..windowing.readahead import Readahead
 from .base import TileSource
 
 log = logging.getLogger(__name__)
@@ -151,12 +151,12 @@ class XYZSource(TileSource):
     subdomains
         Values of ``{s}``, picked per tile from ``(x + y) % len(subdomains)``; default ``"abc"``.
     http
-        The :class:`~lazytiles.http.HttpClient` to use: connections, timeouts, retries, headers and
+        The :class:`~lazytiles.sources.http.HttpClient` to use: connections, timeouts, retries, headers and
         API keys, rate limit. Default: ``HttpClient()`` (16 connections).
     cache_dir
         Keep the raw bytes of every tile fetched over HTTP (and a note of absent ones) in this
         directory; later reads, in any process, come from disk, also offline (see
-        :class:`~lazytiles.diskcache.DiskCache`). Default: no disk cache. Local templates ignore it.
+        :class:`~lazytiles.sources.diskcache.DiskCache`). Default: no disk cache. Local templates ignore it.
     readahead
         Windows ahead whose tiles an in-order pass, or indexing that moves forward, requests early
         (default: ``2 * max_connections`` for URLs, 4 for local files; 0 turns it off).
@@ -174,7 +174,7 @@ class XYZSource(TileSource):
     Examples
     --------
     >>> import tempfile, numpy as np, lazytiles as lt
-    >>> from lazytiles.tileserver import write_xyz_tiles
+    >>> from lazytiles.testing.tileserver import write_xyz_tiles
     >>> tiles = tempfile.mkdtemp()
     >>> image = np.random.default_rng(0).integers(0, 255, (3, 512, 768), dtype=np.uint8)
     >>> cover = write_xyz_tiles(image, tiles, zoom=12, top_left_tile=(2200, 1343))
@@ -225,7 +225,7 @@ class XYZSource(TileSource):
             raise InvalidArgumentError(f"tile_size must be an integer number of pixels from 16 to 4096, got {tile_size!r}")
         if http is not None and not isinstance(http, HttpClient):
             raise InvalidArgumentError(
-                f"http must be a lazytiles.http.HttpClient, got {type(http).__name__}; e.g. "
+                f"http must be a lazytiles.sources.http.HttpClient, got {type(http).__name__}; e.g. "
                 "http=HttpClient(max_connections=8, headers={'Authorization': '...'})"
             )
         if readahead is not None and (isinstance(readahead, bool) or not isinstance(readahead, int) or readahead < 0):

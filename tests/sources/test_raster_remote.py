@@ -15,7 +15,7 @@ from rasterio.windows import Window
 
 import lazytiles as lt
 from lazytiles.sources.raster import LOCAL_READAHEAD, REMOTE_GDAL_DEFAULTS
-from lazytiles.tileserver import TileServer
+from lazytiles.testing.tileserver import TileServer
 
 
 @pytest.fixture

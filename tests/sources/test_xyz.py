@@ -21,9 +21,9 @@ from PIL import Image, features
 from rasterio.windows import Window
 
 import lazytiles as lt
-from lazytiles.http import HttpClient
+from lazytiles.sources.http import HttpClient
 from lazytiles.sources.xyz import XYZSource
-from lazytiles.tileserver import TileServer, write_xyz_tiles
+from lazytiles.testing.tileserver import TileServer, write_xyz_tiles
 
 from .conftest import ORIGIN, ZOOM, position_image
 
@@ -380,7 +380,7 @@ def test_zoom_must_be_0_to_30(zoom):
         ({"on_missing": "skip"}, r"on_missing must be 'nodata' or 'raise', got 'skip'"),
         ({"tile_size": 100_000}, r"tile_size must be"),
         ({"subdomains": ""}, r"subdomains must be"),
-        ({"http": {"max_connections": 4}}, r"http must be a lazytiles.http.HttpClient"),
+        ({"http": {"max_connections": 4}}, r"http must be a lazytiles.sources.http.HttpClient"),
         ({"readahead": -1}, r"readahead must be"),
     ],
 )
@@ -480,7 +480,7 @@ def test_the_disk_cache_makes_a_second_read_offline(tmp_path, xyz_tree):
 
 
 def test_a_damaged_disk_entry_is_fetched_again(tmp_path, tile_server, xyz_tree):
-    from lazytiles.diskcache import DiskCache
+    from lazytiles.sources.diskcache import DiskCache
 
     cache_dir = tmp_path / "disk"
     template = tile_server.template()

@@ -1,0 +1,216 @@
+"""Box arithmetic on ``(N, 4)`` arrays of ``x0, y0, x1, y1``: areas, overlaps, NMS, unions. Pure numpy.
+
+Boxes are half-open pixel rectangles (``x1``/``y1`` exclusive, like a window's right and bottom
+edges), so two boxes that only share an edge do not overlap. Every function takes anything
+``np.asarray`` accepts (lists, numpy arrays, CPU torch tensors); :func:`nms` also hands a torch tensor
+back when given one. Finding which boxes overlap uses a spatial index (shapely's STRtree), so the cost
+grows with the number of overlapping pairs, not with ``N ** 2``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import shapely
+
+from ..errors import InvalidArgumentError
+
+Metric = Literal["iou", "ios"]
+METRICS: tuple[str, ...] = ("iou", "ios")
+
+
+def as_boxes(boxes: Any, what: str = "boxes") -> np.ndarray:
+    """``boxes`` as a float64 ``(N, 4)`` array, checked."""
+    if hasattr(boxes, "detach"):  # a torch tensor, maybe on a GPU
+        boxes = boxes.detach().cpu().numpy()
+    arr = np.asarray(boxes, dtype=np.float64)
+    if arr.size == 0:
+        arr = arr.reshape(0, 4)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise InvalidArgumentError(f"{what} must be (N, 4) x0, y0, x1, y1, got shape {arr.shape}")
+    return arr
+
+
+def check_metric(metric: Any) -> str:
+    """``metric`` if it is ``"iou"`` or ``"ios"``, else an error naming the choices."""
+    if metric not in METRICS:
+        raise InvalidArgumentError(
+            f"metric must be 'iou' (intersection over union) or 'ios' (intersection over the smaller "
+            f"box), got {metric!r}"
+        )
+    return str(metric)
+
+
+def area(boxes: Any) -> np.ndarray:
+    """Area of each box; 0 for an empty or inverted box.
+
+    Examples
+    --------
+    >>> area([[0, 0, 10, 5], [3, 3, 2, 9]])
+    array([50.,  0.])
+    """
+    b = as_boxes(boxes)
+    return np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+
+
+def intersection_matrix(a: Any, b: Any) -> np.ndarray:
+    """``(N, M)`` areas of overlap between every box of ``a`` and every box of ``b``."""
+    a, b = as_boxes(a, "a"), as_boxes(b, "b")
+    w = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    h = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    return np.clip(w, 0, None) * np.clip(h, 0, None)
+
+
+def _ratio(inter: np.ndarray, area_a: np.ndarray, area_b: np.ndarray, metric: str) -> np.ndarray:
+    denom = area_a + area_b - inter if metric == "iou" else np.minimum(area_a, area_b)
+    out = np.zeros(np.broadcast(inter, denom).shape)
+    np.divide(inter, denom, out=out, where=denom > 0)
+    return out
+
+
+def iou_matrix(a: Any, b: Any) -> np.ndarray:
+    """``(N, M)`` intersection over union of every pair (0 where both boxes are empty).
+
+    Examples
+    --------
+    >>> iou_matrix([[0, 0, 10, 10]], [[5, 0, 15, 10], [10, 0, 20, 10]]).round(3)
+    array([[0.333, 0.   ]])
+    """
+    a, b = as_boxes(a, "a"), as_boxes(b, "b")
+    return _ratio(intersection_matrix(a, b), area(a)[:, None], area(b)[None, :], "iou")
+
+
+def ios_matrix(a: Any, b: Any) -> np.ndarray:
+    """``(N, M)`` intersection over the smaller box of every pair: 1 when one box holds the other.
+
+    Examples
+    --------
+    >>> ios_matrix([[0, 0, 10, 10]], [[5, 0, 15, 10], [2, 2, 4, 4]])
+    array([[0.5, 1. ]])
+    """
+    a, b = as_boxes(a, "a"), as_boxes(b, "b")
+    return _ratio(intersection_matrix(a, b), area(a)[:, None], area(b)[None, :], "ios")
+
+
+def overlap(a: Any, b: Any, metric: Metric = "iou") -> np.ndarray:
+    """Elementwise ``metric`` of ``a[k]`` and ``b[k]`` (two ``(N, 4)`` arrays of paired boxes)."""
+    a, b = as_boxes(a, "a"), as_boxes(b, "b")
+    metric = check_metric(metric)
+    w = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
+    h = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
+    inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+    return _ratio(inter, area(a), area(b), metric)
+
+
+def overlapping_pairs(boxes: Any, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair ``i < j`` of boxes that overlap with a positive area, found with a spatial index.
+
+    Returns two int64 arrays ``(i, j)``, sorted by ``i`` then ``j``. Boxes that only touch along an
+    edge or at a corner are not a pair; empty boxes pair with nothing.
+
+    Examples
+    --------
+    >>> overlapping_pairs([[0, 0, 10, 10], [5, 5, 20, 20], [10, 0, 20, 6]])
+    (array([0, 1]), array([1, 2]))
+    """
+    b = as_boxes(boxes)
+    good = np.flatnonzero((b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]))
+    if len(good) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    g = b[good]
+    geoms = shapely.box(g[:, 0], g[:, 1], g[:, 2], g[:, 3])
+    tree = shapely.STRtree(geoms)
+    found_i, found_j = [], []
+    for start in range(0, len(g), chunk):  # the envelope query is exact for rectangles
+        qi, tj = tree.query(geoms[start : start + chunk])
+        qi = qi + start
+        keep = qi < tj
+        qi, tj = qi[keep], tj[keep]
+        w = np.minimum(g[qi, 2], g[tj, 2]) - np.maximum(g[qi, 0], g[tj, 0])
+        h = np.minimum(g[qi, 3], g[tj, 3]) - np.maximum(g[qi, 1], g[tj, 1])
+        keep = (w > 0) & (h > 0)
+        found_i.append(qi[keep])
+        found_j.append(tj[keep])
+    i, j = good[np.concatenate(found_i)], good[np.concatenate(found_j)]
+    order = np.lexsort((j, i))
+    return i[order].astype(np.int64), j[order].astype(np.int64)
+
+
+def csr(n: int, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Undirected adjacency of ``n`` nodes with edges ``(i, j)``: ``nbrs[start[k]:start[k + 1]]``."""
+    src = np.concatenate([i, j])
+    dst = np.concatenate([j, i])
+    order = np.argsort(src, kind="stable")
+    start = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(src, minlength=n), out=start[1:])
+    return start, dst[order]
+
+
+def nms(boxes: Any, scores: Any, iou: float = 0.5, *, metric: Metric = "iou") -> Any:
+    """Greedy non-maximum suppression: indices of the boxes kept, best score first.
+
+    The best remaining box is kept and every remaining box whose ``metric`` with it is ``>= iou`` is
+    dropped, until none remain; equal scores go in input order. Given torch tensors, it returns a
+    torch int64 tensor (computed on the CPU), like ``torchvision.ops.nms``.
+
+    Examples
+    --------
+    >>> nms([[0, 0, 10, 10], [1, 0, 11, 10], [20, 0, 30, 10]], [0.5, 0.9, 0.7])
+    array([1, 2])
+    """
+    torch_in = hasattr(boxes, "detach")
+    b = as_boxes(boxes)
+    s = scores.detach().cpu().numpy() if hasattr(scores, "detach") else np.asarray(scores)
+    s = s.astype(np.float64).reshape(-1)
+    if len(s) != len(b):
+        raise InvalidArgumentError(f"scores must have one value per box ({len(b)}), got {len(s)}")
+    if not 0 < iou <= 1:
+        raise InvalidArgumentError(f"iou must be in (0, 1], got {iou!r}")
+    metric = check_metric(metric)
+    order = np.argsort(-s, kind="stable")
+    rank = np.empty(len(b), np.int64)
+    rank[order] = np.arange(len(b))
+    i, j = overlapping_pairs(b)
+    hit = overlap(b[i], b[j], metric) >= iou
+    start, nbrs = csr(len(b), i[hit], j[hit])
+    removed = np.zeros(len(b), bool)
+    keep = []
+    for k in order.tolist():
+        if removed[k]:
+            continue
+        keep.append(k)
+        near = nbrs[start[k] : start[k + 1]]
+        removed[near[rank[near] > rank[k]]] = True
+    out = np.asarray(keep, dtype=np.int64)
+    if torch_in:
+        import torch
+
+        return torch.from_numpy(out)
+    return out
+
+
+def union(boxes: Any) -> np.ndarray:
+    """The smallest box holding all of ``boxes`` (``(4,)``); NaNs when there are none.
+
+    Examples
+    --------
+    >>> union([[0, 5, 10, 10], [4, 0, 12, 6]])
+    array([ 0.,  0., 12., 10.])
+    """
+    b = as_boxes(boxes)
+    if len(b) == 0:
+        return np.full(4, np.nan)
+    return np.array([b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()])
+
+
+__all__ = [
+    "area",
+    "intersection_matrix",
+    "ios_matrix",
+    "iou_matrix",
+    "nms",
+    "overlap",
+    "overlapping_pairs",
+    "union",
+]

@@ -1,0 +1,251 @@
+"""The grouping engine behind ``lt.merge``: match boxes pairwise, group them, one box per group.
+
+Boxes travel as :class:`_Boxes` columns. :func:`_settle` finds the matching pairs (:func:`_match_edges`,
+which compares boxes from different windows where both windows see), joins them into groups and
+resolves each group into one box (:func:`_resolve`); :func:`_finish` orders the merged boxes into
+:class:`~lazytiles.Detections`. The rules are those the :mod:`lazytiles.merge` docstring states;
+``lazytiles.merge`` streams with this engine and ``lazytiles.merging.cells`` runs it cell by cell.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .boxes import csr, overlap, overlapping_pairs
+from ..detections import Detections
+
+# -- matching ------------------------------------------------------------------------------------------
+
+
+def _seam_overlap(
+    a: np.ndarray, b: np.ndarray, wa: np.ndarray, wb: np.ndarray, metric: str, margin: float
+) -> np.ndarray:
+    """``metric`` of paired boxes from different windows, compared where both windows see."""
+    inter = np.ones(len(a))
+    area_a = np.ones(len(a))
+    area_b = np.ones(len(a))
+    degenerate = np.ones(len(a), bool)
+    for lo, hi in ((0, 2), (1, 3)):
+        s0 = np.maximum(wa[:, lo], wb[:, lo])
+        s1 = np.minimum(wa[:, hi], wb[:, hi])
+        a0, a1 = np.clip(a[:, lo], s0, s1), np.clip(a[:, hi], s0, s1)
+        b0, b1 = np.clip(b[:, lo], s0, s1), np.clip(b[:, hi], s0, s1)
+        la, lb = a1 - a0, b1 - b0
+        li = np.clip(np.minimum(a1, b1) - np.maximum(a0, b0), 0, None)
+        seam = s1 == s0  # abutting windows: do both boxes reach the shared line?
+        reach = (a[:, hi] >= s0 - margin) & (a[:, lo] <= s0 + margin)
+        reach &= (b[:, hi] >= s0 - margin) & (b[:, lo] <= s0 + margin)
+        la = np.where(seam, 1.0, la)
+        lb = np.where(seam, 1.0, lb)
+        li = np.where(seam, reach.astype(float), np.where(s1 > s0, li, 0.0))
+        inter *= li
+        area_a *= la
+        area_b *= lb
+        degenerate &= seam
+    inter[degenerate] = 0.0  # windows meeting only at a corner share nothing to compare
+    denom = area_a + area_b - inter if metric == "iou" else np.minimum(area_a, area_b)
+    out = np.zeros(len(a))
+    np.divide(inter, denom, out=out, where=denom > 0)
+    return out
+
+
+def _match_edges(
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    wrect: np.ndarray,
+    widx: np.ndarray,
+    *,
+    iou: float,
+    metric: str,
+    class_aware: bool,
+    margin: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every matching pair ``(i, j)``, ``i < j``."""
+    reach = margin + 1.0  # abutting seams: boxes that only touch must still become candidates
+    i, j = overlapping_pairs(boxes + np.array([-reach, -reach, reach, reach]))
+    if class_aware:
+        same = labels[i] == labels[j]
+        i, j = i[same], j[same]
+    known = ~np.isnan(wrect[:, 0])
+    cross = known[i] & known[j] & (widx[i] != widx[j])
+    value = np.zeros(len(i))
+    plain = ~cross
+    value[plain] = overlap(boxes[i[plain]], boxes[j[plain]], metric)  # type: ignore[arg-type]
+    ci, cj = i[cross], j[cross]
+    value[cross] = _seam_overlap(boxes[ci], boxes[cj], wrect[ci], wrect[cj], metric, margin)
+    hit = value >= iou
+    return i[hit], j[hit]
+
+
+def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Connected-component label (the smallest node id in it) of each of ``n`` nodes."""
+    lab = np.arange(n)
+    while len(i):
+        li, lj = lab[i], lab[j]
+        differ = li != lj
+        if not differ.any():
+            break
+        li, lj = li[differ], lj[differ]
+        low = np.minimum(li, lj)
+        np.minimum.at(lab, li, low)  # hook each root under the smallest root it meets
+        np.minimum.at(lab, lj, low)
+        while True:  # pointer jumping: every node points at its root
+            nxt = lab[lab]
+            if np.array_equal(nxt, lab):
+                break
+            lab = nxt
+    return lab
+
+
+# -- resolving groups ------------------------------------------------------------------------------
+
+
+class _Boxes:
+    """Columns of boxes waiting to be merged (one row per box)."""
+
+    __slots__ = ("boxes", "scores", "labels", "widx", "partial", "seq", "wrect", "settle")
+
+    def __init__(self, **columns: np.ndarray) -> None:
+        for name in self.__slots__:
+            setattr(self, name, columns[name])
+
+    @classmethod
+    def empty(cls) -> _Boxes:
+        return cls(
+            boxes=np.zeros((0, 4)),
+            scores=np.zeros(0, np.float32),
+            labels=np.zeros(0, np.int64),
+            widx=np.zeros(0, np.int64),
+            partial=np.zeros(0, bool),
+            seq=np.zeros(0, np.int64),
+            wrect=np.zeros((0, 4)),
+            settle=np.zeros(0, np.int64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def take(self, idx: np.ndarray) -> _Boxes:
+        return _Boxes(**{name: getattr(self, name)[idx] for name in self.__slots__})
+
+    @classmethod
+    def concat(cls, parts: list[_Boxes]) -> _Boxes:
+        if not parts:
+            return cls.empty()
+        return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in cls.__slots__})
+
+
+_OUT_COLUMNS = (
+    ("boxes", "boxes"),
+    ("scores", "scores"),
+    ("labels", "labels"),
+    ("window_index", "widx"),
+    ("partial", "partial"),
+)
+
+
+def _resolve(pool: _Boxes, i: np.ndarray, j: np.ndarray, method: str) -> dict[str, np.ndarray]:
+    """One box per group of ``pool``, given its matching pairs ``(i, j)``."""
+    n = len(pool)
+    if n == 0:
+        return {name: getattr(pool, col)[:0] for name, col in _OUT_COLUMNS}
+    b = pool.boxes
+    order = np.lexsort(
+        (pool.seq, pool.labels, b[:, 2], b[:, 3], b[:, 0], b[:, 1], -pool.scores.astype(np.float64), pool.partial)
+    )
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    start, nbrs = csr(n, i, j)
+    degree = np.diff(start)
+    group = np.full(n, -1, np.int64)
+    complete = ~pool.partial
+
+    alone = complete & (degree == 0)
+    group[alone] = np.flatnonzero(alone)
+    for k in order[complete[order] & (degree[order] > 0)].tolist():  # greedy, best complete box first
+        if group[k] >= 0:
+            continue
+        group[k] = k
+        near = nbrs[start[k] : start[k + 1]]
+        group[near[group[near] < 0]] = k
+
+    left = group < 0  # partial boxes no complete box took: join the pieces of each object
+    if left.any():
+        keep = left[i] & left[j]
+        comp = _components(n, i[keep], j[keep])
+        idx = np.flatnonzero(left)
+        by = idx[np.lexsort((rank[idx], comp[idx]))]
+        first = np.r_[True, comp[by][1:] != comp[by][:-1]]
+        leader_of = np.empty(n, np.int64)
+        leader_of[comp[by][first]] = by[first]
+        group[idx] = leader_of[comp[idx]]
+
+    members = np.lexsort((rank, group))
+    g = group[members]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    leaders = g[starts]
+    has_complete = np.logical_or.reduceat(complete[members], starts)
+    if method == "nms":
+        out_boxes = b[leaders]
+        out_scores = pool.scores[leaders]
+    else:
+        use = complete[members] | ~np.repeat(has_complete, np.diff(np.r_[starts, len(members)]))
+        mb = b[members]
+        inf = np.inf
+        x0 = np.minimum.reduceat(np.where(use, mb[:, 0], inf), starts)
+        y0 = np.minimum.reduceat(np.where(use, mb[:, 1], inf), starts)
+        x1 = np.maximum.reduceat(np.where(use, mb[:, 2], -inf), starts)
+        y1 = np.maximum.reduceat(np.where(use, mb[:, 3], -inf), starts)
+        out_boxes = np.stack([x0, y0, x1, y1], axis=1)
+        out_scores = np.maximum.reduceat(pool.scores[members], starts)
+    return {
+        "boxes": out_boxes,
+        "scores": out_scores,
+        "labels": pool.labels[leaders],
+        "window_index": pool.widx[leaders],
+        "partial": ~has_complete,
+    }
+
+
+def _settle(pool: _Boxes, options: dict[str, Any], final: np.ndarray | None) -> tuple[dict[str, np.ndarray], _Boxes]:
+    """Resolve the groups of ``pool`` whose boxes are all in ``final`` (None: all of them).
+
+    Returns the merged boxes of those groups and the boxes still waiting.
+    """
+    match = {name: value for name, value in options.items() if name != "method"}
+    i, j = _match_edges(pool.boxes, pool.labels, pool.wrect, pool.widx, **match)
+    if final is not None:
+        comp = _components(len(pool), i, j)
+        open_groups = np.zeros(len(pool), bool)
+        open_groups[comp[~final]] = True
+        done = ~open_groups[comp]
+        if not done.all():
+            new_id = np.cumsum(done) - 1
+            keep = done[i]  # a group is closed, so an edge is inside the settled part or outside it
+            out = _resolve(pool.take(np.flatnonzero(done)), new_id[i[keep]], new_id[j[keep]], options["method"])
+            return out, pool.take(np.flatnonzero(~done))
+    return _resolve(pool, i, j, options["method"]), _Boxes.empty()
+
+
+# -- the merged boxes ------------------------------------------------------------------------------
+
+
+def _finish(parts: list[dict[str, np.ndarray]], transform: Any, crs: Any) -> Detections:
+    if not parts:
+        return Detections.empty(transform=transform, crs=crs)
+    cols = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    b = cols["boxes"]
+    order = np.lexsort(
+        (cols["window_index"], cols["labels"], b[:, 2], b[:, 3], b[:, 0], b[:, 1], -cols["scores"].astype(np.float64))
+    )
+    return Detections(
+        b[order],
+        cols["scores"][order],
+        cols["labels"][order],
+        cols["window_index"][order],
+        partial=cols["partial"][order],
+        transform=transform,
+        crs=crs,
+    )

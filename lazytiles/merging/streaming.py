@@ -1,0 +1,360 @@
+"""``lt.merge``: one box per object from the boxes of many overlapping windows.
+
+A detector run window by window sees an object on a seam twice (once in each overlapping window) or in
+pieces (clipped by each window it crosses). :func:`merge` turns those views back into one whole box.
+
+How boxes are matched
+---------------------
+Two boxes of the same class *match* when their overlap ``metric`` is at least ``iou``. Boxes from two
+different windows are compared **only where both windows could see**: each box is clipped to the
+intersection of the two windows first. Two views of one object agree there exactly, however the
+object is cut, while two neighbouring objects do not overlap there at all. Windows that only abut
+(``overlap=0``) share a line, not an area: two boxes that both reach it (within ``margin`` px) are
+then compared by their extents along it. Boxes from the same window, or whose window is unknown, are
+compared whole.
+
+How matches are resolved
+------------------------
+Boxes are ranked: complete before partial (``Detections.partial``: touching an inner window edge),
+then by score, best first. Like greedy NMS, the best remaining complete box takes every remaining box
+that matches it. Partial boxes left over (objects no window saw whole) are joined with every partial
+box they match, transitively, so an object crossing several windows is put back together. Each group
+gives one box: ``method="union"`` the union of its complete boxes (of its pieces when it has none),
+with the highest score of the group, as SAHI's GREEDYNMM does; ``method="nms"`` the best-ranked box as
+it is. A partial fragment never enlarges a complete box.
+
+Streaming
+---------
+Given the lazy result of ``lt.detect`` (a sequence of per-window :class:`Detections` with a
+``.windows`` attribute), boxes are merged as windows arrive: a group is settled and its box emitted
+once every window that could still add a matching box has been seen, so memory holds only the boxes
+near windows not yet seen. The result equals merging everything at once, exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from rasterio.windows import Window as PixelWindow
+
+from .grouping import _Boxes, _finish, _settle
+from .window_table import _WindowTable
+from .boxes import METRICS, Metric, as_boxes
+from ..detections import Detections
+from ..errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from ..windowing.sequence import WindowSequence
+
+Method = Literal["union", "nms"]
+METHODS: tuple[str, ...] = ("union", "nms")
+
+
+# -- which boxes may continue past their window ------------------------------------------------------
+
+
+def _window_tuple(window: Any, what: str) -> tuple[float, float, float, float]:
+    if isinstance(window, PixelWindow):
+        return float(window.col_off), float(window.row_off), float(window.width), float(window.height)
+    try:
+        col_off, row_off, width, height = (float(v) for v in window)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(
+            f"{what} must be a rasterio Window or (col_off, row_off, width, height), got {window!r}"
+        ) from None
+    return col_off, row_off, width, height
+
+
+def partial_flags(boxes: Any, window: Any, area: Any, margin: float = 1.0) -> np.ndarray:
+    """Which boxes of one window may be cut by its edge: within ``margin`` px of an *inner* edge.
+
+    An inner edge is an edge of ``window`` that is not on the boundary of ``area``, so another window
+    continues beyond it. Boxes cut by the edge of the whole area are complete: nothing lies beyond.
+
+    Parameters
+    ----------
+    boxes
+        ``(K, 4)`` x0, y0, x1, y1 in the window's pixels (0, 0 is its upper-left corner).
+    window
+        The window in the source's pixels: a rasterio ``Window`` or (col_off, row_off, width, height).
+    area
+        The area all windows cover (``WindowSequence.area``), same kinds as ``window``.
+    margin
+        Distance in pixels from an inner edge within which a box counts as touching it.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(K,)`` bool.
+
+    Examples
+    --------
+    >>> from rasterio.windows import Window
+    >>> boxes = [[0, 10, 20, 30], [100, 10, 128, 30], [50, 50, 60, 60]]
+    >>> partial_flags(boxes, Window(128, 0, 128, 128), Window(0, 0, 256, 256))
+    array([ True, False, False])
+    """
+    b = as_boxes(boxes)
+    c0, r0, w, h = _window_tuple(window, "window")
+    ac0, ar0, aw, ah = _window_tuple(area, "area")
+    return (
+        ((c0 > ac0) & (b[:, 0] <= margin))
+        | ((c0 + w < ac0 + aw) & (b[:, 2] >= w - margin))
+        | ((r0 > ar0) & (b[:, 1] <= margin))
+        | ((r0 + h < ar0 + ah) & (b[:, 3] >= h - margin))
+    )
+
+
+# -- the public function ---------------------------------------------------------------------------
+
+
+def _check_options(iou: Any, method: Any, metric: Any, margin: Any) -> None:
+    if isinstance(iou, bool) or not isinstance(iou, numbers.Real) or not 0 < iou <= 1:
+        raise InvalidArgumentError(f"iou must be a threshold in (0, 1], got {iou!r}")
+    if method not in METHODS:
+        raise InvalidArgumentError(
+            f"method must be 'union' (merge each group into its union box) or 'nms' (keep the best "
+            f"box of each group), got {method!r}"
+        )
+    if metric not in METRICS:
+        raise InvalidArgumentError(
+            f"metric must be 'ios' (intersection over the smaller box) or 'iou' (intersection over "
+            f"union), got {metric!r}"
+        )
+    if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not (0 <= margin < math.inf):
+        raise InvalidArgumentError(f"margin must be a distance >= 0 in pixels, got {margin!r}")
+
+
+def _columns(d: Detections, seq0: int, table: _WindowTable | None) -> _Boxes:
+    n = len(d)
+    return _Boxes(
+        boxes=d.boxes,
+        scores=d.scores,
+        labels=d.labels,
+        widx=d.window_index,
+        partial=d.partial,
+        seq=np.arange(seq0, seq0 + n, dtype=np.int64),
+        wrect=np.full((n, 4), np.nan) if table is None else table.lookup(d.window_index),
+        settle=np.zeros(n, np.int64),
+    )
+
+
+def _as_detections(item: Any, where: str) -> Detections:
+    if not isinstance(item, Detections):
+        raise InvalidArgumentError(
+            f"{where} is a {type(item).__name__}, not lt.Detections; merge takes Detections, a list of "
+            "them, or the lazy result of lt.detect"
+        )
+    return item
+
+
+def merge(
+    dets: Detections | Iterable[Detections],
+    *,
+    iou: float = 0.5,
+    method: Method = "union",
+    metric: Metric = "ios",
+    class_aware: bool = True,
+    windows: WindowSequence | None = None,
+    margin: float = 1.0,
+    progress: bool = True,
+) -> Detections:
+    """Merge boxes from overlapping windows: each object once, whole.
+
+    Boxes of one object seen in several windows (twice in an overlap, or in pieces cut by window
+    edges) become one box; see the module docstring for the exact rule. Given the lazy result of
+    ``lt.detect``, it streams: windows are pulled in order and boxes are settled as soon as no window
+    still to come can touch them, so memory holds only the boxes near the windows not yet seen. The
+    result is the same as merging all boxes at once.
+
+    Parameters
+    ----------
+    dets
+        :class:`Detections` (all windows concatenated), a list of them, or the lazy sequence
+        ``lt.detect`` returns (one :class:`Detections` per window, with a ``.windows`` attribute).
+    iou
+        Match threshold in (0, 1]: boxes whose ``metric`` is at least this are one object.
+    method
+        ``"union"`` (default): a group becomes the union of its complete boxes (of its pieces if no
+        window saw the object whole), scored with the group's best score. ``"nms"``: the group's
+        best box is kept as it is (complete before partial, then by score); it cannot rebuild an
+        object that no window saw whole, so use it when windows overlap by more than an object.
+    metric
+        ``"ios"`` (default): intersection over the smaller box, high for a piece inside the whole.
+        ``"iou"``: intersection over union, the usual NMS measure.
+    class_aware
+        Only boxes with the same label match (default). False: labels are ignored; a group keeps
+        its best box's label.
+    windows
+        The :class:`~lazytiles.WindowSequence` the boxes were found in, to compare boxes from
+        different windows only where both windows see. Taken from ``dets.windows`` when there; without
+        it boxes are compared whole, which cannot join the pieces of an object no window saw whole.
+    margin
+        Pixels within which boxes count as reaching a seam between windows that only abut.
+    progress
+        Show a progress bar (tqdm) while pulling a lazy ``dets``.
+
+    Returns
+    -------
+    Detections
+        One box per object, in source pixels; ordered by score (best first), then top, left,
+        bottom, right, label. ``window_index`` is the window of each group's best box and
+        ``partial`` is True where no window saw the object whole.
+
+    Raises
+    ------
+    InvalidArgumentError
+        A bad option; an item that is not :class:`Detections`; a ``window_index`` not in ``windows``.
+
+    Examples
+    --------
+    An object cut by the seam between two windows that overlap by 64 px (columns 192 to 256): each
+    window sees a piece, and the right window also sees a complete neighbour 3 px away.
+
+    >>> import numpy as np, lazytiles as lt
+    >>> wins = lt.windows(lt.ArraySource(np.zeros((1, 256, 448), np.uint8)), 256, stride=192)
+    >>> left = lt.Detections([[150, 10, 256, 40]], [0.9], [1], [0], partial=[True])
+    >>> right = lt.Detections([[192, 10, 260, 40], [263, 10, 300, 40]], [0.7, 0.8], [1, 1], [1, 1],
+    ...                       partial=[True, False])
+    >>> found = lt.merge([left, right], windows=wins, progress=False)
+    >>> found.boxes
+    array([[150.,  10., 260.,  40.],
+           [263.,  10., 300.,  40.]])
+    >>> found.scores
+    array([0.9, 0.8], dtype=float32)
+    """
+    _check_options(iou, method, metric, margin)
+    options = dict(iou=float(iou), metric=metric, class_aware=bool(class_aware), margin=float(margin), method=method)
+    if windows is None and not isinstance(dets, Detections):
+        windows = getattr(dets, "windows", None)
+    table = None if windows is None else _WindowTable(windows)
+    lazy = not isinstance(dets, Detections) and isinstance(dets, Sequence)
+    if table is not None and lazy and len(dets) == len(table):  # type: ignore[arg-type]
+        match = {name: value for name, value in options.items() if name != "method"}
+        return _stream(dets, Merger(table, method=method, **match), progress)
+
+    if isinstance(dets, Detections):
+        items = [dets]
+    else:
+        items = [_as_detections(d, f"item {k} of dets") for k, d in enumerate(dets)]
+    src = getattr(windows, "source", None)
+    transform, crs = getattr(src, "transform", None), getattr(src, "crs", None)
+    if items:
+        transform, crs = items[0].transform, items[0].crs
+    pool = _columns(Detections.concat(items), 0, table) if items else _Boxes.empty()
+    return _finish([_settle(pool, options, None)[0]] if len(pool) else [], transform, crs)
+
+
+class Merger:
+    """Merge per-window detections as they arrive, in window order; what :func:`merge` streams with.
+
+    Feed it one :class:`Detections` per window of ``windows``, in order, with :meth:`add`; every
+    ``batch`` boxes or so it settles the groups that no window still to come can reach, so it holds
+    only the boxes near the windows not yet seen (:attr:`held`). :meth:`result` settles the rest and
+    returns exactly what :func:`merge` would return for all the boxes at once. Options are those of
+    :func:`merge`.
+
+    Examples
+    --------
+    >>> import numpy as np, lazytiles as lt
+    >>> wins = lt.windows(lt.ArraySource(np.zeros((1, 256, 448), np.uint8)), 256, stride=192)
+    >>> merger = Merger(wins)
+    >>> merger.add(lt.Detections([[150, 10, 256, 40]], [0.9], [1], [0], partial=[True]))
+    >>> merger.add(lt.Detections([[192, 10, 260, 40]], [0.7], [1], [1], partial=[True]))
+    >>> merger.result().boxes
+    array([[150.,  10., 260.,  40.]])
+    """
+
+    def __init__(
+        self,
+        windows: WindowSequence,
+        *,
+        iou: float = 0.5,
+        method: Method = "union",
+        metric: Metric = "ios",
+        class_aware: bool = True,
+        margin: float = 1.0,
+        batch: int = 4096,
+    ) -> None:
+        _check_options(iou, method, metric, margin)
+        if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
+            raise InvalidArgumentError(f"batch must be a positive number of boxes, got {batch!r}")
+        self._options = dict(
+            iou=float(iou), metric=metric, class_aware=bool(class_aware), margin=float(margin), method=method
+        )
+        self._table = windows if isinstance(windows, _WindowTable) else _WindowTable(windows)
+        src = self._table.source
+        self._transform, self._crs = getattr(src, "transform", None), getattr(src, "crs", None)
+        self._batch = int(batch)
+        self._reach = float(margin) + 2.0
+        self._pending: list[_Boxes] = []
+        self._pool = _Boxes.empty()
+        self._held = 0  # boxes still waiting after the last settling pass
+        self._seq = 0
+        self._next = 0  # position of the next window expected
+        self._parts: list[dict[str, np.ndarray]] = []
+
+    @property
+    def held(self) -> int:
+        """Boxes added but not yet settled into merged boxes."""
+        return len(self._pool) + sum(len(p) for p in self._pending)
+
+    @property
+    def seen(self) -> int:
+        """How many windows have been added."""
+        return self._next
+
+    def add(self, dets: Detections) -> None:
+        """Add the detections of the next window (all of its boxes, possibly none)."""
+        k = self._next
+        if k >= len(self._table):
+            raise InvalidArgumentError(f"all {len(self._table)} windows have been added; this one is one too many")
+        d = _as_detections(dets, f"item {k} of dets")
+        if k == 0:
+            self._transform, self._crs = d.transform, d.crs
+        if len(d):
+            expected = self._table.indices[k]
+            if np.any(d.window_index != expected):
+                bad = int(d.window_index[d.window_index != expected][0])
+                raise InvalidArgumentError(
+                    f"item {k} of dets holds a box from window {bad}, but item {k} is window {expected}; "
+                    "a lazy merge needs one Detections per window, in window order (merge a "
+                    "Detections.concat(...) of them instead)"
+                )
+            cols = _columns(d, self._seq, self._table)
+            cols.settle = np.maximum(self._table.last_position(d.boxes, self._reach), k)
+            self._pending.append(cols)
+            self._seq += len(d)
+        self._next = k + 1
+        if self.held >= 2 * self._held + self._batch:  # amortised: each pass works mostly on new boxes
+            pool = _Boxes.concat([self._pool, *self._pending])
+            self._pending = []
+            out, self._pool = _settle(pool, self._options, pool.settle <= k)
+            self._parts.append(out)
+            self._held = len(self._pool)
+
+    def result(self) -> Detections:
+        """Settle every box still held and return the merged :class:`Detections`."""
+        pool = _Boxes.concat([self._pool, *self._pending])
+        if len(pool):
+            self._parts.append(_settle(pool, self._options, None)[0])
+        self._pool, self._pending, self._held = _Boxes.empty(), [], 0
+        return _finish([p for p in self._parts if len(p["boxes"])], self._transform, self._crs)
+
+
+def _stream(dets: Sequence[Detections], merger: Merger, progress: bool) -> Detections:
+    """Pull per-window detections in order into ``merger``, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(dets), desc="merge", unit="window", disable=not progress) as bar:
+        for d in dets:
+            merger.add(d)
+            bar.update(1)
+    return merger.result()
+
+
+__all__ = ["Merger", "merge", "partial_flags"]

@@ -1,0 +1,498 @@
+"""Run stores: the durable, resumable record of a detection run, in one GeoPackage.
+
+A run store is a GeoPackage (an SQLite database that QGIS, GDAL and pyogrio open as is) holding:
+
+``detections``
+    The merged result: a polygon layer in the source's CRS with ``score``, ``label``,
+    ``window_index`` and the exact pixel box ``x0, y0, x1, y1``. Rewritten whole, in one transaction,
+    each time the run is merged.
+``raw_detections``
+    What the model found in each finished window, before merging (also a polygon layer, with
+    ``partial`` and the box's ``rank`` in its window): replaying a merge needs nothing else.
+``lazytiles_windows``
+    One row per recorded window: ``done`` (with its box count) or ``failed`` (with the reason and the
+    number of attempts).
+``lazytiles_run`` and ``lazytiles_sessions``
+    The run's recipe (source, windows, model, lazytiles version) as JSON, the windows it covers, the
+    merge parameters of the ``detections`` layer, and one row per process that worked on the run.
+
+Why it is durable: a window's raw boxes and its ``done`` row are written in the same SQLite
+transaction as the other windows of its batch, so after a kill a window is recorded completely or not
+at all. The database runs in WAL mode with ``synchronous=NORMAL`` while a run writes: a commit costs
+no fsync and survives the process being killed (a power cut may lose the last commits, never
+consistency). A closed store is switched back to a single self-contained file (``journal_mode=DELETE``).
+
+Why two writers cannot collide: a writer holds an exclusive ``flock`` on the store file for its whole
+life (released by the kernel when the process dies, even by SIGKILL); a second writer gets a
+:class:`~lazytiles.RunLockedError` at once. Readers (``lt.open_run``) take no lock and see the last
+commit.
+
+Why nothing is overwritten: a new store is built under a temporary name beside ``out`` and linked into
+place only when complete; an existing file is replaced only by ``force_new=True``, and never when it is
+a GeoPackage or SQLite database that is not a run store.
+
+Everything, the GeoPackage tables included, is written with Python's ``sqlite3``: GDAL links its own
+SQLite, and two copies of SQLite with one file open in one process can break each other's locks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from affine import Affine
+from rasterio.crs import CRS
+
+from .lock import FileLock, LockHeldError
+from .gpkg import set_extent
+from .create import build_store
+from .tables import (
+    INSERT_MERGED,
+    INSERT_RAW,
+    MERGED_FIELDS,
+    MERGED_LAYER,
+    RAW_FIELDS,
+    RAW_LAYER,
+    STORE_SCHEMA,
+    columns,
+    merged_rows,
+    raw_rows,
+    unpack,
+)
+from .stored import RunWindows, StoredDetections
+from ..detections import Detections
+from ..errors import RunLockedError, RunStoreError
+
+log = logging.getLogger(__name__)
+
+#: Test hook: ``"N"`` or ``"N:after"`` SIGKILLs the writing process inside its N-th commit (before
+#: COMMIT, or right after it with ``:after``). Read when a store opens for writing; never set it
+#: outside tests.
+KILL_HOOK_ENV = "LAZYTILES_TEST_KILL_AT_COMMIT"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """What became of one window: its raw detections, or why it could not be read."""
+
+    index: int
+    detections: Detections | None
+    error: str | None = None
+    window: tuple[int, int, int, int] | None = None  # col_off, row_off, width, height
+
+
+def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+    uri = Path(path).absolute().as_uri() + ("?mode=ro" if readonly else "?mode=rw")
+    con = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    con.execute("PRAGMA busy_timeout = 10000")
+    return con
+
+
+def _store_error(path: Path, err: BaseException, doing: str) -> RunStoreError:
+    return RunStoreError(
+        f"run store {str(path)!r} could not be {doing}: {err}. It may be damaged or only partly written "
+        "(nothing was changed); move it away and start again, or pass force_new=True (CLI: --force-new) "
+        "to replace it with a new run"
+    )
+
+
+class RunStore:
+    """One run store file, open for reading or (locked) for writing. Made by :meth:`create`,
+    :meth:`resume` and :meth:`read`; :func:`lazytiles.open_run` wraps a read-only one."""
+
+    def __init__(self, path: Path, con: sqlite3.Connection, lock: FileLock | None) -> None:
+        self.path = path
+        self._con = con
+        self._lock = lock
+        self._writing = False
+        self._db_lock = threading.Lock()
+        self._commits = 0
+        self._kill_at: tuple[int, str] | None = None
+        if lock is not None and os.environ.get(KILL_HOOK_ENV):
+            n, _, when = os.environ[KILL_HOOK_ENV].partition(":")
+            self._kill_at = (int(n), when or "before")
+        try:
+            values = dict(con.execute("SELECT key, value FROM lazytiles_run"))
+            schema = json.loads(values["schema"])
+        except (sqlite3.Error, KeyError, TypeError, ValueError) as err:
+            self._close_quietly()
+            if "no such table: lazytiles_run" not in str(err):
+                raise _store_error(path, err, "read as a lazytiles run store") from err
+            if path.stat().st_size == 0:
+                raise _store_error(path, RuntimeError("the file is empty"), "read as a lazytiles run store") from None
+            raise RunStoreError(
+                f"{str(path)!r} is an SQLite database (a GeoPackage?) but not a lazytiles run store; nothing was "
+                "changed, and force_new=True will not replace it either; choose another out= path"
+            ) from None
+        if schema > STORE_SCHEMA:
+            self._close_quietly()
+            raise RunStoreError(
+                f"run store {str(path)!r} has layout version {schema}, newer than this lazytiles reads "
+                f"({STORE_SCHEMA}); upgrade lazytiles to open it"
+            )
+        self.recipe: dict[str, Any] = json.loads(values["recipe"])
+        self.created: str = json.loads(values["created"])
+        self.windows = RunWindows(unpack(values["windows"]), unpack(values["pixel_windows"]).reshape(-1, 4))
+        georef = json.loads(values["georef"])
+        self.transform = Affine(*georef["transform"])
+        self.crs = None if georef["crs"] is None else CRS.from_wkt(georef["crs"])
+        self.srs_id = int(georef["srs_id"])
+        self.merge_params: dict[str, Any] | None = json.loads(values.get("merge") or "null")
+        self.merged_info: dict[str, Any] | None = json.loads(values.get("merged") or "null")
+        self._session: int | None = None
+
+    # -- opening ---------------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        recipe: dict[str, Any],
+        *,
+        indices: np.ndarray,
+        rects: np.ndarray,
+        transform: Affine,
+        crs: CRS | None,
+        replace: bool = False,
+    ) -> RunStore:
+        """A new, empty store at ``path`` for the windows ``indices`` (whose pixel windows are ``rects``,
+        ``(N, 4)`` col_off, row_off, width, height), locked for writing.
+
+        Built as ``.<name>.<random>.tmp.gpkg`` beside ``path`` and linked into place when complete, so
+        ``path`` never holds a half-made store. ``replace=True`` replaces an existing file (the caller
+        has checked what it is); otherwise an existing ``path`` raises :class:`RunStoreError`.
+        """
+        path = Path(path)
+        lock = build_store(
+            path, recipe, indices=indices, rects=rects, transform=transform, crs=crs, created=_now(), replace=replace
+        )
+        store = cls._open_locked(path, lock)
+        store.start_writing()
+        return store
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike[str], *, check: bool = True) -> RunStore:
+        """The existing store at ``path``, locked, checked for damage when ``check``, and unchanged
+        until :meth:`start_writing` (call it after checking the recipe)."""
+        path = Path(path)
+        lock = cls.lock(path)
+        if check:
+            try:
+                con = _connect(path, readonly=True)
+                try:
+                    result = con.execute("PRAGMA quick_check").fetchone()[0]
+                finally:
+                    con.close()
+            except sqlite3.Error as err:
+                lock.release()
+                raise _store_error(path, err, "opened") from err
+            if result != "ok":
+                lock.release()
+                raise _store_error(path, RuntimeError(f"SQLite's check says {result!r}"), "verified")
+        return cls._open_locked(path, lock)
+
+    @classmethod
+    def lock(cls, path: Path) -> FileLock:
+        """Take the writer's lock on an existing file, or raise :class:`RunLockedError`."""
+        try:
+            return FileLock(path)
+        except LockHeldError:
+            raise RunLockedError(
+                f"run store {str(path)!r} is being written by another process{_holder(path)}; wait for it to "
+                "finish or stop it, then resume; lt.open_run(path).summary() shows its progress meanwhile"
+            ) from None
+        except PermissionError as err:
+            raise RunStoreError(f"cannot open run store {str(path)!r}: {err.strerror}") from err
+
+    @classmethod
+    def _open_locked(cls, path: Path, lock: FileLock) -> RunStore:
+        try:
+            con = _connect(path, readonly=False)
+        except sqlite3.Error as err:
+            lock.release()
+            raise _store_error(path, err, "opened") from err
+        return cls(path, con, lock)
+
+    def start_writing(self) -> None:
+        """The first write: WAL mode, ``synchronous=NORMAL``, and sessions of dead writers marked
+        ``killed``. Until this is called an opened store is unchanged byte for byte."""
+        try:
+            with self._db_lock:
+                mode = self._con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                self._con.execute("PRAGMA synchronous = NORMAL")
+                # sessions still 'running' belong to processes that died: we hold the lock
+                self._con.execute("UPDATE lazytiles_sessions SET status = 'killed' WHERE status = 'running'")
+        except sqlite3.Error as err:
+            self._close_quietly()
+            if "unable to open" in str(err) or "readonly" in str(err):
+                raise RunStoreError(
+                    f"cannot write run store {str(self.path)!r}: {err} (a run writes the file and, beside it, "
+                    f"{self.path.name}-wal and {self.path.name}-shm; check the permissions of the file and its "
+                    "directory, or choose a writable directory for out=); nothing was changed"
+                ) from err
+            raise _store_error(self.path, err, "opened for writing") from err
+        if mode != "wal":
+            log.debug("%s: journal mode %s (WAL not available)", self.path, mode)
+        self._writing = True
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> RunStore:
+        """The store at ``path``, read-only and unlocked (a writer may be adding to it)."""
+        path = Path(path)
+        if not path.is_file():
+            raise RunStoreError(
+                f"no run store at {str(path)!r}" + ("" if path.absolute().parent.is_dir() else
+                f" (its directory {str(path.absolute().parent)!r} does not exist)") + "; check the path"
+            )
+        try:
+            con = _connect(path, readonly=True)
+        except sqlite3.Error as err:
+            raise _store_error(path, err, "opened") from err
+        return cls(path, con, None)
+
+    @staticmethod
+    def classify(path: Path) -> str:
+        """``"store"``, ``"other"`` (a readable SQLite database that is not a run store) or ``"broken"``."""
+        try:
+            con = _connect(path, readonly=True)
+            try:
+                tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if "lazytiles_run" in tables:
+                    return "store"
+                if tables or os.path.getsize(path) > 0:
+                    con.execute("PRAGMA quick_check").fetchone()
+                    return "other" if tables else "broken"
+                return "broken"
+            finally:
+                con.close()
+        except sqlite3.Error:
+            return "broken"
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def begin_session(self, options: dict[str, Any], version: str) -> int:
+        """Record that this process starts working on the run; returns the session id."""
+        with self._db_lock:
+            cur = self._con.execute(
+                "INSERT INTO lazytiles_sessions (started, status, pid, host, lazytiles_version, options) "
+                "VALUES (?, 'running', ?, ?, ?, ?)",
+                (_now(), os.getpid(), socket.gethostname(), version, json.dumps(options, sort_keys=True)),
+            )
+            self._session = int(cur.lastrowid)
+        return self._session
+
+    def end_session(self, status: str) -> None:
+        with self._db_lock:
+            if self._session is not None:
+                self._con.execute(
+                    "UPDATE lazytiles_sessions SET ended = ?, status = ? WHERE session = ?",
+                    (_now(), status, self._session),
+                )
+
+    def commit(self, results: Sequence[WindowResult]) -> None:
+        """Record finished and failed windows in one transaction: all of them, or none."""
+        if not results:
+            return
+        done = [r for r in results if r.detections is not None]
+        failed = [r for r in results if r.detections is None]
+        rows: list[tuple[Any, ...]] = []
+        for r in done:
+            rows.extend(raw_rows(r.detections, self.transform, self.srs_id))  # type: ignore[arg-type]
+        now, session = _now(), self._session or 0
+        self._commits += 1
+        try:
+            with self._db_lock:
+                con = self._con
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    indices = [r.index for r in results]
+                    previous = {}
+                    for chunk in range(0, len(indices), 500):
+                        part = indices[chunk : chunk + 500]
+                        previous.update(
+                            con.execute(
+                                f"SELECT window_index, attempts FROM lazytiles_windows WHERE status = 'failed' "
+                                f"AND window_index IN ({','.join('?' * len(part))})",
+                                part,
+                            ).fetchall()
+                        )
+                    con.executemany("DELETE FROM lazytiles_windows WHERE window_index = ?", [(i,) for i in previous])
+                    con.executemany(INSERT_RAW, rows)
+                    con.executemany(
+                        "INSERT INTO lazytiles_windows (window_index, status, boxes, attempts, error, col_off, row_off, "
+                        "width, height, session, finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            (
+                                r.index,
+                                "failed" if r.detections is None else "done",
+                                0 if r.detections is None else len(r.detections),
+                                previous.get(r.index, 0) + 1,
+                                r.error,
+                                *(r.window or (None,) * 4),
+                                session,
+                                now,
+                            )
+                            for r in results
+                        ],
+                    )
+                    con.execute(
+                        "UPDATE lazytiles_sessions SET windows_done = windows_done + ?, "
+                        "windows_failed = windows_failed + ? WHERE session = ?",
+                        (len(done), len(failed), session),
+                    )
+                    self._maybe_die("before")
+                    con.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        con.execute("ROLLBACK")
+                    raise
+                self._maybe_die("after")
+        except sqlite3.IntegrityError as err:
+            raise RunStoreError(
+                f"run store {str(self.path)!r} refused windows {[r.index for r in results][:10]}: {err}; a window "
+                "was recorded twice, which means two writers or a bug; the store is unchanged"
+            ) from err
+        except sqlite3.Error as err:
+            raise RunStoreError(f"cannot write to run store {str(self.path)!r}: {err}") from err
+
+    def _maybe_die(self, when: str) -> None:
+        if self._kill_at is not None and self._kill_at == (self._commits, when):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def write_merged(self, found: Detections, params: dict[str, Any]) -> None:
+        """Replace the ``detections`` layer with ``found`` and record ``params``, in one transaction."""
+        rows = merged_rows(found, self.transform, self.srs_id)
+        info = {"params": params, "count": len(found), "windows_done": len(self.done()), "written": _now()}
+        try:
+            with self._db_lock:
+                con = self._con
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    con.execute(f"DELETE FROM {MERGED_LAYER}")
+                    con.executemany(INSERT_MERGED, rows)
+                    set_extent(con, MERGED_LAYER, found.boxes, self.transform)
+                    con.executemany(
+                        "INSERT OR REPLACE INTO lazytiles_run (key, value) VALUES (?, ?)",
+                        [("merge", json.dumps(params)), ("merged", json.dumps(info))],
+                    )
+                    con.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        con.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as err:
+            raise RunStoreError(f"cannot write merged detections to run store {str(self.path)!r}: {err}") from err
+        self.merge_params, self.merged_info = params, info
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            with self._db_lock:
+                return self._con.execute(sql, tuple(args)).fetchall()
+        except sqlite3.Error as err:
+            raise _store_error(self.path, err, "read") from err
+
+    def done(self) -> np.ndarray:
+        """Indices of the windows recorded as done, ascending."""
+        rows = self._query("SELECT window_index FROM lazytiles_windows WHERE status = 'done' ORDER BY window_index")
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def failed(self) -> dict[int, tuple[str, int]]:
+        """``{window index: (reason, attempts)}`` of the windows recorded as failed."""
+        rows = self._query(
+            "SELECT window_index, error, attempts FROM lazytiles_windows WHERE status = 'failed' ORDER BY window_index"
+        )
+        return {int(i): (str(e), int(a)) for i, e, a in rows}
+
+    def sessions(self) -> list[dict[str, Any]]:
+        cols = ("session", "started", "ended", "status", "pid", "host", "lazytiles_version", "windows_done", "windows_failed")
+        return [dict(zip(cols, r)) for r in self._query(f"SELECT {', '.join(cols)} FROM lazytiles_sessions ORDER BY session")]
+
+    def raw(self) -> StoredDetections:
+        """The raw detections of every done window, per window, in the run's window order."""
+        rows = self._query(f"SELECT {', '.join(RAW_FIELDS)} FROM {RAW_LAYER} ORDER BY window_index, rank")
+        return StoredDetections(self.windows, columns(rows, RAW_FIELDS), self.transform, self.crs)
+
+    def merged(self) -> Detections | None:
+        """The ``detections`` layer as written by the last merge, or None before the first merge."""
+        if self.merged_info is None:
+            return None
+        rows = self._query(f"SELECT {', '.join(MERGED_FIELDS)} FROM {MERGED_LAYER} ORDER BY fid")
+        c = columns(rows, MERGED_FIELDS)
+        boxes = np.stack([c["x0"], c["y0"], c["x1"], c["y1"]], axis=1)
+        return Detections(
+            boxes, c["score"], c["label"], c["window_index"], partial=c["partial"], transform=self.transform, crs=self.crs
+        )
+
+    def counts(self) -> dict[str, int]:
+        rows = self._query("SELECT status, COUNT(*), COALESCE(SUM(boxes), 0) FROM lazytiles_windows GROUP BY status")
+        out = {"done": 0, "failed": 0, "raw_detections": 0}
+        for status, n, boxes in rows:
+            out[status] = int(n)
+            out["raw_detections"] += int(boxes)
+        return out
+
+    # -- closing ---------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the database, then drop the writer's lock (in that order: see :class:`~lazytiles.runs.lock.FileLock`)."""
+        con, self._con = self._con, None  # type: ignore[assignment]
+        if con is not None:
+            if self._writing:
+                # leave a single self-contained file; fails harmlessly while a reader has it open
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("PRAGMA journal_mode = DELETE")
+            con.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _close_quietly(self) -> None:
+        if self._con is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._con.close()
+            self._con = None  # type: ignore[assignment]
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _holder(path: Path) -> str:
+    """`` (pid N on host, since T)`` of the running session, best effort, for RunLockedError."""
+    try:
+        con = _connect(path, readonly=True)
+        try:
+            row = con.execute(
+                "SELECT pid, host, started FROM lazytiles_sessions WHERE status = 'running' ORDER BY session DESC LIMIT 1"
+            ).fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return ""
+    return "" if row is None else f" (pid {row[0]} on {row[1]}, since {row[2]})"
+
+
+__all__ = ["KILL_HOOK_ENV", "MERGED_LAYER", "RAW_LAYER", "RunStore", "RunWindows", "StoredDetections", "WindowResult"]

@@ -1,0 +1,305 @@
+"""A real tile server on 127.0.0.1 for tests, benchmarks, notebooks and ``lazytiles demo``.
+
+:class:`TileServer` serves a directory over HTTP/1.1 with keep-alive and byte ranges (``Range``,
+``206 Partial Content``, ``HEAD``, ``Accept-Ranges``: what GDAL's ``/vsicurl/`` needs to read a COG),
+and injects faults on request: latency, HTTP errors, 429 with ``Retry-After``, truncated bodies,
+hanging connections, garbage bytes and absent tiles. It counts requests per path. Files that do not
+exist answer 404, so a directory of tiles is a tile service whose coverage ends where the files do.
+
+How one request is answered (files, byte ranges, each kind of fault) is in :mod:`lazytiles.testing.tilehandler`;
+this module holds the server's state: its life cycle, the fault rules and the request counts, and the
+``python -m lazytiles.testing.tileserver`` command (:func:`main`).
+
+:func:`write_xyz_tiles` (from :mod:`lazytiles.testing.xyztiles`, importable here too) writes an image aligned to
+the web-mercator grid as ``{z}/{x}/{y}.png`` tiles.
+
+Examples
+--------
+>>> import tempfile, numpy as np, lazytiles as lt
+>>> from lazytiles.testing.tileserver import TileServer, write_xyz_tiles
+>>> image = np.random.default_rng(0).integers(0, 255, (3, 512, 512), dtype=np.uint8)
+>>> tiles = tempfile.mkdtemp()
+>>> cover = write_xyz_tiles(image, tiles, zoom=10, top_left_tile=(550, 335))
+>>> with TileServer(tiles) as server:
+...     src = lt.open(server.template(), zoom=10, tile_size=256)
+...     server.fail(times=1)                      # every tile answers HTTP 500 once, then works
+...     window = lt.windows(src, size=512, bounds=cover.bounds)[0]
+...     hits = server.hits
+>>> bool((window.data == image).all()), sorted(hits.values())
+(True, [2, 2, 2, 2])
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import posixpath
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote
+
+from .tilehandler import FAULT_KINDS, _Fault, _Handler, _Server
+from .tilehandler import GARBAGE as GARBAGE  # importable from here, as before the split
+from ..errors import InvalidArgumentError
+from .xyztiles import XYZCoverage, write_xyz_tiles
+
+
+class TileServer:
+    """Serve ``directory`` on 127.0.0.1 from a background thread, with switchable faults.
+
+    Parameters
+    ----------
+    directory
+        The files to serve; ``/a/b.png`` is ``directory/a/b.png``. Nothing outside it is reachable.
+    host, port
+        Where to listen (default: 127.0.0.1 and a free port).
+    latency
+        Seconds each request waits before it is answered (settable at any time).
+    hang_timeout
+        Longest a hung request is held (see :meth:`hang`).
+
+    Notes
+    -----
+    Faults are set per path pattern (``fnmatch`` on the URL path, ``"*"`` for all) and apply to the
+    first ``times`` requests of *each* matching path (``times=None``: every request), earliest rule
+    first; a path with no fault left is served normally. So ``server.fail(times=2)`` makes every tile
+    fail twice, then work: a client with 2 retries must still read everything exactly.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency: float = 0.0,
+        hang_timeout: float = 30.0,
+    ) -> None:
+        self.directory = Path(directory).resolve()
+        if not self.directory.is_dir():
+            raise InvalidArgumentError(f"directory {os.fspath(directory)!r} is not a directory; pass the tile root")
+        self.host, self.port = host, port
+        self.latency = float(latency)
+        self.hang_timeout = float(hang_timeout)
+        self._lock = threading.Lock()
+        self._faults: list[_Fault] = []
+        self._hits: Counter[str] = Counter()
+        self._times: defaultdict[str, list[float]] = defaultdict(list)
+        self._headers: dict[str, str] = {}
+        self._in_flight = self._peak = 0
+        self._clients: set[tuple[Any, ...]] = set()
+        self._release = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- life cycle --------------------------------------------------------------------------------
+
+    def start(self) -> TileServer:
+        """Start serving (no-op when already started); returns the server."""
+        if self._server is None:
+            self._release.clear()
+            server = _Server((self.host, self.port), _Handler)
+            server.owner = self
+            self._server = server
+            self.port = server.server_address[1]
+            self._thread = threading.Thread(
+                target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="lazytiles-tileserver", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Release hung requests, stop serving and close the socket."""
+        server, self._server = self._server, None
+        self._release.set()
+        if server is not None:
+            server.shutdown()
+            server.close_connections()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def __enter__(self) -> TileServer:
+        return self.start()
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``, no trailing slash."""
+        return f"http://{self.host}:{self.port}"
+
+    def template(self, pattern: str = "{z}/{x}/{y}.png") -> str:
+        """The tile-URL template of tiles laid out as ``pattern`` under the directory."""
+        return f"{self.url}/{pattern.lstrip('/')}"
+
+    # -- counting ----------------------------------------------------------------------------------
+
+    def _record(self, path: str, headers: Any, client: Any) -> None:
+        with self._lock:
+            self._clients.add(tuple(client))
+            self._hits[path] += 1
+            self._times[path].append(time.monotonic())
+            self._headers = dict(headers.items())
+            self._in_flight += 1
+            self._peak = max(self._peak, self._in_flight)
+
+    def _done(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    @property
+    def last_headers(self) -> dict[str, str]:
+        """The headers of the latest request (User-Agent, API keys, Range...)."""
+        with self._lock:
+            return dict(self._headers)
+
+    @property
+    def connections(self) -> int:
+        """Distinct client connections (address and port) that sent requests since :meth:`reset_counts`."""
+        with self._lock:
+            return len(self._clients)
+
+    @property
+    def peak_in_flight(self) -> int:
+        """Most requests being answered at the same moment since the last :meth:`reset_counts`."""
+        with self._lock:
+            return self._peak
+
+    @property
+    def hits(self) -> Counter[str]:
+        """Requests per URL path so far (a copy), including failed and faulted ones."""
+        with self._lock:
+            return Counter(self._hits)
+
+    @property
+    def requests(self) -> int:
+        """All requests so far."""
+        with self._lock:
+            return sum(self._hits.values())
+
+    def request_times(self, path: str) -> list[float]:
+        """``time.monotonic()`` at the arrival of each request for ``path``."""
+        with self._lock:
+            return list(self._times.get(path, ()))
+
+    def reset_counts(self) -> None:
+        """Forget the request counts, times, connections and peak."""
+        with self._lock:
+            self._hits.clear()
+            self._times.clear()
+            self._peak = self._in_flight
+            self._clients.clear()
+
+    # -- faults ------------------------------------------------------------------------------------
+
+    def inject(self, kind: str, path: str = "*", *, times: int | None = 1, **options: Any) -> None:
+        """Make the first ``times`` requests of each path matching ``path`` fail as ``kind``.
+
+        Kinds: ``error`` (``status=500``), ``throttle`` (429, ``retry_after=1`` seconds), ``truncate``
+        (half the body, then the connection closes), ``hang`` (held until :meth:`release`, the
+        ``hang_timeout`` or :meth:`stop`, then closed without an answer), ``garbage`` (200 with bytes
+        that are no image), ``absent`` (``status=404`` or 204 even where the file exists), ``drop``
+        (connection closed at once). The helpers :meth:`fail`, :meth:`throttle`, ... call this.
+        """
+        if kind not in FAULT_KINDS:
+            raise InvalidArgumentError(f"fault kind must be one of {', '.join(FAULT_KINDS)}, got {kind!r}")
+        if times is not None and (isinstance(times, bool) or not isinstance(times, int) or times < 1):
+            raise InvalidArgumentError(f"times must be a positive int, or None for every request, got {times!r}")
+        defaults: dict[str, dict[str, Any]] = {"error": {"status": 500}, "throttle": {"retry_after": 1}, "absent": {"status": 404}}
+        opts = {**defaults.get(kind, {}), **options}
+        with self._lock:
+            self._faults.append(_Fault(kind, path, times, opts))
+
+    def fail(self, path: str = "*", *, times: int | None = 1, status: int = 500) -> None:
+        """Answer HTTP ``status`` (default 500)."""
+        self.inject("error", path, times=times, status=status)
+
+    def throttle(self, path: str = "*", *, times: int | None = 1, retry_after: float = 1) -> None:
+        """Answer 429 Too Many Requests with ``Retry-After: retry_after`` (seconds)."""
+        self.inject("throttle", path, times=times, retry_after=retry_after)
+
+    def truncate(self, path: str = "*", *, times: int | None = 1) -> None:
+        """Send the full ``Content-Length`` but half the body, then close the connection."""
+        self.inject("truncate", path, times=times)
+
+    def hang(self, path: str = "*", *, times: int | None = 1) -> None:
+        """Accept the request and never answer (until :meth:`release`, ``hang_timeout`` or :meth:`stop`)."""
+        self.inject("hang", path, times=times)
+
+    def garbage(self, path: str = "*", *, times: int | None = 1) -> None:
+        """Answer 200 with bytes that are not an image."""
+        self.inject("garbage", path, times=times)
+
+    def absent(self, path: str = "*", *, times: int | None = None, status: int = 404) -> None:
+        """Answer 404 (or 204) as if the tile did not exist; every time by default."""
+        self.inject("absent", path, times=times, status=status)
+
+    def release(self) -> None:
+        """Let every hung request go (each closes without an answer); later hangs are not held."""
+        self._release.set()
+
+    def clear_faults(self) -> None:
+        """Remove every fault and re-arm :meth:`hang`."""
+        with self._lock:
+            self._faults.clear()
+        self._release.clear()
+
+    def _take_fault(self, path: str) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.pattern == "*" or fnmatch.fnmatchcase(path, fault.pattern):
+                    if fault.times is None or fault.used[path] < fault.times:
+                        fault.used[path] += 1
+                        return fault
+        return None
+
+    def _resolve(self, path: str) -> Path | None:
+        rel = posixpath.normpath("/" + unquote(path)).lstrip("/")  # "/.." cannot climb above "/"
+        if not rel or "\x00" in rel:
+            return None
+        file = self.directory / rel
+        return file if file.is_file() else None
+
+    def __repr__(self) -> str:
+        state = f"serving at {self.url}" if self._server is not None else "stopped"
+        return f"TileServer({os.fspath(self.directory)!r}, latency={self.latency})  # {state}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m lazytiles.testing.tileserver DIR [--latency S] [--port P]``: serve until SIGINT or SIGTERM.
+
+    Prints the server's URL on the first line of stdout, so a parent process can read it, and on
+    exit a JSON line ``{"requests": N, "paths": M}`` (M: distinct URL paths asked for).
+    """
+    import json
+    import signal
+
+    parser = argparse.ArgumentParser(prog="python -m lazytiles.testing.tileserver", description=main.__doc__)
+    parser.add_argument("directory")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with TileServer(args.directory, port=args.port, latency=args.latency) as server:
+        print(server.url, flush=True)
+        while not stop.wait(0.5):
+            pass
+        hits = server.hits
+    print(json.dumps({"requests": sum(hits.values()), "paths": len(hits)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["FAULT_KINDS", "TileServer", "XYZCoverage", "main", "write_xyz_tiles"]

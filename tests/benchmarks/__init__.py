@@ -1,0 +1,1 @@
+"""Tests of lazytiles.benchmarks (the scripts in benchmarks/ keep working)."""

@@ -1,0 +1,22 @@
+"""The merge benchmark keeps working: ``--quick`` runs as a script and reports the same result as the baseline."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_merge.py"
+
+
+@pytest.mark.timeout(120)
+def test_bench_merge_quick_runs_and_agrees_with_the_baseline():
+    done = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "same result as lt.merge: True" in out
+    assert "stream equals batch: True" in out
+    assert " 0 duplicated, 0 boxes unmatched" in out
+    assert "case" in out and "baseline" in out and "ratio" in out

@@ -1,1 +1,0 @@
-"""Tests of lazytiles.kafka against a real broker (a package, so its conftest does not shadow tests/conftest.py)."""

@@ -1,0 +1,1 @@
+"""Tests of lazytiles.streams (Kafka) against a real broker (a package, so its conftest does not shadow tests/conftest.py)."""
