@@ -34,7 +34,8 @@ import shapely
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lazytiles as lt  # noqa: E402
-from lazytiles.merging.streaming import Merger, partial_flags  # noqa: E402
+from lazytiles.detections import partial_flags  # noqa: E402
+from lazytiles.merging.streaming import Merger  # noqa: E402
 
 CELL = 40  # one object per CELL x CELL px cell (90 % of the cells)
 SIZE, OVERLAP = 512, 0.25

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.windows import Window as PixelWindow
 
 from .windowing.index import select
 from .errors import CRSError, InvalidArgumentError, MissingDependencyError
@@ -20,6 +21,70 @@ if TYPE_CHECKING:
 
 #: Rows shown by ``Detections._repr_html_``.
 HTML_ROWS = 10
+
+
+def as_boxes(boxes: Any, what: str = "boxes") -> np.ndarray:
+    """``boxes`` as a float64 ``(N, 4)`` array, checked."""
+    if hasattr(boxes, "detach"):  # a torch tensor, maybe on a GPU
+        boxes = boxes.detach().cpu().numpy()
+    arr = np.asarray(boxes, dtype=np.float64)
+    if arr.size == 0:
+        arr = arr.reshape(0, 4)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise InvalidArgumentError(f"{what} must be (N, 4) x0, y0, x1, y1, got shape {arr.shape}")
+    return arr
+
+
+def _window_tuple(window: Any, what: str) -> tuple[float, float, float, float]:
+    if isinstance(window, PixelWindow):
+        return float(window.col_off), float(window.row_off), float(window.width), float(window.height)
+    try:
+        col_off, row_off, width, height = (float(v) for v in window)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(
+            f"{what} must be a rasterio Window or (col_off, row_off, width, height), got {window!r}"
+        ) from None
+    return col_off, row_off, width, height
+
+
+def partial_flags(boxes: Any, window: Any, area: Any, margin: float = 1.0) -> np.ndarray:
+    """Which boxes of one window may be cut by its edge: within ``margin`` px of an *inner* edge.
+
+    An inner edge is an edge of ``window`` that is not on the boundary of ``area``, so another window
+    continues beyond it. Boxes cut by the edge of the whole area are complete: nothing lies beyond.
+
+    Parameters
+    ----------
+    boxes
+        ``(K, 4)`` x0, y0, x1, y1 in the window's pixels (0, 0 is its upper-left corner).
+    window
+        The window in the source's pixels: a rasterio ``Window`` or (col_off, row_off, width, height).
+    area
+        The area all windows cover (``WindowSequence.area``), same kinds as ``window``.
+    margin
+        Distance in pixels from an inner edge within which a box counts as touching it.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(K,)`` bool.
+
+    Examples
+    --------
+    >>> from rasterio.windows import Window
+    >>> boxes = [[0, 10, 20, 30], [100, 10, 128, 30], [50, 50, 60, 60]]
+    >>> partial_flags(boxes, Window(128, 0, 128, 128), Window(0, 0, 256, 256))
+    array([ True, False, False])
+    """
+    b = as_boxes(boxes)
+    c0, r0, w, h = _window_tuple(window, "window")
+    ac0, ar0, aw, ah = _window_tuple(area, "area")
+    return (
+        ((c0 > ac0) & (b[:, 0] <= margin))
+        | ((c0 + w < ac0 + aw) & (b[:, 2] >= w - margin))
+        | ((r0 > ar0) & (b[:, 1] <= margin))
+        | ((r0 + h < ar0 + ah) & (b[:, 3] >= h - margin))
+    )
 
 
 class Detections:
@@ -127,7 +192,7 @@ class Detections:
     # -- georeferencing --------------------------------------------------------------------------------
 
     def _crs_for(self, crs: CRS | str | int | None, what: str) -> CRS | None:
-        from .sources.base import to_crs
+        from .grid import to_crs
 
         target = to_crs(crs, "crs")
         if target is not None and self.crs is None:

@@ -81,13 +81,6 @@ class StreamError(LazyTilesError, OSError):
     """A message broker (Kafka) could not be reached, or messages were not confirmed as delivered."""
 
 
-class ResultNotFoundError(LazyTilesError, KeyError):
-    """A result store has no entry for the window asked for."""
-
-    def __str__(self) -> str:  # KeyError would print the message in quotes
-        return str(self.args[0]) if self.args else ""
-
-
 class LazyTilesWarning(UserWarning):
     """Root of every warning lazytiles issues."""
 
@@ -108,7 +101,6 @@ __all__ = [
     "MissingDependencyError",
     "ModelOutputError",
     "RecipeMismatchError",
-    "ResultNotFoundError",
     "RunLockedError",
     "RunStoreError",
     "SourceNotFoundError",

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from affine import Affine
+from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from .errors import InvalidArgumentError
+from .errors import CRSError, InvalidArgumentError
 
 Bounds = tuple[float, float, float, float]
 
@@ -228,4 +229,26 @@ def mercator_tile_range(bounds: Bounds, z: int) -> tuple[range, range]:
     return (
         range(clamp(math.floor(snap(r0))), clamp(math.ceil(snap(r1)) - 1) + 1),
         range(clamp(math.floor(snap(c0))), clamp(math.ceil(snap(c1)) - 1) + 1),
+    )
+
+
+def to_crs(value: CRS | str | int | None, what: str = "crs") -> CRS | None:
+    """A ``rasterio.crs.CRS`` from a CRS, an EPSG code, or any string rasterio understands."""
+    if value is None or isinstance(value, CRS):
+        return value
+    try:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return CRS.from_epsg(value)
+        if isinstance(value, str):
+            return CRS.from_user_input(value)
+    except Exception as err:  # rasterio raises its own CRSError; ours names the argument
+        # GDAL's chained CPLE_* errors do not unpickle under tblib (seqtools installs it); the text is in err's
+        err.__cause__ = err.__context__ = None
+        raise CRSError(
+            f"{what}={value!r} is not a CRS rasterio knows ({err}); pass e.g. 'EPSG:4326', "
+            "an EPSG integer, a WKT string or a rasterio.crs.CRS"
+        ) from err
+    raise CRSError(
+        f"{what}={value!r} is a {type(value).__name__}, not a CRS; pass e.g. 'EPSG:4326', "
+        "an EPSG integer, a WKT string or a rasterio.crs.CRS"
     )

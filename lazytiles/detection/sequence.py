@@ -21,7 +21,7 @@ import numpy as np
 from .pipeline import _Pipeline
 from ..detections import Detections
 from ..errors import InvalidArgumentError, TileFetchError
-from ..merging.streaming import partial_flags
+from ..detections import partial_flags
 from ..windowing.sequence import WindowSequence
 
 if TYPE_CHECKING:

@@ -14,22 +14,11 @@ from typing import Any, Literal
 import numpy as np
 import shapely
 
+from ..detections import as_boxes
 from ..errors import InvalidArgumentError
 
 Metric = Literal["iou", "ios"]
 METRICS: tuple[str, ...] = ("iou", "ios")
-
-
-def as_boxes(boxes: Any, what: str = "boxes") -> np.ndarray:
-    """``boxes`` as a float64 ``(N, 4)`` array, checked."""
-    if hasattr(boxes, "detach"):  # a torch tensor, maybe on a GPU
-        boxes = boxes.detach().cpu().numpy()
-    arr = np.asarray(boxes, dtype=np.float64)
-    if arr.size == 0:
-        arr = arr.reshape(0, 4)
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise InvalidArgumentError(f"{what} must be (N, 4) x0, y0, x1, y1, got shape {arr.shape}")
-    return arr
 
 
 def check_metric(metric: Any) -> str:

@@ -39,11 +39,10 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from rasterio.windows import Window as PixelWindow
 
 from .grouping import _Boxes, _finish, _settle
 from .window_table import _WindowTable
-from .boxes import METRICS, Metric, as_boxes
+from .boxes import METRICS, Metric
 from ..detections import Detections
 from ..errors import InvalidArgumentError
 
@@ -55,58 +54,6 @@ METHODS: tuple[str, ...] = ("union", "nms")
 
 
 # -- which boxes may continue past their window ------------------------------------------------------
-
-
-def _window_tuple(window: Any, what: str) -> tuple[float, float, float, float]:
-    if isinstance(window, PixelWindow):
-        return float(window.col_off), float(window.row_off), float(window.width), float(window.height)
-    try:
-        col_off, row_off, width, height = (float(v) for v in window)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(
-            f"{what} must be a rasterio Window or (col_off, row_off, width, height), got {window!r}"
-        ) from None
-    return col_off, row_off, width, height
-
-
-def partial_flags(boxes: Any, window: Any, area: Any, margin: float = 1.0) -> np.ndarray:
-    """Which boxes of one window may be cut by its edge: within ``margin`` px of an *inner* edge.
-
-    An inner edge is an edge of ``window`` that is not on the boundary of ``area``, so another window
-    continues beyond it. Boxes cut by the edge of the whole area are complete: nothing lies beyond.
-
-    Parameters
-    ----------
-    boxes
-        ``(K, 4)`` x0, y0, x1, y1 in the window's pixels (0, 0 is its upper-left corner).
-    window
-        The window in the source's pixels: a rasterio ``Window`` or (col_off, row_off, width, height).
-    area
-        The area all windows cover (``WindowSequence.area``), same kinds as ``window``.
-    margin
-        Distance in pixels from an inner edge within which a box counts as touching it.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(K,)`` bool.
-
-    Examples
-    --------
-    >>> from rasterio.windows import Window
-    >>> boxes = [[0, 10, 20, 30], [100, 10, 128, 30], [50, 50, 60, 60]]
-    >>> partial_flags(boxes, Window(128, 0, 128, 128), Window(0, 0, 256, 256))
-    array([ True, False, False])
-    """
-    b = as_boxes(boxes)
-    c0, r0, w, h = _window_tuple(window, "window")
-    ac0, ar0, aw, ah = _window_tuple(area, "area")
-    return (
-        ((c0 > ac0) & (b[:, 0] <= margin))
-        | ((c0 + w < ac0 + aw) & (b[:, 2] >= w - margin))
-        | ((r0 > ar0) & (b[:, 1] <= margin))
-        | ((r0 + h < ar0 + ah) & (b[:, 3] >= h - margin))
-    )
 
 
 # -- the public function ---------------------------------------------------------------------------
@@ -357,4 +304,4 @@ def _stream(dets: Sequence[Detections], merger: Merger, progress: bool) -> Detec
     return merger.result()
 
 
-__all__ = ["Merger", "merge", "partial_flags"]
+__all__ = ["Merger", "merge"]

@@ -11,7 +11,8 @@ from rasterio.crs import CRS
 
 from ..cache import TileCache, TileKey
 from ..errors import InvalidArgumentError
-from .base import TileSource, to_crs
+from ..grid import to_crs
+from .base import TileSource
 
 
 def _tile_shape(value: int | tuple[int, int], what: str = "tile_shape") -> tuple[int, int]:

@@ -22,28 +22,6 @@ if TYPE_CHECKING:
     from ..windowing.readahead import Readahead
 
 
-def to_crs(value: CRS | str | int | None, what: str = "crs") -> CRS | None:
-    """A ``rasterio.crs.CRS`` from a CRS, an EPSG code, or any string rasterio understands."""
-    if value is None or isinstance(value, CRS):
-        return value
-    try:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return CRS.from_epsg(value)
-        if isinstance(value, str):
-            return CRS.from_user_input(value)
-    except Exception as err:  # rasterio raises its own CRSError; ours names the argument
-        # GDAL's chained CPLE_* errors do not unpickle under tblib (seqtools installs it); the text is in err's
-        err.__cause__ = err.__context__ = None
-        raise CRSError(
-            f"{what}={value!r} is not a CRS rasterio knows ({err}); pass e.g. 'EPSG:4326', "
-            "an EPSG integer, a WKT string or a rasterio.crs.CRS"
-        ) from err
-    raise CRSError(
-        f"{what}={value!r} is a {type(value).__name__}, not a CRS; pass e.g. 'EPSG:4326', "
-        "an EPSG integer, a WKT string or a rasterio.crs.CRS"
-    )
-
-
 class TileSource(ABC):
     """A georeferenced raster cut into tiles; subclasses read one tile.
 

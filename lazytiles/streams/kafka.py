@@ -319,6 +319,3 @@ def decode(value: bytes | str | Mapping[str, Any]) -> Detections:
 
     return _decode(value)
 
-
-# The worker lives in lazytiles.streams.worker; lt.kafka.worker is the same function.
-from .worker import WorkerReport, worker  # noqa: E402

@@ -23,7 +23,7 @@ from .kafka import _confluent, _Sender, _settings, message_recipe
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WorkerReport", "run_worker", "worker", "worker_arguments", "worker_main"]
+__all__ = ["WorkerReport", "run_worker", "worker", "worker_arguments"]
 
 
 # -- the worker -------------------------------------------------------------------------------------
@@ -449,9 +449,3 @@ def run_worker(args: Any) -> int:
              report.abandoned)  # fmt: skip
     return 0
 
-
-def worker_main(argv: Sequence[str] | None = None) -> int:
-    """``lazytiles worker ARGS...`` as a function (``argv`` without the ``worker``); returns the exit code."""
-    from ..cli import main
-
-    return main(["worker", *(sys.argv[1:] if argv is None else argv)])

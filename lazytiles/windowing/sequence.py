@@ -24,7 +24,8 @@ from ..errors import BoundsError, InvalidArgumentError, TileFetchError
 from ..grid import Bounds, pixel_window, window_bounds, window_transform
 from ..mosaic import ReadInfo, assemble
 from .plan import EDGES, AxisPlan, Edge, WindowPlan, plan_axis, strip_width
-from ..sources.base import TileSource, to_crs
+from ..grid import to_crs
+from ..sources.base import TileSource
 
 Region = Union[shapely.Geometry, Callable[[Bounds], bool]]
 

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 import lazytiles as lt
 from conftest import CountingSource, tiles_touched
 from lazytiles.merging.cells import CellGrid, merge_by_cells, merge_in_cells, merged_detections
-from lazytiles.merging.streaming import partial_flags
+from lazytiles.detections import partial_flags
 from lazytiles.detection.models import BlobDetector
 from lazytiles.testing.sample import make_sample
 

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from rasterio.windows import Window
 
 import lazytiles as lt
-from lazytiles.merging.streaming import Merger, partial_flags
+from lazytiles.detections import partial_flags
+from lazytiles.merging.streaming import Merger
 
 UTM_10M = Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 6_000_000.0)
 
