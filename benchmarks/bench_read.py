@@ -12,7 +12,7 @@ windows, in row-major order:
 - ``lazytiles, one consumer``: ``for w in lt.windows(lt.open(cog), 512, stride=256)``: one thread
   consumes the windows while the source decodes the blocks of the next ones on its read-ahead
   threads (the default for local files);
-- ``lazytiles, readahead=0``: the same with ``lt.open(cog, readahead=0)``: everything on one thread;
+- ``lazytiles, readahead=0``: the same with ``lt.windows(..., readahead=0)``: everything on one thread;
 - ``lazytiles, GDAL cache uncapped``: the default pass with ``gdal_cache_bytes=None``, to show what
   capping GDAL's block cache saves;
 - ``lazytiles prefetch threads`` / ``processes``: ``lt.prefetch(wins, workers=2, method=...)``.
@@ -154,11 +154,9 @@ def run_case(case: str, cog: str, limit: int | None = None) -> dict[str, Any]:
                 n_blocks += 1
         n = len(offsets)  # windows/s: the pass's windows over the time of decoding each block once
     else:
-        kwargs = {
-            "lazytiles-serial-uncapped": {"gdal_cache_bytes": None},
-            "lazytiles-serial-noreadahead": {"readahead": 0},
-        }.get(case, {})
-        wins = lt.windows(lt.open(cog, **kwargs), SIZE, stride=STRIDE)
+        open_options = {"gdal_cache_bytes": None} if case == "lazytiles-serial-uncapped" else {}
+        window_options = {"readahead": 0} if case == "lazytiles-serial-noreadahead" else {}
+        wins = lt.windows(lt.open(cog, **open_options), SIZE, stride=STRIDE, **window_options)
         assert [(int(r), int(c)) for c, r, _, _ in wins.pixel_windows()] == offsets, "not row-major"
         n = len(wins)
         if case.startswith("lazytiles-serial"):

@@ -9,7 +9,7 @@ answer. Each case runs in its own process against a fresh server, over the same 
 - ``naive rasterio, tuned GDAL``: the same inside ``rasterio.Env`` with the options lazytiles sets
   for remote rasters (see ``lazytiles.sources.raster.REMOTE_GDAL_DEFAULTS``), to separate what the
   options give from what read-ahead gives;
-- ``lazytiles, no read-ahead``: ``for w in lt.windows(lt.open("/vsicurl/" + url, readahead=0), ...)``;
+- ``lazytiles, no read-ahead``: ``for w in lt.windows(lt.open("/vsicurl/" + url), ..., readahead=0)``;
 - ``lazytiles``: the same with the default read-ahead (blocks of the next windows are read by a
   thread pool, one GDAL handle per thread, so many range requests are in flight).
 
@@ -80,8 +80,8 @@ def run_case(case: str, url: str) -> dict[str, Any]:
 
         options = {"readahead": 0} if case == "lazytiles-no-readahead" else {}
         start, cpu0 = time.perf_counter(), cpu_seconds()
-        src = lt.open(path, **options)
-        wins = lt.windows(src, SIZE, stride=STRIDE)
+        src = lt.open(path)
+        wins = lt.windows(src, SIZE, stride=STRIDE, **options)
         if [(int(r), int(c)) for c, r, _, _ in wins.pixel_windows()] != window_offsets(src.height, src.width):
             raise SystemExit("lazytiles planned other windows than rasterio's loop")
         for w in wins:

@@ -1,23 +1,44 @@
 """Assemble one pixel window from the tiles under it.
 
-Pixels outside the raster are filled with the source's nodata value (0 when it has none), so the
-result equals ``rasterio.open(p).read(window=w, boundless=True, fill_value=...)`` bit for bit.
+Pure: it takes the tile grid, the pixel format and a function that gets one tile (a
+:class:`TileReader`: every source is one), and knows nothing of where tiles come from. Pixels outside
+the raster are filled with ``fill_value`` (a source's nodata, 0 when it has none), so the result
+equals ``rasterio.open(p).read(window=w, boundless=True, fill_value=...)`` bit for bit.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from rasterio.windows import Window
 
 from .cache import TileKey
 from .errors import InvalidArgumentError
+from .grid import TileGrid
 
-if TYPE_CHECKING:
-    from .sources.base import TileSource
+
+class TileReader(Protocol):
+    """What :func:`assemble` needs of a source: its tile grid, pixel format, and one tile at a time."""
+
+    @property
+    def grid(self) -> TileGrid: ...
+
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def dtype(self) -> np.dtype: ...
+
+    @property
+    def fill_value(self) -> float: ...
+
+    def get_tile(self, key: TileKey) -> tuple[np.ndarray, bool]:
+        """Tile ``key`` as ``(count, rows, cols)`` (clipped at the raster's edge), and whether it was cached."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,21 +62,18 @@ def _integer_window(window: Window) -> tuple[int, int, int, int]:
     return ints  # type: ignore[return-value]
 
 
-def assemble(src: TileSource, window: Window) -> tuple[np.ndarray, ReadInfo]:
-    """Pixels of ``window`` from ``src`` as a new ``(count, height, width)`` array, and how it was read.
+def assemble(tiles: TileReader, window: Window, keys: Sequence[TileKey]) -> tuple[np.ndarray, ReadInfo]:
+    """Pixels of ``window`` as a new ``(count, height, width)`` array, and how it was read.
 
-    Only the tiles under the window are read, each through the source's cache.
+    ``keys`` are the tiles under the window (``src.tiles_under(window)``); each is got once, in order.
     """
     start = time.perf_counter()
     r0, c0, h, w = _integer_window(window)
-    out = np.full((src.count, h, w), src.fill_value, dtype=src.dtype)
-    keys = src.tiles_under(window)
-    if len(keys) > 1:
-        src.warm(keys)  # remote sources fetch a window's tiles concurrently
-    grid = src.grid
+    out = np.full((tiles.count, h, w), tiles.fill_value, dtype=tiles.dtype)
+    grid = tiles.grid
     hits = 0
     for key in keys:
-        tile, hit = src.get_tile(key)
+        tile, hit = tiles.get_tile(key)
         hits += hit
         ty, tx = key.row * grid.tile_height, key.col * grid.tile_width
         # the part of this tile inside the window, in raster pixels

@@ -155,7 +155,7 @@ def test_repr_html_lists_rows_and_counts_by_label(dets):
 
 
 def test_show_draws_boxes_in_their_label_colours():
-    from lazytiles.display.jupyter import label_colour
+    from lazytiles.display.picture import label_colour
 
     white, colour = (255, 255, 255), label_colour(4)
     one = lt.Detections([[10, 10, 20, 30]], [0.9], [4], transform=UTM_10M, crs="EPSG:32633")

@@ -30,28 +30,13 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window as PixelWindow
 
-# lazytiles.display.jupyter is where the public names of _picture and _overview are imported from.
-from .overview import FULL_READ_MAX, overview
-from .picture import (
-    PALETTE,
-    STRETCH,
-    STRETCH_SAMPLE,
-    _as_detections,
-    _boxes_to_image,
-    _shrink,
-    draw_boxes,
-    label_colour,
-    png_bytes,
-    to_image,
-    to_rgba,
-)
 from ..errors import InvalidArgumentError
+from ..sources.base import TileSource
+from ..windowing.sequence import Window, WindowSequence
+from .picture import _as_detections, _boxes_to_image, _shrink, draw_boxes, png_bytes, to_image
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
-
-    from ..sources.base import TileSource
-    from ..windowing.sequence import Window, WindowSequence
 
 #: ``_repr_png_`` shrinks windows larger than this (pixels a side) so notebooks stay small.
 REPR_MAX = 1024
@@ -225,7 +210,7 @@ def _region_picture(
 ) -> PILImage.Image:
     from PIL import Image, ImageDraw
 
-    data, to_source = overview(src, area, max_size)
+    data, to_source = src.overview(area, max_size)
     image = to_image(data, src.nodata).convert("RGBA")
     to_px = ~to_source
     if windows is not None and len(windows):
@@ -257,7 +242,7 @@ def sequence_preview(
 ) -> PILImage.Image:
     """An overview picture of the region a window sequence covers (``wins.preview()``).
 
-    Read from overviews or lower zoom levels (see :func:`overview`), never pixel by pixel; the
+    Read from overviews or lower zoom levels (see :meth:`lazytiles.TileSource.overview`), never pixel by pixel; the
     outlines of the sequence's windows are drawn when ``grid`` is true, and ``detections`` (an
     ``lt.Detections`` in the source's pixel grid, e.g. from ``lt.merge``) as boxes coloured by label.
     """
@@ -301,9 +286,6 @@ def show(obj: Any, detections: Any = None, *, max_size: int = 1024, grid: bool |
     >>> lt.show(wins).size
     (64, 64)
     """
-    from ..sources.base import TileSource
-    from ..windowing.sequence import Window, WindowSequence
-
     if isinstance(obj, Window):
         return window_image(obj, detections, max_size=max_size, scores=True if scores is None else scores)
     if isinstance(obj, WindowSequence):
@@ -319,17 +301,12 @@ def show(obj: Any, detections: Any = None, *, max_size: int = 1024, grid: bool |
 
 
 __all__ = [
-    "draw_boxes",
-    "label_colour",
     "lonlat_bounds",
-    "overview",
     "sequence_html",
     "sequence_preview",
     "show",
     "source_html",
     "source_preview",
-    "to_image",
-    "to_rgba",
     "window_html",
     "window_image",
     "window_png",

@@ -8,11 +8,12 @@ from typing import Any
 import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.windows import Window
 
 from ..cache import TileCache, TileKey
 from ..errors import InvalidArgumentError
 from ..grid import to_crs
-from .base import TileSource
+from .base import TileSource, _step, _to_source
 
 
 def _tile_shape(value: int | tuple[int, int], what: str = "tile_shape") -> tuple[int, int]:
@@ -100,6 +101,13 @@ class ArraySource(TileSource):
         view = view.view()  # a view of its own, so marking it read-only leaves the array writable
         view.flags.writeable = False
         return view
+
+    def _overview(self, area: Window, max_size: int) -> tuple[np.ndarray, Affine]:
+        """Every n-th pixel of the array: no tile is read."""
+        step = _step(area, max_size)
+        r0, c0 = int(area.row_off), int(area.col_off)
+        data = np.ascontiguousarray(self._array[:, r0 : r0 + int(area.height) : step, c0 : c0 + int(area.width) : step])
+        return data, _to_source(area, data)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (

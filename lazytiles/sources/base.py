@@ -1,13 +1,17 @@
-"""TileSource: what every source shares — metadata, a tile grid, and one tile read through the cache."""
+"""TileSource: what every source shares — metadata, a tile grid, one tile read through the cache, a
+pool of threads that fetch tiles in the background when told which, and a shrunk overview."""
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 from affine import Affine
@@ -17,9 +21,84 @@ from rasterio.windows import Window
 from ..cache import TileCache, TileKey, default_cache
 from ..errors import CacheTooSmallError, CRSError, InvalidArgumentError
 from ..grid import Bounds, TileGrid, window_bounds
+from ..mosaic import assemble
 
-if TYPE_CHECKING:
-    from ..windowing.readahead import Readahead
+#: A source with neither overviews nor lower zoom levels is read in full for an overview only up to
+#: this many pixels.
+FULL_READ_MAX = 4096 * 4096
+
+_create_lock = threading.Lock()
+
+
+class _Released(Exception):
+    """A background load skipped: its tile was used up before the load started."""
+
+
+class FetchPool:
+    """``workers`` threads loading tiles into their source's cache, each tile once at a time.
+
+    Made per source and never pickled; after a fork the child starts a pool of its own on first use.
+    It fetches what it is told (:meth:`fetch`) and decides nothing: what to fetch early, and when,
+    is :mod:`lazytiles.windowing.readahead`'s call. The cache's single flight makes a foreground read
+    of a tile wait for its background load instead of starting a second one, so every tile is still
+    fetched once. A background load that fails leaves nothing behind: the foreground read that needs
+    the tile loads it again (or waits for the load in progress) and raises the error itself.
+    """
+
+    def __init__(self, workers: int, name: str) -> None:
+        self.workers = workers
+        self.name = name
+        self._pid: int | None = None
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._pid != os.getpid():  # first use here, or a forked child: the threads did not survive
+            with _create_lock:
+                if self._pid != os.getpid():
+                    self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix=self.name)
+                    self._inflight: set[TileKey] = set()
+                    self._released: set[TileKey] = set()  # used up by an in-order pass: load no more
+                    self._lock = threading.Lock()
+                    self._pid = os.getpid()
+        return self._executor
+
+    def fetch(self, src: TileSource, keys: Iterable[TileKey]) -> None:
+        """Submit the loads of ``keys`` that are neither cached nor submitted; returns at once."""
+        pool = self._pool()
+        cache = src.cache
+        for key in keys:
+            if key in cache:
+                continue
+            with self._lock:
+                self._released.discard(key)  # asked for again
+                if key in self._inflight:
+                    continue
+                self._inflight.add(key)
+            pool.submit(self._load, src, key)
+
+    def forget(self, keys: Iterable[TileKey]) -> None:
+        """``keys`` are used up: a background load of one that has not started yet is skipped
+        instead of reading the tile a second time."""
+        if self._pid != os.getpid():
+            return
+        with self._lock:
+            self._released.update(keys)
+
+    def _load(self, src: TileSource, key: TileKey) -> None:
+        def load_unless_released(k: TileKey) -> Any:
+            # Called by the cache only when the tile is neither cached nor loading. forget() marks a key
+            # before the source drops it from the cache, so a load that starts late sees the mark.
+            with self._lock:
+                if k in self._released:
+                    raise _Released
+            return src.load_tile(k)
+
+        try:
+            src.cache.get(key, load_unless_released)
+        except _Released:
+            pass
+        finally:
+            with self._lock:
+                self._inflight.discard(key)
 
 
 class TileSource(ABC):
@@ -39,10 +118,10 @@ class TileSource(ABC):
     height: int
     width: int
     cache: TileCache
-    #: Windows ahead whose tiles an in-order pass requests early (remote sources); 0 = none.
-    readahead: int = 0
-    #: The background threads that load tiles ahead (None: this source reads only when asked).
-    _readahead: Readahead | None = None
+    #: True for sources read over a network, where a tile's latency outweighs its decoding.
+    remote: bool = False
+    #: The threads that fetch tiles in the background (None: this source reads only when asked).
+    _pool: FetchPool | None = None
     #: True for sources whose extent is nominal (the whole world of a tile service).
     needs_area: bool = False
 
@@ -112,21 +191,30 @@ class TileSource(ABC):
         """One tile through the cache, and whether it was a hit."""
         return self.cache.lookup(key, self.load_tile)
 
+    @property
+    def fetch_workers(self) -> int:
+        """Threads that fetch tiles in the background when told to (:meth:`warm`); 0: none."""
+        return 0 if self._pool is None else self._pool.workers
+
     def warm(self, keys: Iterable[TileKey]) -> None:
-        """Start loading ``keys`` that are neither cached nor loading on the source's read-ahead threads
-        and return at once; sources without read-ahead do nothing. See :mod:`lazytiles.windowing.readahead`."""
-        if self._readahead is not None:
-            self._readahead.warm(self, keys)
+        """Start fetching ``keys`` that are neither cached nor loading, on this source's fetch threads,
+        and return at once; a source without them does nothing. Which keys, and when, is decided by
+        :mod:`lazytiles.windowing.readahead`."""
+        if self._pool is not None:
+            self._pool.fetch(self, keys)
 
     def release(self, keys: Iterable[TileKey]) -> None:
-        """Drop ``keys`` from the cache: an in-order pass has read the last window that needs them."""
+        """Drop ``keys`` from the cache (and from the fetches not started yet): they are used up."""
         keys = list(keys)
-        if self._readahead is not None:
-            self._readahead.forget(keys)  # first, so a late background load does not read them again
+        if self._pool is not None:
+            self._pool.forget(keys)  # first, so a late background load does not read them again
         self.cache.discard(keys)
 
     def read(self, window: Window) -> np.ndarray:
         """Pixels of ``window`` as ``(count, height, width)``, through the cache; boundless (filled).
+
+        The tiles are read one after another on this thread; :func:`lazytiles.windows` fetches a
+        window's tiles, and the next windows', in the background where that pays.
 
         Examples
         --------
@@ -137,9 +225,56 @@ class TileSource(ABC):
         array([[[ 5,  6],
                 [ 9, 10]]], dtype=uint8)
         """
-        from ..mosaic import assemble
+        return assemble(self, window, self.tiles_under(window))[0]
 
-        return assemble(self, window)[0]
+    def overview(self, area: Window | None = None, max_size: int = 1024) -> tuple[np.ndarray, Affine]:
+        """Pixels of ``area`` (default: the whole raster) shrunk to at most ``max_size`` a side.
+
+        Read as cheaply as the source allows: a raster's overviews, a tile service's lower zoom
+        levels, a strided view of an in-memory array; a source with none of these reads the area in
+        full, only when it is small (at most :data:`FULL_READ_MAX` pixels).
+
+        Returns
+        -------
+        pixels, to_source
+            ``(bands, rows, cols)`` pixels, and the affine transform from their pixel grid to the source's.
+
+        Examples
+        --------
+        >>> import numpy as np, lazytiles as lt
+        >>> src = lt.ArraySource(np.zeros((3, 1000, 500), np.uint8))
+        >>> pixels, to_source = src.overview(max_size=100)
+        >>> pixels.shape, to_source.a
+        ((3, 100, 50), 10.0)
+        """
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+            raise InvalidArgumentError(f"max_size must be a positive number of pixels, got {max_size!r}")
+        if area is None:
+            if self.needs_area:
+                raise InvalidArgumentError(
+                    f"{self!r} covers the whole world; preview a window sequence over your area instead: "
+                    "lt.windows(src, size, bounds=..., bounds_crs='EPSG:4326').preview()"
+                )
+            area = Window(0, 0, self.width, self.height)
+        c0, r0 = max(int(area.col_off), 0), max(int(area.row_off), 0)
+        c1, r1 = min(int(area.col_off + area.width), self.width), min(int(area.row_off + area.height), self.height)
+        if c1 <= c0 or r1 <= r0:
+            raise InvalidArgumentError(f"{area!r} does not overlap the raster ({self.height} x {self.width} px)")
+        return self._overview(Window(c0, r0, c1 - c0, r1 - r0), max_size)
+
+    def _overview(self, area: Window, max_size: int) -> tuple[np.ndarray, Affine]:
+        """:meth:`overview` of ``area``, which lies inside the raster; sources with cheaper ways override it."""
+        return self._read_small(area, max_size, "has no overviews")
+
+    def _read_small(self, area: Window, max_size: int, why: str) -> tuple[np.ndarray, Affine]:
+        if area.height * area.width > FULL_READ_MAX:
+            raise InvalidArgumentError(
+                f"{self!r} {why}, and {area!r} is too large to read in full for a preview; preview a smaller "
+                "area (lt.windows(..., bounds=...).preview())"
+            )
+        step = _step(area, max_size)
+        data = self.read(area)[:, ::step, ::step]
+        return data, _to_source(area, data)
 
     def stats(self) -> dict[str, Any]:
         """Counters of this source: ``tiles_read``, ``bytes_decoded``, ``read_seconds`` and, for remote
@@ -180,3 +315,24 @@ class TileSource(ABC):
         if self.crs is None:
             raise CRSError(f"{what} needs the source's CRS, but {self!r} has none; give the source crs=...")
         return self.crs
+
+
+def _out_shape(area: Window, max_size: int) -> tuple[int, int]:
+    """(rows, cols) of ``area`` scaled to at most ``max_size`` a side."""
+    scale = max(area.height, area.width) / max_size
+    if scale <= 1:
+        return int(area.height), int(area.width)
+    return max(1, round(area.height / scale)), max(1, round(area.width / scale))
+
+
+def _step(area: Window, max_size: int) -> int:
+    """Every how many pixels a strided overview of ``area`` keeps one."""
+    out_h, out_w = _out_shape(area, max_size)
+    return math.ceil(max(area.height / out_h, area.width / out_w))
+
+
+def _to_source(area: Window, data: np.ndarray) -> Affine:
+    """The transform from the pixel grid of ``data``, an overview of ``area``, to the source's."""
+    return Affine.translation(area.col_off, area.row_off) @ Affine.scale(
+        area.width / data.shape[2], area.height / data.shape[1]
+    )

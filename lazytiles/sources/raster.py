@@ -11,18 +11,17 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
 
 from ..cache import TileCache, TileKey
 from ..errors import InvalidArgumentError, SourceNotFoundError, SourceOpenError, TileFetchError
 from .array import _tile_shape
-from ..windowing.readahead import Readahead
-from .base import TileSource
+from .base import FetchPool, TileSource, _out_shape, _to_source
 
 #: Tile shape used when a file's blocks make poor tiles (strips, tiny or huge blocks).
 FALLBACK_TILE = 512
-#: Windows ahead whose blocks an in-order pass over a local file decodes on background threads.
-LOCAL_READAHEAD = 4
 #: GDAL's process-wide block cache is capped at this many bytes on first open (see RasterSource).
 GDAL_BLOCK_CACHE_BYTES = 32 * 2**20
 
@@ -124,18 +123,14 @@ class RasterSource(TileSource):
         On the first open in a process, GDAL's process-wide block cache is capped at this many bytes
         (default 32 MiB) unless ``GDAL_CACHEMAX`` is already set; lazytiles keeps decoded blocks in
         its own cache, so a large GDAL cache would only hold a second copy. ``None`` leaves GDAL alone.
-    readahead
-        Windows ahead whose blocks an in-order pass, or indexing that moves forward, reads early on
-        background threads (default: ``2 * max_connections`` for network rasters,
-        :data:`LOCAL_READAHEAD` for local files; 0 turns it off). The blocks of each window are also
-        read concurrently. Decoding releases the GIL, so on a local file this spreads decompression
-        over the cores while the consuming thread assembles windows. Network rasters get
-        :data:`REMOTE_GDAL_DEFAULTS` (directory listing off, merged ranges, HTTP/2 multiplexing,
-        retries) where not set already.
     max_connections
-        Background threads, each with its own GDAL handle (and so, for a network raster, its own
-        HTTP connection); default 16 for network rasters, the number of CPUs (at most 4) for local
-        files.
+        Threads that fetch blocks in the background, each with its own GDAL handle (and so, for a
+        network raster, its own HTTP connection); default 16 for network rasters, the number of
+        CPUs (at most 4) for local files. Window sequences tell them which blocks to read ahead
+        (see :mod:`lazytiles.windowing.readahead`); decoding releases the GIL, so on a local file
+        this spreads decompression over the cores while the consuming thread assembles windows.
+        Network rasters get :data:`REMOTE_GDAL_DEFAULTS` (directory listing off, merged ranges,
+        HTTP/2 multiplexing, retries) where not set already.
 
     Raises
     ------
@@ -160,7 +155,6 @@ class RasterSource(TileSource):
         cache: TileCache | None = None,
         gdal_options: dict[str, Any] | None = None,
         gdal_cache_bytes: int | None = GDAL_BLOCK_CACHE_BYTES,
-        readahead: int | None = None,
         max_connections: int | None = None,
     ) -> None:
         if not isinstance(path, str | os.PathLike):
@@ -170,18 +164,13 @@ class RasterSource(TileSource):
         network = _is_network(self.path)
         defaults = _network_defaults(self._user_gdal_options) if network else {}
         self._gdal_options = {**defaults, **self._user_gdal_options}
-        if readahead is not None and (isinstance(readahead, bool) or not isinstance(readahead, int) or readahead < 0):
-            raise InvalidArgumentError(f"readahead must be a number of windows >= 0, got {readahead!r}")
         if max_connections is not None and (
             isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1
         ):
             raise InvalidArgumentError(f"max_connections must be a positive int, got {max_connections!r}")
-        self._explicit_readahead, self._max_connections = readahead, max_connections
-        threads = max_connections or (16 if network else min(4, os.cpu_count() or 1))
-        if readahead is None:
-            readahead = 2 * threads if network else LOCAL_READAHEAD
-        self.readahead = readahead
-        self._readahead = Readahead(threads, "lazytiles-raster") if network or self.readahead else None
+        self._max_connections = max_connections
+        self.remote = network
+        self._pool = FetchPool(max_connections or (16 if network else min(4, os.cpu_count() or 1)), "lazytiles-raster")
         self._gdal_cache_bytes = gdal_cache_bytes
         self._local = threading.local()  # one GDAL handle per thread
         _cap_gdal_block_cache(gdal_cache_bytes)
@@ -244,27 +233,27 @@ class RasterSource(TileSource):
             f"{self.tile_shape[1]}"
         )
 
+    def _read(self, window: Window, **options: Any) -> np.ndarray:
+        """The source's bands in ``window`` of this thread's handle, with the source's GDAL options."""
+        ds = self._dataset()
+        if self._gdal_options:
+            with rasterio.Env(**self._gdal_options):
+                return ds.read(self.bands, window=window, **options)
+        return ds.read(self.bands, window=window, **options)
+
     def _read_tile(self, key: TileKey) -> np.ndarray:
         w = self.grid.tile_window(key.row, key.col)
         try:
-            ds = self._dataset()
-            if self._gdal_options:
-                with rasterio.Env(**self._gdal_options):
-                    return ds.read(self.bands, window=w)
-            return ds.read(self.bands, window=w)
+            return self._read(w)
         except (RasterioIOError, OSError) as err:
             self._count("failures")
             _drop_gdal_chain(err)
             raise TileFetchError(f"tile {key} ({w!r}) of {self.path!r} could not be read: {err}") from err
 
-    def preview(self, max_size: int = 1024) -> np.ndarray:
-        """The whole raster scaled to at most ``max_size`` pixels a side, read from overviews where
-        the file has them (GDAL picks the level); no tile cache involved."""
-        scale = max(self.height, self.width) / max_size
-        if scale <= 1:
-            return self._dataset().read(self.bands)
-        shape = (self.count, max(1, round(self.height / scale)), max(1, round(self.width / scale)))
-        return self._dataset().read(self.bands, out_shape=shape)
+    def _overview(self, area: Window, max_size: int) -> tuple[np.ndarray, Affine]:
+        """GDAL reads ``area`` from the file's overview level that fits; no tile cache involved."""
+        data = self._read(area, out_shape=(self.count, *_out_shape(area, max_size)))
+        return data, _to_source(area, data)
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
@@ -282,7 +271,6 @@ class RasterSource(TileSource):
                 cache=self.cache,
                 gdal_options=self._user_gdal_options or None,
                 gdal_cache_bytes=self._gdal_cache_bytes,
-                readahead=self._explicit_readahead,
                 max_connections=self._max_connections,
             ),
             (self.path,),

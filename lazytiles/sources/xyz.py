@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import struct
@@ -39,16 +40,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from affine import Affine
 from PIL import Image, UnidentifiedImageError
 from rasterio.crs import CRS
+from rasterio.windows import Window
 
 from ..cache import TileCache, TileKey
-from .diskcache import DiskCache
 from ..errors import InvalidArgumentError, SourceOpenError, TileFetchError, TileMissingError
 from ..grid import mercator_transform, quadkey
+from ..mosaic import assemble
+from .base import FetchPool, TileSource
+from .diskcache import DiskCache
 from .http import BodyError, HttpClient, redact
-from ..windowing.readahead import Readahead
-from .base import TileSource
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +130,9 @@ class XYZSource(TileSource):
 
     Opening reads nothing but, when ``tile_size`` is not given, one probe tile (0/0/0, or any tile
     file of a local template) to learn the tile size. Tiles are fetched when a window needs them,
-    through the tile cache; an in-order pass requests the tiles of the next ``readahead`` windows in
-    the background, so up to ``max_connections`` requests stay in flight even with one consumer.
+    through the tile cache; window sequences have the tiles of the next windows fetched in the
+    background (see :mod:`lazytiles.windowing.readahead`), so up to ``max_connections`` requests
+    stay in flight even with one consumer.
 
     Parameters
     ----------
@@ -157,9 +161,6 @@ class XYZSource(TileSource):
         Keep the raw bytes of every tile fetched over HTTP (and a note of absent ones) in this
         directory; later reads, in any process, come from disk, also offline (see
         :class:`~lazytiles.sources.diskcache.DiskCache`). Default: no disk cache. Local templates ignore it.
-    readahead
-        Windows ahead whose tiles an in-order pass, or indexing that moves forward, requests early
-        (default: ``2 * max_connections`` for URLs, 4 for local files; 0 turns it off).
     cache
         The :class:`~lazytiles.TileCache` of decoded tiles (default: the process-wide one).
 
@@ -200,7 +201,6 @@ class XYZSource(TileSource):
         subdomains: str | Sequence[str] = "abc",
         http: HttpClient | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
-        readahead: int | None = None,
         cache: TileCache | None = None,
     ) -> None:
         self._parts = _parse_template(template)
@@ -228,8 +228,6 @@ class XYZSource(TileSource):
                 f"http must be a lazytiles.sources.http.HttpClient, got {type(http).__name__}; e.g. "
                 "http=HttpClient(max_connections=8, headers={'Authorization': '...'})"
             )
-        if readahead is not None and (isinstance(readahead, bool) or not isinstance(readahead, int) or readahead < 0):
-            raise InvalidArgumentError(f"readahead must be a number of windows >= 0, got {readahead!r}")
 
         self.bands = int(bands)
         self.subdomains = tuple(subdomains)
@@ -239,12 +237,8 @@ class XYZSource(TileSource):
         self.http = (http or HttpClient()) if self.remote else http
         self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
         self._disk = DiskCache(cache_dir) if cache_dir is not None and self.remote else None
-        self._explicit_readahead = readahead
-        if readahead is None:
-            readahead = 2 * self.http.max_connections if self.http is not None else 4
-        self.readahead = readahead
         workers = self.http.max_connections if self.http is not None else min(8, os.cpu_count() or 1)
-        self._readahead = Readahead(workers, "lazytiles-xyz")
+        self._pool = FetchPool(workers, "lazytiles-xyz")
         self._lock = threading.Lock()
         self._missing: set[tuple[int, int, int]] = set()
         self._failed: set[tuple[int, int, int]] = set()
@@ -432,7 +426,30 @@ class XYZSource(TileSource):
             )
         return np.full((self.count, self.tile_size, self.tile_size), self.fill_value, dtype=self.dtype)
 
-    # -- read-ahead --------------------------------------------------------------------------------
+    # -- overviews ---------------------------------------------------------------------------------
+
+    def _overview(self, area: Window, max_size: int) -> tuple[np.ndarray, Affine]:
+        """Read ``area`` from the zoom level ``k`` levels up where it is at most ``max_size`` pixels a
+        side (each level up halves the pixels), its tiles fetched together; a level whose tiles are
+        all absent is skipped."""
+        longest = max(area.height, area.width)
+        k = min(self.zoom, max(0, math.ceil(math.log2(longest / max_size)))) if longest > max_size else 0
+        if k:
+            low = XYZSource(
+                self.template, zoom=self.zoom - k, bands=self.bands, tile_size=self.tile_size, nodata=self.nodata,
+                subdomains=self.subdomains, http=self.http, cache_dir=self.cache_dir, cache=self.cache,
+            )  # fmt: skip
+            f = 2**k
+            c0, r0 = int(area.col_off) // f, int(area.row_off) // f
+            c1 = -(-int(area.col_off + area.width) // f)
+            r1 = -(-int(area.row_off + area.height) // f)
+            window = Window(c0, r0, c1 - c0, r1 - r0)
+            keys = low.tiles_under(window)
+            low.warm(keys)
+            data, _ = assemble(low, window, keys)
+            if low.stats()["missing"] < len(keys):
+                return data, Affine.translation(c0 * f, r0 * f) @ Affine.scale(f)
+        return self._read_small(area, max_size, "has no lower zoom levels")
 
     # -- reporting ---------------------------------------------------------------------------------
 
@@ -475,7 +492,6 @@ class XYZSource(TileSource):
                 subdomains=self.subdomains,
                 http=self.http,
                 cache_dir=self.cache_dir,
-                readahead=self._explicit_readahead,
                 cache=self.cache,
             ),
             (self.template,),

@@ -1,98 +1,115 @@
-"""Read-ahead for remote sources: tiles loaded into the cache by a bounded pool of background threads.
+"""Read-ahead: the one place that decides which tiles a window sequence fetches early and which it frees.
 
-An in-order pass (``WindowSequence.__iter__``) calls ``src.warm(keys)`` with the tiles of the next
-windows, and ``mosaic.assemble`` with a window's own tiles; a remote source hands them to a
-:class:`Readahead`, which submits ``cache.get(key, src.load_tile)`` for each tile that is neither
-cached nor already submitted. The cache's single flight makes the foreground read of a tile wait for
-its background load instead of starting a second one, so every tile is still fetched once.
+A source only does what it is told and says what it is: ``src.warm(keys)`` starts fetching tiles on
+its fetch threads and returns at once, ``src.release(keys)`` drops used-up tiles from the cache, and
+``src.fetch_workers`` and ``src.remote`` describe its pool. One :class:`ReadAhead` per window
+sequence tells it what to fetch, for three ways of reading:
+
+- a window's own tiles, just before the window is assembled: fetched together instead of one after
+  another (from a remote source always, where latency dominates; from a local one when reading ahead);
+- indexing forward (``wins[i]``, ``wins[i + 1]``, ... in a loop, a DataLoader's sequential sampler,
+  the threads of ``lt.prefetch`` taking turns): the tiles of the next ``depth`` windows; one index, or
+  a jump, reads only what it asks for until indexing moves forward again;
+- iterating (``for w in wins``): the tiles of the next ``depth`` windows; and when the pass follows
+  the plan's order, each tile is released right after the last window that uses it
+  (:meth:`~lazytiles.windowing.plan.WindowPlan.finished_tiles`), so a pass holds about one row of
+  tiles, not the cache's ``max_bytes``.
+
+``depth`` is a number of windows: ``lt.windows(..., readahead=N)``, by default :func:`default_depth`.
+The cache's single flight makes a foreground read wait for the background load of the same tile, and
+a released tile is also dropped from the loads not started yet, so every tile is still fetched once
+per pass.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import numpy as np
 
 from ..cache import TileKey
+from ..sources.base import TileSource
+from .index import Positions
+from .plan import WindowPlan
 
-if TYPE_CHECKING:
-    from ..sources.base import TileSource
+T = TypeVar("T")
 
-_create_lock = threading.Lock()
-
-
-class _Released(Exception):
-    """A background load skipped: its tile was used up before the load started."""
+#: Windows read ahead by default from a local source with fetch threads (decoding on other cores).
+LOCAL_DEPTH = 4
+#: Windows read ahead by default from a remote source, per fetch thread (to keep its connections busy).
+REMOTE_DEPTH_PER_WORKER = 2
 
 
-class Readahead:
-    """A pool of ``workers`` threads loading tiles into their source's cache, each tile once at a time.
+def default_depth(src: TileSource) -> int:
+    """Windows read ahead from ``src`` unless ``lt.windows(..., readahead=)`` says otherwise:
+    :data:`REMOTE_DEPTH_PER_WORKER` per fetch thread for a remote source, :data:`LOCAL_DEPTH` for a
+    local one, 0 for a source without fetch threads (an in-memory array)."""
+    workers = src.fetch_workers
+    if not workers:
+        return 0
+    return REMOTE_DEPTH_PER_WORKER * workers if src.remote else LOCAL_DEPTH
 
-    Made per source and never pickled; after a fork the child starts a pool of its own on first use.
-    A background load that fails leaves nothing behind: the foreground read that needs the tile loads
-    it again (or waits for the load in progress) and raises the error itself, with its window.
+
+class ReadAhead:
+    """What one window sequence fetches early from its source, and what it releases.
+
+    Indices are positions in the sequence ``lt.windows`` made (a window's ``index``); ``keep`` maps
+    them to the plan's candidates when a region filtered the plan. Not shared between sequences:
+    each view (``wins[10:20]``) has its own, so indexing one does not switch read-ahead on in another.
     """
 
-    def __init__(self, workers: int, name: str = "lazytiles-readahead") -> None:
-        self.workers = workers
-        self.name = name
-        self._pid: int | None = None
+    def __init__(self, src: TileSource, plan: WindowPlan, keep: np.ndarray | None, depth: int | None) -> None:
+        self._src = src
+        self._plan = plan
+        self._keep = keep
+        self.depth = default_depth(src) if depth is None else depth
+        self._last: int | None = None  # the last index read by indexing
+        self._warmed = -1  # the last index whose tiles indexing forward has asked for
 
-    def _pool(self) -> ThreadPoolExecutor:
-        if self._pid != os.getpid():  # first use here, or a forked child: the threads did not survive
-            with _create_lock:
-                if self._pid != os.getpid():
-                    self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix=self.name)
-                    self._inflight: set[TileKey] = set()
-                    self._released: set[TileKey] = set()  # used up by an in-order pass: load no more
-                    self._lock = threading.Lock()
-                    self._pid = os.getpid()
-        return self._executor
+    def _candidate(self, index: int) -> int:
+        return index if self._keep is None else int(self._keep[index])
 
-    def warm(self, src: TileSource, keys: Iterable[TileKey]) -> None:
-        """Submit the loads of ``keys`` that are neither cached nor submitted; returns at once."""
-        pool = self._pool()
-        cache = src.cache
-        for key in keys:
-            if key in cache:
-                continue
-            with self._lock:
-                self._released.discard(key)  # asked for again
-                if key in self._inflight:
-                    continue
-                self._inflight.add(key)
-            pool.submit(self._load, src, key)
+    def _tiles(self, index: int) -> list[TileKey]:
+        return self._src.tiles_under(self._plan.window(self._candidate(index)))
 
-    def forget(self, keys: Iterable[TileKey]) -> None:
-        """``keys`` are used up (an in-order pass read their last window): a background load of one
-        that has not started yet is skipped instead of reading the tile a second time."""
-        if self._pid != os.getpid():
+    def window(self, keys: list[TileKey]) -> None:
+        """A window made of the tiles ``keys`` is about to be assembled: fetch them together."""
+        if len(keys) > 1 and (self.depth or self._src.remote):
+            self._src.warm(keys)
+
+    def indexed(self, index: int) -> None:
+        """Window ``index`` is about to be read by indexing. Moving forward a little from the last
+        index loads the tiles of the next ``depth`` windows in the background; a jump does not.
+        Threads may race here: the worst outcome is asking twice for a tile, which the source ignores."""
+        if not self.depth:
             return
-        with self._lock:
-            self._released.update(keys)
+        last, self._last = self._last, index
+        if last is None or not 0 < index - last <= self.depth:
+            self._warmed = index
+            return
+        stop = min(index + self.depth, (len(self._plan) if self._keep is None else len(self._keep)) - 1)
+        for k in range(max(self._warmed, index) + 1, stop + 1):
+            self._src.warm(self._tiles(k))
+        self._warmed = max(self._warmed, stop)
 
-    def _load(self, src: TileSource, key: TileKey) -> None:
-        def load_unless_released(k: TileKey) -> Any:
-            # Called by the cache only when the tile is neither cached nor loading. forget() marks a key
-            # before the pass drops it from the cache, so a load that starts late sees the mark.
-            with self._lock:
-                if k in self._released:
-                    raise _Released
-            return src.load_tile(k)
-
-        try:
-            src.cache.get(key, load_unless_released)
-        except _Released:
-            pass
-        finally:
-            with self._lock:
-                self._inflight.discard(key)
-
-    def shutdown(self) -> None:
-        """Stop the threads once their loads finish (a later :meth:`warm` starts new ones)."""
-        with _create_lock:
-            if self._pid == os.getpid():
-                self._executor.shutdown(wait=False, cancel_futures=True)
-            self._pid = None
+    def walk(self, positions: Positions, read: Callable[[int], T]) -> Iterator[T]:
+        """``read(index)`` for each index of ``positions`` in turn, yielded, with the tiles of the
+        next ``depth`` windows in flight; when ``positions`` follow the plan's order, each tile is
+        released right after the last window that uses it."""
+        in_order = positions.step > 0 if isinstance(positions, range) else bool(np.all(np.diff(positions) > 0))
+        grid = self._src.grid
+        shapes = (grid.tile_height, grid.tile_width), (grid.height, grid.width)
+        n = len(positions)
+        warmed = 0
+        for k, index in enumerate(positions):
+            index = int(index)
+            while self.depth and warmed < min(n, k + 1 + self.depth):
+                self._src.warm(self._tiles(int(positions[warmed])))
+                warmed += 1
+            result = read(index)
+            if in_order:  # nothing later needs these tiles
+                rows, cols = self._plan.finished_tiles(self._candidate(index), *shapes)
+                if rows and cols:
+                    self._src.release([self._src.tile_key(r, c) for r in rows for c in cols])
+            yield result

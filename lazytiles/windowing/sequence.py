@@ -17,15 +17,15 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window as PixelWindow
 
-from .index import Positions, select
-from .regions import filter_by_callable, filter_by_geometry, region_in_pixels, to_geometry
 from ..cache import TileKey
 from ..errors import BoundsError, InvalidArgumentError, TileFetchError
-from ..grid import Bounds, pixel_window, window_bounds, window_transform
+from ..grid import Bounds, pixel_window, to_crs, window_bounds, window_transform
 from ..mosaic import ReadInfo, assemble
-from .plan import EDGES, AxisPlan, Edge, WindowPlan, plan_axis, strip_width
-from ..grid import to_crs
 from ..sources.base import TileSource
+from .index import Positions, select
+from .plan import EDGES, AxisPlan, Edge, WindowPlan, plan_axis, strip_width
+from .readahead import ReadAhead
+from .regions import filter_by_callable, filter_by_geometry, region_in_pixels, to_geometry
 
 Region = Union[shapely.Geometry, Callable[[Bounds], bool]]
 
@@ -131,6 +131,7 @@ def windows(
     region: Region | None = None,
     region_crs: CRS | str | int | None = None,
     edge: Edge = "shift",
+    readahead: int | None = None,
 ) -> WindowSequence:
     """Cut a source into sliding windows, lazily; no pixels are read here.
 
@@ -159,6 +160,12 @@ def windows(
         What happens where windows do not divide the area evenly. ``"shift"`` (default): the last row
         and column move inward, so every window is full size and inside the raster. ``"pad"``: windows
         run past the edge; pixels outside the raster are nodata. ``"drop"``: only complete windows.
+    readahead
+        Windows ahead whose tiles iterating, or indexing that moves forward, fetches in the background
+        on the source's fetch threads (default: 2 per thread for a remote source, 4 for a local file,
+        0 for an in-memory array; see :mod:`lazytiles.windowing.readahead`). 0 turns it off: each
+        window is read on the consuming thread, except that a remote source still fetches a window's
+        tiles together.
 
     Returns
     -------
@@ -196,6 +203,8 @@ def windows(
     stride_hw = _stride(size_hw, overlap, stride)
     if edge not in EDGES:
         raise InvalidArgumentError(f"edge must be one of {', '.join(map(repr, EDGES))}, got {edge!r}")
+    if readahead is not None and (isinstance(readahead, bool) or not isinstance(readahead, int) or readahead < 0):
+        raise InvalidArgumentError(f"readahead must be a number of windows >= 0 (or None for the default), got {readahead!r}")
     if src.needs_area and bounds is None and region is None:
         raise BoundsError(
             f"{src!r} covers the whole world at its zoom; give bounds=(west, south, east, north) with "
@@ -263,7 +272,7 @@ def windows(
         keep = filter_by_callable(plan, keep_fn, src.transform)
     if keep is not None and len(keep) == 0:
         raise BoundsError("no window overlaps the region; check the region and region_crs")
-    return WindowSequence(src, plan, keep, range(len(plan) if keep is None else len(keep)))
+    return WindowSequence(src, plan, keep, range(len(plan) if keep is None else len(keep)), readahead)
 
 
 class WindowSequence(Sequence[Window]):
@@ -275,13 +284,15 @@ class WindowSequence(Sequence[Window]):
     and pickles as a recipe: the source's path and the plan, never pixels or handles.
     """
 
-    def __init__(self, src: TileSource, plan: WindowPlan, keep: np.ndarray | None, positions: Positions) -> None:
+    def __init__(
+        self, src: TileSource, plan: WindowPlan, keep: np.ndarray | None, positions: Positions, readahead: int | None
+    ) -> None:
         self._src = src
         self._plan = plan
         self._keep = keep  # candidate ids kept by a region filter, or None for all
         self._positions = positions
-        self._last_read: int | None = None  # indexing forward (wins[i], wins[i + 1], ...) turns read-ahead on
-        self._warmed = -1  # the last index whose tiles that read-ahead has asked for
+        self._readahead = readahead  # as given to lt.windows: None for the source's default
+        self._ahead = ReadAhead(src, plan, keep, readahead)
 
     # -- what it is --------------------------------------------------------------------------------
 
@@ -304,6 +315,11 @@ class WindowSequence(Sequence[Window]):
     def stride(self) -> tuple[int, int]:
         """(rows, cols) step between neighbouring windows."""
         return self._plan.rows.stride, self._plan.cols.stride
+
+    @property
+    def readahead(self) -> int:
+        """Windows ahead whose tiles are fetched in the background (see :mod:`lazytiles.windowing.readahead`)."""
+        return self._ahead.depth
 
     @property
     def indices(self) -> Positions:
@@ -369,8 +385,10 @@ class WindowSequence(Sequence[Window]):
 
     def _read(self, index: int) -> Window:
         win = self._plan.window(self._candidate(index))
+        keys = self._src.tiles_under(win)
+        self._ahead.window(keys)
         try:
-            data, info = assemble(self._src, win)
+            data, info = assemble(self._src, win, keys)
         except TileFetchError as err:
             bounds = window_bounds(win, self._src.transform)
             raise TileFetchError(f"window {index} {win!r} (bounds {bounds}) could not be read: {err}") from err
@@ -388,32 +406,15 @@ class WindowSequence(Sequence[Window]):
     def __getitem__(self, key: Any) -> Any:
         picked = select(self._positions, key)
         if isinstance(picked, int):
-            if self._src.readahead:
-                self._read_ahead_after(picked)
+            self._ahead.indexed(picked)  # indexing forward reads ahead, as iterating does
             return self._read(picked)
-        return WindowSequence(self._src, self._plan, self._keep, picked)
-
-    def _read_ahead_after(self, index: int) -> None:
-        """Indexing that moves forward a little (a loop over ``range(len(wins))``, or the threads of
-        ``lt.prefetch`` taking turns) loads the tiles of the next windows in the background, as an
-        in-order pass does; a jump switches it off until indexing moves forward again. Threads may race
-        here: the worst outcome is asking twice for a tile, which the source's read-ahead ignores."""
-        ahead = self._src.readahead
-        last, self._last_read = self._last_read, index
-        if last is None or not 0 < index - last <= ahead:
-            self._warmed = index
-            return
-        stop = min(index + ahead, (len(self._plan) if self._keep is None else len(self._keep)) - 1)
-        start = max(self._warmed, index) + 1
-        for k in range(start, stop + 1):
-            self._src.warm(self._src.tiles_under(self._plan.window(self._candidate(k))))
-        self._warmed = max(self._warmed, stop)
+        return WindowSequence(self._src, self._plan, self._keep, picked, self._readahead)
 
     def __iter__(self) -> Iterator[Window]:
         """The windows in order. A pass in the plan's order (the root, slices with a positive step,
         region filters) frees each tile from the cache right after the last window that uses it, so
-        it holds about one row of tiles, not the cache's ``max_bytes``; sources with ``readahead``
-        load the tiles of the next windows in the background meanwhile."""
+        it holds about one row of tiles, not the cache's ``max_bytes``; the tiles of the next
+        :attr:`readahead` windows load in the background meanwhile."""
         for _, window, _ in self.outcomes():
             yield window  # type: ignore[misc]
 
@@ -422,26 +423,14 @@ class WindowSequence(Sequence[Window]):
     ) -> Iterator[tuple[int, Window | None, BaseException | None]]:
         """Like iterating, as ``(index, window, None)``; a window raising one of ``tolerate`` gives
         ``(index, None, error)`` and the pass goes on (other errors end it)."""
-        ahead = self._src.readahead
-        warmed = 0
-        pos = self._positions
-        in_order = pos.step > 0 if isinstance(pos, range) else bool(np.all(np.diff(pos) > 0))
-        shapes = (self._src.grid.tile_height, self._src.grid.tile_width), (self._src.grid.height, self._src.grid.width)
-        for k, index in enumerate(pos):
-            index = int(index)
-            if ahead:  # keep the tiles of the next windows in flight
-                while warmed < min(len(self), k + 1 + ahead):
-                    self._src.warm(self.tiles(warmed))
-                    warmed += 1
+
+        def read(index: int) -> tuple[int, Window | None, BaseException | None]:
             try:
-                outcome: tuple[int, Window | None, BaseException | None] = (index, self._read(index), None)
+                return index, self._read(index), None
             except tolerate as err:
-                outcome = (index, None, err)
-            if in_order:  # nothing later needs these tiles
-                rows, cols = self._plan.finished_tiles(self._candidate(index), *shapes)
-                if rows and cols:
-                    self._src.release([self._src.tile_key(r, c) for r in rows for c in cols])
-            yield outcome
+                return index, None, err
+
+        return self._ahead.walk(self._positions, read)
 
     # -- pickling and display ----------------------------------------------------------------------
 
@@ -454,7 +443,7 @@ class WindowSequence(Sequence[Window]):
         positions = self._positions
         if isinstance(positions, np.ndarray):
             positions = zlib.compress(positions.astype(np.int64).tobytes())
-        return (_restore_sequence, (self._src, self._plan, keep, positions))
+        return (_restore_sequence, (self._src, self._plan, keep, positions, self._readahead))
 
     def __repr__(self) -> str:
         h, w = self._plan.size
@@ -473,14 +462,16 @@ class WindowSequence(Sequence[Window]):
         return sequence_preview(self, max_size=max_size, grid=grid)
 
 
-def _restore_sequence(src: TileSource, plan: WindowPlan, keep: bytes | None, positions: Any) -> WindowSequence:
+def _restore_sequence(
+    src: TileSource, plan: WindowPlan, keep: bytes | None, positions: Any, readahead: int | None
+) -> WindowSequence:
     keep_ids = None
     if keep is not None:
         bits = np.frombuffer(zlib.decompress(keep), dtype=np.uint8)
         keep_ids = np.flatnonzero(np.unpackbits(bits, count=len(plan)))
     if isinstance(positions, bytes):
         positions = np.frombuffer(zlib.decompress(positions), dtype=np.int64).copy()
-    return WindowSequence(src, plan, keep_ids, positions)
+    return WindowSequence(src, plan, keep_ids, positions, readahead)
 
 
 def collate(batch: Sequence[Window]) -> tuple[Any, Any]:

@@ -7,14 +7,14 @@ import io
 import numpy as np
 import pytest
 import rasterio
-from affine import Affine
 from numpy.testing import assert_array_equal
 from PIL import Image
 
 import lazytiles as lt
-from lazytiles.display.jupyter import PALETTE, label_colour, overview, sequence_preview, to_rgba
+from lazytiles.display.jupyter import sequence_preview
+from lazytiles.display.picture import PALETTE, label_colour, to_rgba
 
-from conftest import UTM_10M, CountingSource, write_tif
+from conftest import UTM_10M, CountingSource
 
 BANDS = (1, 2, 3, 4)
 DTYPES = ("uint8", "uint16", "float32")
@@ -207,20 +207,6 @@ def test_preview_of_a_region_shows_only_its_area_and_windows():
     src = lt.ArraySource(np.zeros((3, 1024, 1024), np.uint8), tile_shape=256)
     wins = lt.windows(src, size=128, bounds=(0, 0, 512, 256))  # identity transform: pixels are map units
     assert lt.show(wins).size == (512, 256)
-
-
-def test_raster_preview_comes_from_the_overviews(tmp_path):
-    # overviews of zeros, then full resolution overwritten with 255: a preview that shows 0 read the overviews
-    path = write_tif(tmp_path / "ov.tif", np.zeros((1, 1024, 1024), np.uint8), overviews=(2, 4))
-    with rasterio.open(path, "r+") as ds:
-        ds.write(np.full((1, 1024, 1024), 255, np.uint8))
-    src = lt.open(path)
-    pixels, to_source = overview(src, max_size=256)
-    assert pixels.shape == (1, 256, 256) and (pixels == 0).all()
-    assert to_source == Affine.scale(4)
-    assert src.stats()["tiles_read"] == 0
-    full, _ = overview(src, max_size=2048)
-    assert (full == 255).all()
 
 
 def test_region_preview_draws_merged_detections_in_place(tmp_path):

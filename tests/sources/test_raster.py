@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
 from conftest import ramp, write_tif
 from numpy.testing import assert_array_equal
 from rasterio.windows import Window
@@ -296,3 +297,19 @@ def test_path_types(tmp_path, ramp_tif):
     with pytest.raises(lt.InvalidArgumentError, match=r"zoom=3 only applies to tile-URL templates"):
         lt.open(ramp_tif, zoom=3)
     assert lt.open(lt.open(ramp_tif)).path == str(ramp_tif)  # a source passes through
+
+
+def test_overview_comes_from_the_file_s_overviews(tmp_path):
+    # overviews of zeros, then full resolution overwritten with 255: an overview of 0s read the overviews
+    path = write_tif(tmp_path / "ov.tif", np.zeros((1, 1024, 1024), np.uint8), overviews=(2, 4))
+    with rasterio.open(path, "r+") as ds:
+        ds.write(np.full((1, 1024, 1024), 255, np.uint8))
+    src = lt.open(path)
+    pixels, to_source = src.overview(max_size=256)
+    assert pixels.shape == (1, 256, 256) and (pixels == 0).all()
+    assert to_source == Affine.scale(4)
+    assert src.stats()["tiles_read"] == 0
+    full, _ = src.overview(max_size=2048)
+    assert (full == 255).all()
+    part, to_source = src.overview(Window(512, 256, 512, 256), max_size=128)  # an area: its own level
+    assert part.shape == (1, 64, 128) and to_source == Affine.translation(512, 256) @ Affine.scale(4)

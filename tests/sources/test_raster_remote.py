@@ -14,8 +14,9 @@ from numpy.testing import assert_array_equal
 from rasterio.windows import Window
 
 import lazytiles as lt
-from lazytiles.sources.raster import LOCAL_READAHEAD, REMOTE_GDAL_DEFAULTS
+from lazytiles.sources.raster import REMOTE_GDAL_DEFAULTS
 from lazytiles.testing.tileserver import TileServer
+from lazytiles.windowing.readahead import LOCAL_DEPTH
 
 
 @pytest.fixture
@@ -41,8 +42,9 @@ def served(cog):
 def test_windows_over_vsicurl_equal_the_file(served):
     server, url, array = served
     src = lt.open(url, cache=lt.TileCache(64 * 2**20))
-    assert src.readahead == 32 and src.tile_shape == (128, 128)
-    for w in lt.windows(src, size=300, stride=200):
+    wins = lt.windows(src, size=300, stride=200)
+    assert src.remote and src.fetch_workers == 16 and wins.readahead == 32 and src.tile_shape == (128, 128)
+    for w in wins:
         r, c = int(w.window.row_off), int(w.window.col_off)
         assert_array_equal(w.data, array[:, r : r + 300, c : c + 300])
 
@@ -50,9 +52,9 @@ def test_windows_over_vsicurl_equal_the_file(served):
 def test_readahead_keeps_several_range_requests_in_flight(served):
     server, url, array = served
     server.latency = 0.03
-    src = lt.open(url, cache=lt.TileCache(64 * 2**20), readahead=8)
+    src = lt.open(url, cache=lt.TileCache(64 * 2**20))
     server.reset_counts()
-    wins = lt.windows(src, size=128)  # one block per window: only read-ahead can overlap requests
+    wins = lt.windows(src, size=128, readahead=8)  # one block per window: only read-ahead can overlap requests
     for w in wins:
         r, c = int(w.window.row_off), int(w.window.col_off)
         assert_array_equal(w.data, array[:, r : r + 128, c : c + 128])
@@ -71,11 +73,14 @@ def test_remote_gdal_defaults_apply_unless_the_user_set_them(served, monkeypatch
 
 
 def test_local_files_get_no_network_options_and_a_small_decode_readahead(cog):
-    path, _ = cog
+    path, array = cog
     src = lt.open(path)
-    assert src._gdal_options == {} and src.readahead == LOCAL_READAHEAD
-    assert src._readahead.workers == min(4, os.cpu_count() or 1)
-    assert lt.open(path, readahead=0)._readahead is None
+    assert src._gdal_options == {} and not src.remote
+    assert src.fetch_workers == min(4, os.cpu_count() or 1) and lt.windows(src, 128).readahead == LOCAL_DEPTH
+    for w in lt.windows(src, 256, stride=128, readahead=0):  # everything on this thread
+        r, c = w.window.row_off, w.window.col_off
+        assert_array_equal(w.data, array[:, r : r + 256, c : c + 256])
+    assert src._pool._pid is None  # its fetch threads never started
 
 
 @pytest.mark.timeout(60)
@@ -96,20 +101,17 @@ def test_gdal_retries_transient_server_errors_with_the_defaults(served):
 
 def test_a_remote_source_pickles_with_its_own_options_only(served):
     _, url, array = served
-    src = lt.open(url, readahead=4, max_connections=3, gdal_options={"GDAL_HTTP_MAX_RETRY": "2"})
+    src = lt.open(url, max_connections=3, gdal_options={"GDAL_HTTP_MAX_RETRY": "2"})
     copy = pickle.loads(pickle.dumps(src))
-    assert (copy.readahead, copy._max_connections) == (4, 3)
+    assert (copy.fetch_workers, copy._max_connections) == (3, 3)
     assert copy._user_gdal_options == {"GDAL_HTTP_MAX_RETRY": "2"}
     assert_array_equal(copy.read(Window(130, 140, 10, 10)), array[:, 140:150, 130:140])
 
 
-@pytest.mark.parametrize(
-    ("options", "match"),
-    [({"readahead": -1}, r"readahead must be a number of windows >= 0"), ({"max_connections": 0}, r"max_connections")],
-)
-def test_bad_readahead_options_are_refused(cog, options, match):
-    with pytest.raises(lt.InvalidArgumentError, match=match):
-        lt.open(cog[0], **options)
+@pytest.mark.parametrize("max_connections", [0, -1, True, 2.0])
+def test_bad_max_connections_are_refused(cog, max_connections):
+    with pytest.raises(lt.InvalidArgumentError, match=r"max_connections must be a positive int"):
+        lt.open(cog[0], max_connections=max_connections)
 
 
 @pytest.mark.timeout(30)
@@ -118,15 +120,15 @@ def settled(src) -> None:
     import time
 
     deadline = time.monotonic() + 20
-    while getattr(src._readahead, "_inflight", ()):  # made at first use
+    while getattr(src._pool, "_inflight", ()):  # made at first use
         assert time.monotonic() < deadline, "read-ahead never settled"
         time.sleep(0.01)
 
 
 def test_indexing_forward_reads_ahead_and_a_jump_does_not(cog):
     path, array = cog
-    src = lt.open(path, cache=lt.TileCache(64 * 2**20), readahead=4)
-    wins = lt.windows(src, size=128)  # one block per window, 8 a row
+    src = lt.open(path, cache=lt.TileCache(64 * 2**20))
+    wins = lt.windows(src, size=128, readahead=4)  # one block per window, 8 a row
     cached = lambda: {k for k in (src.tile_key(r, c) for r in range(6) for c in range(8)) if k in src.cache}  # noqa: E731
     assert_array_equal(wins[0].data, array[:, :128, :128])
     settled(src)
