@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from .errors import CRSError, InvalidArgumentError
+from .errors import CRSError
 
 Bounds = tuple[float, float, float, float]
 
@@ -26,13 +25,6 @@ MAX_LATITUDE = math.degrees(2 * math.atan(math.exp(math.pi)) - math.pi / 2)
 
 #: Pixel coordinates this close to an integer are that integer (float noise of reprojection).
 PIXEL_SNAP = 1e-6
-
-
-class TileIndex(NamedTuple):
-    """Row and column of a tile in its grid (row 0 at the top)."""
-
-    row: int
-    col: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,41 +108,16 @@ def mercator_bounds(z: int, row: int, col: int) -> Bounds:
     return (left, top - size, left + size, top)
 
 
-def mercator_tile(x: float, y: float, z: int) -> TileIndex:
-    """The zoom-z tile holding EPSG:3857 point (x, y); a point on an edge goes right and down.
-
-    Points beyond the world's edge are clamped to the outermost tiles.
-    """
-    size = WORLD / 2**z
-    n = 2**z
-    row = int((WORLD / 2 - y) // size)
-    col = int((x + WORLD / 2) // size)
-    return TileIndex(min(max(row, 0), n - 1), min(max(col, 0), n - 1))
-
-
 def mercator_transform(z: int, tile_size: int = 256) -> Affine:
     """Affine transform of the whole-world pixel grid at zoom ``z`` with ``tile_size``-pixel tiles."""
     res = WORLD / (tile_size * 2**z)
     return Affine(res, 0.0, -WORLD / 2, 0.0, -res, WORLD / 2)
 
 
-def lnglat_to_mercator(lng: float, lat: float) -> tuple[float, float]:
-    """EPSG:4326 degrees to EPSG:3857 metres; latitudes are clamped to :data:`MAX_LATITUDE`."""
-    lat = min(max(lat, -MAX_LATITUDE), MAX_LATITUDE)
-    x = math.radians(lng) * WORLD / (2 * math.pi)
-    y = math.log(math.tan(math.pi / 4 + math.radians(lat) / 2)) * WORLD / (2 * math.pi)
-    return x, y
-
-
 def mercator_to_lnglat(x: float, y: float) -> tuple[float, float]:
     """EPSG:3857 metres to EPSG:4326 degrees."""
     r = WORLD / (2 * math.pi)
     return math.degrees(x / r), math.degrees(2 * math.atan(math.exp(y / r)) - math.pi / 2)
-
-
-def lnglat_tile(lng: float, lat: float, z: int) -> TileIndex:
-    """The zoom-z XYZ tile holding a lon/lat point."""
-    return mercator_tile(*lnglat_to_mercator(lng, lat), z)
 
 
 def quadkey(z: int, row: int, col: int) -> str:
@@ -162,20 +129,6 @@ def quadkey(z: int, row: int, col: int) -> str:
     return "".join(digits)
 
 
-def quadkey_tile(key: str) -> tuple[int, int, int]:
-    """(z, row, col) of a Bing quadkey; raises ``InvalidArgumentError`` (a ``ValueError``) on a digit
-    other than 0-3."""
-    row = col = 0
-    for digit in key:
-        if digit not in "0123":
-            raise InvalidArgumentError(
-                f"quadkey {key!r} has digit {digit!r}; quadkey digits are 0, 1, 2 and 3"
-            )
-        d = int(digit)
-        row, col = row * 2 + (d >> 1), col * 2 + (d & 1)
-    return len(key), row, col
-
-
 def tile_lnglat_bounds(z: int, row: int, col: int) -> Bounds:
     """(west, south, east, north) in degrees of XYZ tile z/col/row; the outermost rows end at
     :data:`MAX_LATITUDE`."""
@@ -183,53 +136,6 @@ def tile_lnglat_bounds(z: int, row: int, col: int) -> Bounds:
     west, south = mercator_to_lnglat(left, bottom)
     east, north = mercator_to_lnglat(right, top)
     return (west, south, east, north)
-
-
-def mercator_to_pixel(x: float, y: float, z: int, tile_size: int = 256) -> tuple[float, float]:
-    """(col, row) pixel coordinates of EPSG:3857 point (x, y) in the whole-world grid at zoom ``z``.
-
-    Pixel (0, 0) is the upper-left corner of tile 0/0/0 (the north-west corner of the world); the
-    result is not clamped, so points beyond the world's edge give coordinates outside it.
-    """
-    res = WORLD / (tile_size * 2**z)
-    return (x + WORLD / 2) / res, (WORLD / 2 - y) / res
-
-
-def pixel_to_mercator(col: float, row: float, z: int, tile_size: int = 256) -> tuple[float, float]:
-    """EPSG:3857 (x, y) of pixel coordinates (col, row) in the whole-world grid at zoom ``z``."""
-    res = WORLD / (tile_size * 2**z)
-    return -WORLD / 2 + col * res, WORLD / 2 - row * res
-
-
-def lnglat_to_pixel(lng: float, lat: float, z: int, tile_size: int = 256) -> tuple[float, float]:
-    """(col, row) pixel coordinates of a lon/lat point at zoom ``z``; latitudes clamp to
-    :data:`MAX_LATITUDE`."""
-    return mercator_to_pixel(*lnglat_to_mercator(lng, lat), z, tile_size)
-
-
-def pixel_to_lnglat(col: float, row: float, z: int, tile_size: int = 256) -> tuple[float, float]:
-    """(lng, lat) in degrees of pixel coordinates (col, row) at zoom ``z``."""
-    return mercator_to_lnglat(*pixel_to_mercator(col, row, z, tile_size))
-
-
-def mercator_tile_range(bounds: Bounds, z: int) -> tuple[range, range]:
-    """Rows and columns of the zoom-z tiles covering EPSG:3857 ``bounds`` (left, bottom, right, top).
-
-    A bound lying exactly on a tile edge does not pull in the tile beyond it; bounds beyond the
-    world's edge are clamped to the outermost tiles.
-    """
-    left, bottom, right, top = bounds
-    n = 2**z
-    c0, r0 = mercator_to_pixel(left, top, z, 1)
-    c1, r1 = mercator_to_pixel(right, bottom, z, 1)
-
-    def clamp(v: int) -> int:
-        return min(max(v, 0), n - 1)
-
-    return (
-        range(clamp(math.floor(snap(r0))), clamp(math.ceil(snap(r1)) - 1) + 1),
-        range(clamp(math.floor(snap(c0))), clamp(math.ceil(snap(c1)) - 1) + 1),
-    )
 
 
 def to_crs(value: CRS | str | int | None, what: str = "crs") -> CRS | None:
