@@ -11,6 +11,7 @@ from ..errors import InvalidArgumentError
 from .array import ArraySource
 from .base import TileSource
 from .raster import RasterSource
+from .xyz import XYZSource
 
 _XYZ_FIELDS = re.compile(r"\{(z|x|y|-y|q|s)\}")
 
@@ -53,8 +54,6 @@ def open(  # noqa: A001 - lt.open mirrors rasterio.open
         )
     text = os.fspath(path)
     if _XYZ_FIELDS.search(text):
-        from .xyz import XYZSource
-
         if zoom is None:
             raise InvalidArgumentError(
                 f"{text!r} is a tile-URL template; give its zoom level, e.g. lt.open(url, zoom=16)"
@@ -68,4 +67,4 @@ def open(  # noqa: A001 - lt.open mirrors rasterio.open
     return RasterSource(text, cache=cache, **options)
 
 
-__all__ = ["ArraySource", "RasterSource", "TileSource", "open"]
+__all__ = ["ArraySource", "RasterSource", "TileSource", "XYZSource", "open"]

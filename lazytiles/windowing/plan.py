@@ -21,8 +21,9 @@ tiles whatever the cache's size.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from rasterio.windows import Window
@@ -34,6 +35,42 @@ EDGES: tuple[str, ...] = ("shift", "pad", "drop")
 
 #: Fraction of the cache a pass may plan to fill with the tiles it must keep.
 CACHE_SHARE = 0.8
+
+
+def _pair(value: Any, what: str, *, unit: str = "pixels") -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, numbers.Integral) else value
+    try:
+        a, b = pair
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{what} must be a positive int or (rows, cols) in {unit}, got {value!r}") from None
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in (a, b)):
+        raise InvalidArgumentError(f"{what} must be a positive int or (rows, cols) in {unit}, got {value!r}")
+    return int(a), int(b)
+
+
+def size_and_stride(size: Any, overlap: Any, stride: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(rows, cols) of the windows and of the step between them, from :func:`lazytiles.windows`'s
+    ``size`` and either ``stride`` (pixels) or ``overlap`` (a fraction of ``size``)."""
+    size_hw = _pair(size, "size")
+    if stride is not None:
+        if overlap:
+            raise InvalidArgumentError(
+                f"overlap={overlap!r} and stride={stride!r} were both given; pass one of them "
+                "(stride is in pixels, overlap is a fraction of size)"
+            )
+        return size_hw, _pair(stride, "stride")
+    if isinstance(overlap, bool) or not isinstance(overlap, numbers.Real) or not 0 <= overlap < 1:
+        raise InvalidArgumentError(
+            f"overlap must be in [0, 1), got {overlap!r}; for a step in pixels pass stride= instead"
+        )
+    return size_hw, (max(1, round(size_hw[0] * (1 - overlap))), max(1, round(size_hw[1] * (1 - overlap))))
+
+
+def intersect(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+    """The overlap of two (row, col, height, width) rectangles, or None when they do not overlap."""
+    r0, c0 = max(a[0], b[0]), max(a[1], b[1])
+    r1, c1 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
+    return None if r1 <= r0 or c1 <= c0 else (r0, c0, r1 - r0, c1 - c0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -21,9 +20,10 @@ from ..cache import TileKey
 from ..errors import BoundsError, InvalidArgumentError, TileFetchError
 from ..grid import Bounds, pixel_window, to_crs, window_bounds, window_transform
 from ..mosaic import ReadInfo, assemble
+from ..sources import open as open_source
 from ..sources.base import TileSource
 from .index import Positions, select
-from .plan import EDGES, AxisPlan, Edge, WindowPlan, plan_axis, strip_width
+from .plan import EDGES, AxisPlan, Edge, WindowPlan, intersect, plan_axis, size_and_stride, strip_width
 from .readahead import ReadAhead
 from .regions import filter_by_callable, filter_by_geometry, region_in_pixels, to_geometry
 
@@ -74,32 +74,6 @@ class Window:
         return window_html(self)
 
 
-def _pair(value: Any, what: str, *, unit: str = "pixels") -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, numbers.Integral) else value
-    try:
-        a, b = pair
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"{what} must be a positive int or (rows, cols) in {unit}, got {value!r}") from None
-    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in (a, b)):
-        raise InvalidArgumentError(f"{what} must be a positive int or (rows, cols) in {unit}, got {value!r}")
-    return int(a), int(b)
-
-
-def _stride(size: tuple[int, int], overlap: Any, stride: Any) -> tuple[int, int]:
-    if stride is not None:
-        if overlap:
-            raise InvalidArgumentError(
-                f"overlap={overlap!r} and stride={stride!r} were both given; pass one of them "
-                "(stride is in pixels, overlap is a fraction of size)"
-            )
-        return _pair(stride, "stride")
-    if isinstance(overlap, bool) or not isinstance(overlap, numbers.Real) or not 0 <= overlap < 1:
-        raise InvalidArgumentError(
-            f"overlap must be in [0, 1), got {overlap!r}; for a step in pixels pass stride= instead"
-        )
-    return max(1, round(size[0] * (1 - overlap))), max(1, round(size[1] * (1 - overlap)))
-
-
 def _bounds(value: Any, what: str = "bounds") -> Bounds:
     try:
         left, bottom, right, top = (float(v) for v in value)
@@ -112,12 +86,6 @@ def _bounds(value: Any, what: str = "bounds") -> Bounds:
             f"{what}={value!r} is not (left, bottom, right, top) with left < right and bottom < top"
         )
     return left, bottom, right, top
-
-
-def _intersect(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
-    r0, c0 = max(a[0], b[0]), max(a[1], b[1])
-    r1, c1 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
-    return None if r1 <= r0 or c1 <= c0 else (r0, c0, r1 - r0, c1 - c0)
 
 
 def windows(
@@ -191,16 +159,13 @@ def windows(
     (3, 256, 256)
     """
     if isinstance(src, str | os.PathLike):
-        from ..sources import open as open_source
-
         src = open_source(src)
     if not isinstance(src, TileSource):
         raise InvalidArgumentError(
             f"src must be a lazytiles source (lt.open(path), lt.ArraySource(array)) or a path, "
             f"got {type(src).__name__}"
         )
-    size_hw = _pair(size, "size")
-    stride_hw = _stride(size_hw, overlap, stride)
+    size_hw, stride_hw = size_and_stride(size, overlap, stride)
     if edge not in EDGES:
         raise InvalidArgumentError(f"edge must be one of {', '.join(map(repr, EDGES))}, got {edge!r}")
     if readahead is not None and (isinstance(readahead, bool) or not isinstance(readahead, int) or readahead < 0):
@@ -222,7 +187,7 @@ def windows(
             crs = src._require_crs(f"bounds_crs={bounds_crs!r}")
             aoi_bounds = rasterio.warp.transform_bounds(b_crs, crs, *bounds, densify_pts=21)
         w = pixel_window(aoi_bounds, src.transform)
-        hit = _intersect(aoi, (int(w.row_off), int(w.col_off), int(w.height), int(w.width)))
+        hit = intersect(aoi, (int(w.row_off), int(w.col_off), int(w.height), int(w.width)))
         if hit is None:
             raise BoundsError(
                 f"bounds={bounds!r}{'' if b_crs is None else f' ({b_crs.to_string()})'} do not intersect "
@@ -248,7 +213,7 @@ def windows(
             geometry = region_in_pixels(geometry, r_crs, src)
             c0, r0, c1, r1 = geometry.bounds
             pw = (math.floor(r0), math.floor(c0), math.ceil(r1) - math.floor(r0), math.ceil(c1) - math.floor(c0))
-            hit = _intersect(aoi, (pw[0], pw[1], max(pw[2], 1), max(pw[3], 1)))
+            hit = intersect(aoi, (pw[0], pw[1], max(pw[2], 1), max(pw[3], 1)))
             if hit is None:
                 raise BoundsError(
                     f"region (bounds {geometry.bounds} in pixels) does not intersect the area to process "
