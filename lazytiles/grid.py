@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from .errors import CRSError
+from .errors import CRSError, InvalidArgumentError
 
 Bounds = tuple[float, float, float, float]
 
@@ -83,6 +84,19 @@ def pixel_window(bounds: Bounds, transform: Affine) -> Window:
     c0, c1 = math.floor(min(cols)), math.ceil(max(cols))
     r0, r1 = math.floor(min(rows)), math.ceil(max(rows))
     return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def as_bounds(value: Any, what: str = "bounds") -> Bounds:
+    """``value`` as (left, bottom, right, top) floats, checked: finite, left < right, bottom < top."""
+    try:
+        left, bottom, right, top = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{what} must be (left, bottom, right, top), got {value!r}") from None
+    if not (math.isfinite(left + bottom + right + top) and left < right and bottom < top):
+        raise InvalidArgumentError(
+            f"{what}={value!r} is not (left, bottom, right, top) with left < right and bottom < top"
+        )
+    return left, bottom, right, top
 
 
 def window_bounds(window: Window, transform: Affine) -> Bounds:

@@ -1,5 +1,8 @@
 """TileSource: what every source shares — metadata, a tile grid, one tile read through the cache, a
-pool of threads that fetch tiles in the background when told which, and a shrunk overview."""
+pool of threads that fetch tiles in the background when told which, and a shrunk overview.
+
+``_repr_html_`` imports :mod:`lazytiles.display` when called: display sits above sources.
+"""
 
 from __future__ import annotations
 
@@ -328,7 +331,7 @@ def _out_shape(area: Window, max_size: int) -> tuple[int, int]:
 def _step(area: Window, max_size: int) -> int:
     """Every how many pixels a strided overview of ``area`` keeps one."""
     out_h, out_w = _out_shape(area, max_size)
-    return math.ceil(max(area.height / out_h, area.width / out_w))
+    return math.ceil(float(max(area.height / out_h, area.width / out_w)))
 
 
 def _to_source(area: Window, data: np.ndarray) -> Affine:

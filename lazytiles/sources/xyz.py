@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import io
 import json
 import logging
 import math
 import os
 import re
-import struct
 import threading
-import zlib
 from collections import Counter
 from collections.abc import Sequence
 from functools import partial
@@ -41,7 +38,6 @@ from typing import Any, Literal
 
 import numpy as np
 from affine import Affine
-from PIL import Image, UnidentifiedImageError
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
@@ -52,6 +48,7 @@ from ..mosaic import assemble
 from .base import FetchPool, TileSource
 from .diskcache import DiskCache
 from .http import BodyError, HttpClient, redact
+from .tileimage import MODES, decode_tile, image_size
 
 log = logging.getLogger(__name__)
 
@@ -60,30 +57,8 @@ OnMissing = Literal["nodata", "raise"]
 MAX_ZOOM = 30
 #: Tile size assumed when it is not given and the probe tile is absent.
 DEFAULT_TILE_SIZE = 256
-#: Pillow modes of the band layouts, by number of bands.
-MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
-#: Image formats tiles may come in.
-FORMATS = ("PNG", "JPEG", "WEBP")
-#: What Pillow raises on bytes that are not a complete image: the body may be damaged in transit.
-UNDECODABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-#: Largest image the tile-size probe decodes (4096 x 4096); anything larger is refused unread.
-MAX_PROBE_PIXELS = 4096 * 4096
-
 _FIELD = re.compile(r"\{([^{}]*)\}")
 _KNOWN_FIELDS = ("z", "x", "y", "-y", "q", "s")
-
-
-def _check_size(size: tuple[int, int], url: str, expected: int | None) -> None:
-    """Refuse a tile of the wrong size, or (while probing, ``expected`` None) a huge one, undecoded."""
-    w, h = size
-    if expected is None:
-        if w * h > MAX_PROBE_PIXELS:
-            raise TileFetchError(f"{redact(url)} is a {w}x{h} px image: a decompression bomb, not a tile")
-    elif (w, h) != (expected, expected):
-        fix = f"open the source with tile_size={w}" if w == h else "tiles must be square"
-        raise TileFetchError(f"{redact(url)} is a {w}x{h} px image but this source has {expected} px tiles; {fix}")
 
 
 def _check_zoom(zoom: Any) -> int:
@@ -328,36 +303,6 @@ class XYZSource(TileSource):
                 log.warning("could not write %s to the disk cache %s: %s", redact(url), disk.directory, err)
         return None if got is None else got[0]
 
-    def _open_image(self, body: bytes, url: str, expected: int | None) -> Image.Image:
-        """The image in ``body``, its size checked against ``expected`` (None: only not huge)."""
-        if not body:
-            raise BodyError("empty body")
-        if body[:8] == PNG_SIGNATURE and body[12:16] == b"IHDR":  # the size, before Pillow sees it
-            _check_size(struct.unpack(">II", body[16:24]), url, expected)
-        try:
-            img = Image.open(io.BytesIO(body), formats=FORMATS)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # warning: under -W error
-            raise TileFetchError(f"{redact(url)} is a decompression bomb, not a tile: {err}") from err
-        except UNDECODABLE as err:
-            head = body[:16]
-            raise BodyError(f"not a PNG, JPEG or WebP image ({len(body)} bytes starting {head!r})") from err
-        _check_size(img.size, url, expected)
-        return img
-
-    def _decode(self, body: bytes, url: str) -> np.ndarray:
-        img = self._open_image(body, url, self.tile_size)
-        mode = MODES[self.bands]
-        try:
-            img.load()
-            if img.mode != mode:
-                img = img.convert(mode)
-            pixels = np.asarray(img)
-        except UNDECODABLE as err:
-            raise BodyError(f"damaged {img.format} image ({type(err).__name__}: {err})") from err
-        if pixels.ndim == 2:
-            return pixels[np.newaxis]
-        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
-
     def _probe_tile_size(self) -> int:
         """The tile size, from the first tile found: 0/0/0 (1/0/0 for quadkeys), or any local tile file."""
         if self.remote:
@@ -366,7 +311,7 @@ class XYZSource(TileSource):
         else:
             url = self._find_local_tile()
         try:
-            size = self._fetch(url, partial(self._image_size, url=url))
+            size = self._fetch(url, partial(image_size, url=url))
         except TileFetchError as err:
             raise SourceOpenError(
                 f"could not read tile {redact(url)} to learn the tile size: {err}; check the template, or "
@@ -380,14 +325,6 @@ class XYZSource(TileSource):
                 f"tile {redact(url)} is {w}x{h} px; XYZ tiles are square (256 or 512 px): check the template"
             )
         return int(w)
-
-    def _image_size(self, body: bytes, url: str) -> tuple[int, int]:
-        img = self._open_image(body, url, None)
-        try:
-            img.load()  # the whole image must decode, not only its header
-        except UNDECODABLE as err:
-            raise BodyError(f"damaged {img.format} image ({type(err).__name__}: {err})") from err
-        return img.size
 
     def _find_local_tile(self) -> str:
         values = {"z": str(self.zoom), "x": "*", "y": "*", "-y": "*", "q": "[0-3]" * self.zoom, "s": "*"}
@@ -407,7 +344,7 @@ class XYZSource(TileSource):
         x, y, z = key.col, key.row, key.level
         url = self.tile_url(x, y, z)
         try:
-            tile = self._fetch(url, partial(self._decode, url=url))
+            tile = self._fetch(url, partial(decode_tile, url=url, size=self.tile_size, bands=self.bands))
         except TileFetchError as err:
             with self._lock:
                 self._failed.add((z, x, y))
@@ -501,4 +438,4 @@ class XYZSource(TileSource):
         return f"XYZSource({redact(self.template)!r}, zoom={self.zoom}, tile_size={self.tile_size}, bands={self.bands})"
 
 
-__all__ = ["MAX_ZOOM", "MODES", "XYZSource"]
+__all__ = ["MAX_ZOOM", "XYZSource"]

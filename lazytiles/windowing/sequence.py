@@ -1,4 +1,8 @@
-"""Window, WindowSequence and ``lt.windows``: a tiled image as a lazy list of sliding windows."""
+"""Window, WindowSequence and ``lt.windows``: a tiled image as a lazy list of sliding windows.
+
+The display hooks (``_repr_png_``, ``_repr_html_``, ``preview``) import :mod:`lazytiles.display` when
+called, in one line each: display sits above windowing, which never imports it at module level.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 import numpy as np
 import rasterio.warp
@@ -18,7 +22,7 @@ from rasterio.windows import Window as PixelWindow
 
 from ..cache import TileKey
 from ..errors import BoundsError, InvalidArgumentError, TileFetchError
-from ..grid import Bounds, pixel_window, to_crs, window_bounds, window_transform
+from ..grid import Bounds, as_bounds, pixel_window, to_crs, window_bounds, window_transform
 from ..mosaic import ReadInfo, assemble
 from ..sources import open as open_source
 from ..sources.base import TileSource
@@ -27,7 +31,7 @@ from .plan import EDGES, AxisPlan, Edge, WindowPlan, intersect, plan_axis, size_
 from .readahead import ReadAhead
 from .regions import filter_by_callable, filter_by_geometry, region_in_pixels, to_geometry
 
-Region = Union[shapely.Geometry, Callable[[Bounds], bool]]
+Region: TypeAlias = shapely.Geometry | Callable[[Bounds], bool]
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,20 +76,6 @@ class Window:
         from ..display.jupyter import window_html
 
         return window_html(self)
-
-
-def _bounds(value: Any, what: str = "bounds") -> Bounds:
-    try:
-        left, bottom, right, top = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(
-            f"{what} must be (left, bottom, right, top), got {value!r}"
-        ) from None
-    if not (math.isfinite(left + bottom + right + top) and left < right and bottom < top):
-        raise InvalidArgumentError(
-            f"{what}={value!r} is not (left, bottom, right, top) with left < right and bottom < top"
-        )
-    return left, bottom, right, top
 
 
 def windows(
@@ -169,7 +159,7 @@ def windows(
     if edge not in EDGES:
         raise InvalidArgumentError(f"edge must be one of {', '.join(map(repr, EDGES))}, got {edge!r}")
     if readahead is not None and (isinstance(readahead, bool) or not isinstance(readahead, int) or readahead < 0):
-        raise InvalidArgumentError(f"readahead must be a number of windows >= 0 (or None for the default), got {readahead!r}")
+        raise InvalidArgumentError(f"readahead must be a number of windows >= 0 (None: the default), got {readahead!r}")
     if src.needs_area and bounds is None and region is None:
         raise BoundsError(
             f"{src!r} covers the whole world at its zoom; give bounds=(west, south, east, north) with "
@@ -181,7 +171,7 @@ def windows(
     aoi = (0, 0, src.height, src.width)
     raster = aoi
     if bounds is not None:
-        bounds = _bounds(bounds)
+        bounds = as_bounds(bounds)
         aoi_bounds = bounds
         if b_crs is not None and b_crs != src.crs:
             crs = src._require_crs(f"bounds_crs={bounds_crs!r}")
