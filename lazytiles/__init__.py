@@ -29,7 +29,8 @@ from .sources import ArraySource, RasterSource, TileSource, open
 from .sources.xyz import XYZSource
 from .sources.http import HttpClient
 from .detections import Detections
-from .detection.sequence import DetectionSequence, Preprocess, detect
+from .detection.preprocess import Preprocess
+from .detection.sequence import DetectionSequence, detect
 from .merging.streaming import merge
 from .runs.run import Run, detect_region, open_run
 from .prefetching.sequence import Prefetched, prefetch
