@@ -8,6 +8,7 @@ from .errors import (
     CacheTooSmallError,
     CRSError,
     FailedWindowsWarning,
+    FrozenError,
     IndexTypeError,
     InvalidArgumentError,
     LazyTilesError,
@@ -29,7 +30,8 @@ from .sources import ArraySource, RasterSource, TileSource, open
 from .sources.xyz import XYZSource
 from .sources.http import HttpClient
 from .detections import Detections
-from .detection.sequence import DetectionSequence, Preprocess, detect
+from .detection.preprocess import Preprocess
+from .detection.sequence import DetectionSequence, detect
 from .merging.streaming import merge
 from .runs.run import Run, detect_region, open_run
 from .prefetching.sequence import Prefetched, prefetch
@@ -49,6 +51,7 @@ __all__ = [
     "DetectionSequence",
     "Detections",
     "FailedWindowsWarning",
+    "FrozenError",
     "HttpClient",
     "IndexTypeError",
     "InvalidArgumentError",

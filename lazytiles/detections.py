@@ -13,8 +13,8 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window as PixelWindow
 
+from .errors import CRSError, FrozenError, InvalidArgumentError, MissingDependencyError
 from .windowing.index import select
-from .errors import CRSError, InvalidArgumentError, MissingDependencyError
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -87,8 +87,24 @@ def partial_flags(boxes: Any, window: Any, area: Any, margin: float = 1.0) -> np
     )
 
 
+def _frozen(value: Any, dtype: Any) -> np.ndarray:
+    """``value`` as a read-only array of ``dtype``: a read-only one as it is, the caller's memory copied first."""
+    arr = np.asarray(value, dtype=dtype)
+    if arr.flags.writeable:
+        if arr is value or arr.base is not None:  # the caller's array, or a view of its memory
+            arr = arr.copy()
+        arr.flags.writeable = False
+    return arr
+
+
+def _sealed(arr: np.ndarray) -> np.ndarray:
+    """A new array nobody else holds, made read-only in place, so that Detections keeps it without a copy."""
+    arr.flags.writeable = False
+    return arr
+
+
 class Detections:
-    """Objects found in a source.
+    """Objects found in a source: an immutable value (read-only arrays, no attribute assignment).
 
     Attributes
     ----------
@@ -121,7 +137,7 @@ class Detections:
         transform: Affine | None = None,
         crs: CRS | str | None = None,
     ) -> None:
-        boxes = np.asarray(boxes, dtype=np.float64)
+        boxes = _frozen(boxes, np.float64)
         if boxes.size == 0:
             boxes = boxes.reshape(0, 4)
         if boxes.ndim != 2 or boxes.shape[1] != 4:
@@ -129,18 +145,32 @@ class Detections:
         n = len(boxes)
 
         def column(value: Any, dtype: Any, default: Any, name: str) -> np.ndarray:
-            arr = np.full(n, default, dtype=dtype) if value is None else np.asarray(value, dtype=dtype).reshape(-1)
+            if value is None:
+                arr = np.full(n, default, dtype=dtype)
+                arr.flags.writeable = False
+            else:
+                arr = _frozen(value, dtype).reshape(-1)
             if arr.shape != (n,):
                 raise InvalidArgumentError(f"{name} must have one value per box ({n}), got shape {arr.shape}")
             return arr
 
-        self.boxes = boxes
-        self.scores = column(scores, np.float32, 1.0, "scores")
-        self.labels = column(labels, np.int64, 0, "labels")
-        self.window_index = column(window_index, np.int64, -1, "window_index")
-        self.partial = column(partial, bool, False, "partial")
-        self.transform = Affine.identity() if transform is None else transform
-        self.crs = CRS.from_user_input(crs) if isinstance(crs, str) else crs
+        init = object.__setattr__  # the only assignments a Detections ever gets
+        init(self, "boxes", boxes)
+        init(self, "scores", column(scores, np.float32, 1.0, "scores"))
+        init(self, "labels", column(labels, np.int64, 0, "labels"))
+        init(self, "window_index", column(window_index, np.int64, -1, "window_index"))
+        init(self, "partial", column(partial, bool, False, "partial"))
+        init(self, "transform", Affine.identity() if transform is None else transform)
+        init(self, "crs", CRS.from_user_input(crs) if isinstance(crs, str) else crs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenError(
+            f"lt.Detections is immutable: cannot set {name!r}; make a new one, e.g. lt.Detections(d.boxes, "
+            "d.scores, d.labels, d.window_index, partial=d.partial, transform=d.transform, crs=d.crs)"
+        )
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenError(f"lt.Detections is immutable: cannot delete {name!r}")
 
     # -- a sequence of boxes -----------------------------------------------------------------------
 
@@ -155,11 +185,11 @@ class Detections:
 
     def _take(self, idx: np.ndarray) -> Detections:
         return Detections(
-            self.boxes[idx],
-            self.scores[idx],
-            self.labels[idx],
-            self.window_index[idx],
-            partial=self.partial[idx],
+            _sealed(self.boxes[idx]),
+            _sealed(self.scores[idx]),
+            _sealed(self.labels[idx]),
+            _sealed(self.window_index[idx]),
+            partial=_sealed(self.partial[idx]),
             transform=self.transform,
             crs=self.crs,
         )
@@ -180,11 +210,11 @@ class Detections:
                 raise InvalidArgumentError(f"can only concatenate Detections, got {type(d).__name__}")
         first = items[0]
         return cls(
-            np.concatenate([d.boxes for d in items]),
-            np.concatenate([d.scores for d in items]),
-            np.concatenate([d.labels for d in items]),
-            np.concatenate([d.window_index for d in items]),
-            partial=np.concatenate([d.partial for d in items]),
+            _sealed(np.concatenate([d.boxes for d in items])),
+            _sealed(np.concatenate([d.scores for d in items])),
+            _sealed(np.concatenate([d.labels for d in items])),
+            _sealed(np.concatenate([d.window_index for d in items])),
+            partial=_sealed(np.concatenate([d.partial for d in items])),
             transform=first.transform,
             crs=first.crs,
         )
@@ -290,19 +320,11 @@ class Detections:
         x, y = ring[..., 0], ring[..., 1]
         clockwise = (x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y).sum(axis=1) < 0
         ring[clockwise] = ring[clockwise, ::-1]
-        features = []
-        for i in range(len(self)):
-            coords = ring[i].tolist()
-            features.append({
-                "type": "Feature",
-                "geometry": {"type": "Polygon", "coordinates": [coords + coords[:1]]},
-                "properties": {
-                    "score": float(self.scores[i]),
-                    "label": int(self.labels[i]),
-                    "window_index": int(self.window_index[i]),
-                    "partial": bool(self.partial[i]),
-                },
-            })  # fmt: skip
+        cols, features = self._columns(), []
+        for i, coords in enumerate(ring.tolist()):
+            geometry = {"type": "Polygon", "coordinates": [coords + coords[:1]]}
+            properties = {name: values[i].item() for name, values in cols.items()}  # score, label, window_index, partial
+            features.append({"type": "Feature", "geometry": geometry, "properties": properties})
         with open(path, "w", encoding="utf-8") as f:
             json.dump({"type": "FeatureCollection", "features": features}, f)
         return os.fspath(path)
@@ -414,6 +436,7 @@ class Detections:
             and np.array_equal(self.scores, other.scores)
             and np.array_equal(self.labels, other.labels)
             and np.array_equal(self.window_index, other.window_index)
+            and np.array_equal(self.partial, other.partial)
             and self.transform == other.transform
             and self.crs == other.crs
         )
@@ -425,6 +448,8 @@ class Detections:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
+            if isinstance(value, np.ndarray):
+                value.flags.writeable = False  # unpickled arrays are new: freezing them copies nothing
             object.__setattr__(self, name, value)
 
     def __repr__(self) -> str:

@@ -53,6 +53,10 @@ class CacheTooSmallError(InvalidArgumentError):
     """A tile cache cannot hold even one tile of a source."""
 
 
+class FrozenError(LazyTilesError, AttributeError):
+    """An attribute of an immutable value (:class:`~lazytiles.Detections`) was set or deleted."""
+
+
 class ModelOutputError(LazyTilesError, TypeError):
     """A model returned something other than what ``lt.detect`` expects."""
 
@@ -94,6 +98,7 @@ __all__ = [
     "CRSError",
     "CacheTooSmallError",
     "FailedWindowsWarning",
+    "FrozenError",
     "IndexTypeError",
     "InvalidArgumentError",
     "LazyTilesError",

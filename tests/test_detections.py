@@ -169,7 +169,68 @@ def test_show_draws_boxes_in_their_label_colours():
     assert one.show(lt.windows(src, size=25)[0]).getpixel((9, 15))[:3] == colour
 
 
-def test_detections_pickle_cheaply(dets):
-    copy = pickle.loads(pickle.dumps(dets))
-    assert copy == dets and np.array_equal(copy.partial, dets.partial)
+def test_detections_pickle_cheaply_and_stay_frozen(dets):
+    for protocol in (4, 5):
+        copy = pickle.loads(pickle.dumps(dets, protocol=protocol))
+        assert copy == dets and not copy.boxes.flags.writeable and not copy.partial.flags.writeable
     assert len(pickle.dumps(dets)) < 3000
+    buffers = []  # out of band, as prefetch's process workers send them: the arrays land in new bytearrays
+    header = pickle.dumps(dets, protocol=5, buffer_callback=buffers.append)
+    copy = pickle.loads(header, buffers=[bytearray(b.raw()) for b in buffers])
+    assert copy == dets and not any(getattr(copy, n).flags.writeable for n in ARRAYS)
+
+
+# -- an immutable value ------------------------------------------------------------------------------
+
+ARRAYS = ("boxes", "scores", "labels", "window_index", "partial")
+
+
+def test_every_array_is_read_only(dets):
+    for name in ARRAYS:
+        with pytest.raises(ValueError, match="read-only"):
+            getattr(dets, name)[0] = 1
+    for made in (dets[1:], dets[np.array([2, 0])], dets + dets, lt.Detections.concat([dets]), lt.Detections.empty()):
+        assert not any(getattr(made, n).flags.writeable for n in ARRAYS)
+    with pytest.raises(ValueError, match="read-only"):
+        dets.boxes += 1
+    with pytest.raises(ValueError, match="read-only"):
+        np.multiply(dets.scores, 2, out=dets.scores)
+
+
+def test_the_callers_arrays_are_copied_never_frozen():
+    boxes, scores = np.array(BOXES, dtype=np.float64), np.array([0.9, 0.5, 0.25], np.float32)
+    labels, where, partial = np.array([1, 0, 1]), np.array([3, 3, 8]), np.array([False, True, False])
+    d = lt.Detections(boxes[:], scores, labels, where, partial=partial)
+    for mine in (boxes, scores, labels, where, partial):
+        assert mine.flags.writeable
+        mine[0] = 0  # changing them afterwards does not change the detections
+    assert d.boxes[0].tolist() == BOXES[0].tolist() and d.scores[0] == np.float32(0.9) and d.labels[0] == 1
+    assert d.window_index[0] == 3 and not d.partial[0]
+    shared = np.array(BOXES, dtype=np.float64)
+    shared.flags.writeable = False  # read-only already: kept as it is, no copy
+    assert lt.Detections(shared, [1, 1, 1], [0, 0, 0]).boxes is shared
+
+
+@pytest.mark.parametrize("name", ["boxes", "scores", "partial", "transform", "crs", "extra"])
+def test_attributes_cannot_be_set_or_deleted(dets, name):
+    with pytest.raises(lt.FrozenError, match=f"lt.Detections is immutable: cannot set {name!r}; make a new one") as info:
+        setattr(dets, name, None)
+    assert isinstance(info.value, AttributeError)
+    with pytest.raises(lt.FrozenError, match=f"cannot delete {name!r}"):
+        delattr(dets, name)
+    assert dets.crs == CRS.from_epsg(32633) and len(dets) == 3
+
+
+def test_equality_includes_every_column_and_the_georeferencing(dets):
+    def changed(**kw):
+        args = dict(boxes=dets.boxes, scores=dets.scores, labels=dets.labels, window_index=dets.window_index,
+                    partial=dets.partial, transform=dets.transform, crs=dets.crs)  # fmt: skip
+        args.update(kw)
+        return lt.Detections(args.pop("boxes"), args.pop("scores"), args.pop("labels"), args.pop("window_index"), **args)
+
+    assert changed() == dets and not changed() != dets
+    assert changed(partial=[True, True, False]) != dets  # the same boxes, one more of them partial
+    assert changed(window_index=[3, 3, 9]) != dets and changed(scores=[0.9, 0.5, 0.5]) != dets
+    assert changed(labels=[1, 1, 1]) != dets and changed(boxes=np.add(dets.boxes, 1)) != dets
+    assert changed(crs="EPSG:4326") != dets and changed(transform=Affine.identity()) != dets
+    assert (dets == "boxes") is False and dets != 3

@@ -5,10 +5,6 @@ W)`` returning, per image, a dict with ``boxes`` (K, 4) xyxy in window pixels, `
 ``labels`` (K,) (torchvision's convention), or, for a window classifier, a tensor of ``(N,)`` scores
 or ``(N, K)`` class logits. Everything here is plain torch: no torchvision, no downloads.
 
-Calling a model on a batch of windows (:class:`ModelRunner`) and checking what it returns
-(:func:`parse_outputs`, :data:`EXPECTED`) live in :mod:`lazytiles.detection.runner`; they are importable
-from here too.
-
 Importing this module imports torch.
 """
 
@@ -23,8 +19,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .runner import EXPECTED, ModelRunner, parse_outputs
-from .runner import ImageResult as ImageResult  # importable from here, as before the split
 from ..errors import InvalidArgumentError
 
 # -- built-in examples ---------------------------------------------------------------------------
@@ -327,14 +321,4 @@ def describe_model(model: Any) -> dict[str, Any]:
     return {"kind": "callable", "class": name}
 
 
-__all__ = [
-    "EXPECTED",
-    "BandMeanClassifier",
-    "BlobDetector",
-    "ModelRunner",
-    "blob_detector",
-    "describe_model",
-    "load_model",
-    "parse_outputs",
-    "window_classifier",
-]
+__all__ = ["BandMeanClassifier", "BlobDetector", "blob_detector", "describe_model", "load_model", "window_classifier"]

@@ -2,7 +2,7 @@
 
 :func:`lazytiles.detect` makes one :class:`ModelRunner` per detection sequence; :func:`parse_outputs`
 checks what the model returned against the contract :func:`lazytiles.detect` states (:data:`EXPECTED`)
-and turns it into numpy arrays, per image. :mod:`lazytiles.detection.models` re-exports every public name here.
+and turns it into numpy arrays, per image.
 
 Importing this module imports torch.
 """
@@ -10,16 +10,14 @@ Importing this module imports torch.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..errors import InvalidArgumentError, LazyTilesError, ModelOutputError, WorkerError
-
-if TYPE_CHECKING:
-    from .sequence import Preprocess
+from .preprocess import Preprocess
 
 #: What a model must return; quoted by every ModelOutputError.
 EXPECTED = (
@@ -130,8 +128,6 @@ class ModelRunner:
         dtype: np.dtype,
         window_shape: tuple[int, int],
     ) -> None:
-        from .sequence import Preprocess
-
         if isinstance(model, nn.Module):
             model.eval()
             model.to(device)

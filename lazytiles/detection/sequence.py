@@ -13,111 +13,18 @@ import numbers
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .pipeline import _Pipeline
-from ..detections import Detections
+from ..detections import Detections, partial_flags
 from ..errors import InvalidArgumentError, TileFetchError
-from ..detections import partial_flags
 from ..windowing.sequence import WindowSequence
+from .pipeline import _Pipeline
+from .preprocess import Preprocess
 
 if TYPE_CHECKING:
     from .runner import ImageResult, ModelRunner
-
-#: Default ``scale`` by source dtype when ``Preprocess.scale`` is None; other dtypes are left as they are.
-DEFAULT_SCALE = {"uint8": 1 / 255, "uint16": 1 / 65535}
-
-FloatDtype = Literal["float32", "float16", "bfloat16", "float64"]
-
-
-def _floats(value: Any, what: str) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    items = (value,) if isinstance(value, numbers.Real) else tuple(value)
-    if not items or not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in items):
-        raise InvalidArgumentError(f"{what} must be a number or a sequence of numbers (one per band), got {value!r}")
-    return tuple(float(v) for v in items)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How window pixels become the model's float input: band selection, then ``(x * scale - mean) / std``.
-
-    Band selection happens on the host while the batch is assembled. The conversion to float happens
-    once: on a GPU after the copy (so 8-bit pixels cross the bus, a quarter of the bytes); on a CPU
-    while reader threads copy each window into the batch, so the model's thread only runs the model.
-
-    Parameters
-    ----------
-    scale
-        Multiplier applied first. Default (None): by the source's dtype — uint8 ``1/255``, uint16
-        ``1/65535`` (so 0..1), any other dtype 1 (float sources are left as they are).
-    mean, std
-        Per band (after ``bands``), on the scaled values; a single number applies to every band.
-        Default: no centring, no division.
-    bands
-        0-based source bands fed to the model, in order, e.g. ``(2, 1, 0)`` for BGR or ``(0, 1, 2)``
-        to drop an alpha band. Default: all bands.
-    dtype
-        The model's input dtype: ``"float32"`` (default), ``"float16"``, ``"bfloat16"`` or ``"float64"``.
-
-    Examples
-    --------
-    >>> import lazytiles as lt
-    >>> lt.Preprocess(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), bands=(0, 1, 2)).bands
-    (0, 1, 2)
-    """
-
-    scale: float | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    bands: tuple[int, ...] | None = None
-    dtype: FloatDtype = "float32"
-
-    def __post_init__(self) -> None:
-        if self.scale is not None and not (isinstance(self.scale, numbers.Real) and math.isfinite(self.scale)):
-            raise InvalidArgumentError(f"scale must be a finite number or None, got {self.scale!r}")
-        object.__setattr__(self, "mean", _floats(self.mean, "mean"))
-        object.__setattr__(self, "std", _floats(self.std, "std"))
-        if self.std is not None and min(self.std) <= 0:
-            raise InvalidArgumentError(f"std must be positive, got {self.std!r}")
-        if self.bands is not None:
-            bands = (self.bands,) if isinstance(self.bands, numbers.Integral) else tuple(self.bands)
-            valid = all(isinstance(b, numbers.Integral) and not isinstance(b, bool) and b >= 0 for b in bands)
-            if not bands or not valid:
-                raise InvalidArgumentError(
-                    f"bands must be 0-based band indices, e.g. (0, 1, 2), got {self.bands!r}"
-                )
-            object.__setattr__(self, "bands", tuple(int(b) for b in bands))
-        if self.dtype not in ("float32", "float16", "bfloat16", "float64"):
-            raise InvalidArgumentError(
-                f"dtype must be 'float32', 'float16', 'bfloat16' or 'float64', got {self.dtype!r}"
-            )
-
-    def affine(self, src_dtype: Any, channels: int) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
-        """Per-band ``(multiplier, offset)`` equal to the preprocessing, or None where it is a no-op."""
-        scale = DEFAULT_SCALE.get(np.dtype(src_dtype).name, 1.0) if self.scale is None else float(self.scale)
-
-        def per_band(values: tuple[float, ...] | None, default: float, what: str) -> np.ndarray:
-            if values is None:
-                return np.full(channels, default)
-            if len(values) not in (1, channels):
-                raise InvalidArgumentError(
-                    f"Preprocess({what}={values!r}) has {len(values)} values, but the model gets {channels} bands; "
-                    "give one value per band, or a single number"
-                )
-            return np.broadcast_to(np.asarray(values, dtype=np.float64), (channels,))
-
-        mean, std = per_band(self.mean, 0.0, "mean"), per_band(self.std, 1.0, "std")
-        mul, add = scale / std, -mean / std
-        return (
-            None if np.all(mul == 1) else tuple(mul.tolist()),
-            None if np.all(add == 0) else tuple(add.tolist()),
-        )
-
 
 #: One window's outcome in a streaming pass: (window index, detections or None, error message or None).
 Outcome = tuple[int, "Detections | None", "str | None"]
@@ -422,4 +329,4 @@ def _restore(model: Any, spec: str | None, options: dict[str, Any], wins: Window
     return DetectionSequence(_Shared(model, spec, options), wins)
 
 
-__all__ = ["DetectionSequence", "Outcome", "Preprocess", "detect"]
+__all__ = ["DetectionSequence", "Outcome", "detect"]

@@ -13,14 +13,12 @@ import secrets
 import signal
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import LazyTilesError, WorkerError
-
-if TYPE_CHECKING:
-    from .scheduler import _Engine
 
 #: Items whose out-of-band buffers total at least this many bytes travel through shared memory.
 SHM_MIN_BYTES = 64 * 2**10
@@ -85,11 +83,18 @@ def _aligned(n: int, to: int = 64) -> int:
 
 
 class _ProcessWorker:
-    """One worker process, driven by one thread of the parent; owns the shared memory it writes into."""
+    """One worker process, driven by one thread of the parent; owns the shared memory it writes into.
 
-    def __init__(self, engine: _Engine, number: int) -> None:
-        self._engine = engine
+    ``payload`` is the pickled sequence; ``start_method`` None picks forkserver where available, else
+    spawn; ``on_exit`` is called when the process dies while computing an item (it is restarted for
+    the next one).
+    """
+
+    def __init__(self, number: int, payload: bytes, start_method: str | None, on_exit: Callable[[], None]) -> None:
         self._number = number
+        self._payload = payload
+        self._start_method = start_method
+        self._on_exit = on_exit
         self.proc: Any = None
         self._conn: multiprocessing.connection.Connection | None = None
         self._shm: SharedMemory | None = None  # created and unlinked by this (parent) side
@@ -97,11 +102,11 @@ class _ProcessWorker:
         self._lock = threading.Lock()
 
     def _start(self) -> None:
-        ctx = multiprocessing.get_context(self._engine.options.start_method or _default_start_method())
+        ctx = multiprocessing.get_context(self._start_method or _default_start_method())
         parent, child = ctx.Pipe(duplex=True)
         proc = ctx.Process(
             target=_process_main,
-            args=(child, self._engine._payload),
+            args=(child, self._payload),
             name=f"lazytiles-prefetch-{self._number}",
             daemon=True,  # never outlives the parent, even when it dies without closing us
         )
@@ -124,8 +129,7 @@ class _ProcessWorker:
             proc.join(CLOSE_TIMEOUT)
             code = proc.exitcode
             self._discard()
-            if not self._engine.closed:
-                self._engine.count("restarts")
+            self._on_exit()
             return None, _Failure(
                 None,
                 "ProcessExit",

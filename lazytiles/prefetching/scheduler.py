@@ -35,9 +35,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..errors import InvalidArgumentError, WorkerError
 from ..windowing.index import Positions
 from .processes import CLOSE_TIMEOUT, _Failure, _ProcessWorker
-from ..errors import InvalidArgumentError, WorkerError
 
 Method = Literal["thread", "process"]
 METHODS = ("thread", "process")
@@ -333,7 +333,8 @@ class _Engine:
             if self.options.method == "thread":
                 target: Any = self._compute_in_thread
             else:
-                worker = _ProcessWorker(self, k)
+                assert self._payload is not None  # pickled in __init__ for method="process"
+                worker = _ProcessWorker(k, self._payload, self.options.start_method, self._count_restart)
                 self._procs.append(worker)
                 target = worker.compute
             thread = threading.Thread(
@@ -342,9 +343,10 @@ class _Engine:
             self._threads.append(thread)
             thread.start()
 
-    def count(self, name: str) -> None:
+    def _count_restart(self) -> None:
         with self._lock:
-            self._counts[name] += 1
+            if not self.closed:  # close() terminating a busy process is no restart
+                self._counts["restarts"] += 1
 
     def stats(self) -> dict[str, int]:
         with self._lock:

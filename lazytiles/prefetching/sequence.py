@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ..errors import InvalidArgumentError
 from ..windowing.index import Positions, select
 from .scheduler import METHODS, Method, _Engine, _Options
-from ..errors import InvalidArgumentError
 
 T = TypeVar("T")
 

@@ -33,7 +33,7 @@ def _window_table(wins: WindowSequence) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _preprocess_identity(preprocess: Any) -> str:
-    from ..detection.sequence import Preprocess
+    from ..detection.preprocess import Preprocess
 
     if preprocess is None:
         preprocess = Preprocess()

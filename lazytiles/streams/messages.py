@@ -8,7 +8,9 @@
      "size": 512, "overlap": 0.25, "model": "mypkg.models:detector", "batch_size": 8}
 
 Only ``id``, ``source`` and ``model`` are required. ``region`` is a GeoJSON geometry in lon/lat
-(RFC 7946). Parsing opens and loads nothing, so a bad message is rejected before any work starts.
+(RFC 7946). Parsing opens and loads nothing, so a bad message is rejected before any work starts:
+whatever the bytes (not JSON, huge numbers, deep nesting), :func:`parse_job` raises :class:`JobError`
+and nothing else. An ``id`` is at most 200 printable characters without ``:`` (keys are built from it).
 
 **Results** are GeoJSON FeatureCollections (RFC 7946: lon/lat), one per window, keyed
 ``"{run_id}:{window_index}"``. Each Feature is one box with ``score``, ``label``, ``window_index``,
@@ -53,7 +55,7 @@ LONLAT = CRS.from_epsg(4326)
 
 #: The fields a job may carry, with what each must be (for error messages).
 FIELDS: dict[str, str] = {
-    "id": "a non-empty string naming the job (results are keyed by it)",
+    "id": "a non-empty string of at most 200 printable characters without ':' (results are keyed by it)",
     "source": "a path or URL lt.open accepts (a raster, or an XYZ template with {z}/{x}/{y})",
     "model": "'pkg.module:factory' or the path of a TorchScript file",
     "zoom": "an integer zoom level (XYZ sources)",
@@ -100,6 +102,11 @@ class Job:
         """A file-name-safe name for this job's run store: readable part of the id plus a hash of it."""
         readable = re.sub(r"[^A-Za-z0-9._-]+", "_", self.id).strip("._")[:60] or "job"
         return f"{readable}-{hashlib.sha1(self.id.encode()).hexdigest()[:10]}"
+
+    @property
+    def region_sha256(self) -> str | None:
+        """A hash of the region (its canonical JSON): what result messages carry instead of the region."""
+        return None if self.region_json is None else hashlib.sha256(self.region_json.encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
         """The job as JSON-ready fields, defaults filled in (what the run recipe records)."""
@@ -154,19 +161,23 @@ def parse_job(message: bytes | str | dict[str, Any]) -> Job:
         try:
             fields = json.loads(message)
         except json.JSONDecodeError as err:
-            raise JobError(f"job message is not valid JSON ({err}): {message[:200]!r}") from err
+            raise JobError(f"job message is not valid JSON ({err.msg} at character {err.pos}); send a JSON object") from None
+        except (ValueError, RecursionError) as err:  # a number of thousands of digits, deep nesting
+            kind = "nested too deeply" if isinstance(err, RecursionError) else "not valid JSON"
+            raise JobError(f"job message is {kind} ({type(err).__name__}); send a plain JSON object") from None
     else:
         fields = message
     if not isinstance(fields, dict):
         raise JobError(f"a job must be a JSON object with 'id', 'source' and 'model', got {type(fields).__name__}")
 
     job_id = fields.get("id")
-    if not isinstance(job_id, str) or not job_id.strip():
-        raise JobError(f"job 'id' must be {FIELDS['id']}, got {job_id!r}")
+    if not isinstance(job_id, str) or not job_id.strip() or len(job_id) > 200 or ":" in job_id or not job_id.isprintable():
+        raise JobError(f"job 'id' must be {FIELDS['id']}, got {_shown(job_id)}")
     where = f"job {job_id!r}"
     unknown = sorted(set(fields) - set(FIELDS))
     if unknown:
-        raise JobError(f"{where} has unknown field(s) {', '.join(map(repr, unknown))}; known fields: {', '.join(FIELDS)}")
+        names = ", ".join(_shown(name, 40) for name in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise JobError(f"{where} has unknown field(s) {names}; known fields: {', '.join(FIELDS)}")
     for name in REQUIRED[1:]:
         if name not in fields or fields[name] is None:
             raise JobError(f"{where} has no {name!r} field; give {FIELDS[name]}")
@@ -176,7 +187,7 @@ def parse_job(message: bytes | str | dict[str, Any]) -> Job:
         if value is None:
             return None
         if not isinstance(value, str) or not value.strip():
-            raise JobError(f"{where}: {name!r} must be {FIELDS[name]}, got {value!r}")
+            raise JobError(f"{where}: {name!r} must be {FIELDS[name]}, got {_shown(value)}")
         return value
 
     def integer(name: str, default: int | None, low: int) -> int | None:
@@ -184,20 +195,20 @@ def parse_job(message: bytes | str | dict[str, Any]) -> Job:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise JobError(f"{where}: {name!r} must be {FIELDS[name]} (>= {low}), got {value!r}")
+            raise JobError(f"{where}: {name!r} must be {FIELDS[name]} (>= {low}), got {_shown(value)}")
         return value
 
     size: Any = fields.get("size", 512)
     if isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in size):
         size = (size[0], size[1])
         if min(size) < 1:
-            raise JobError(f"{where}: 'size' must be {FIELDS['size']}, got {list(size)!r}")
+            raise JobError(f"{where}: 'size' must be {FIELDS['size']}, got {_shown(list(size))}")
     else:
         size = integer("size", 512, 1)
 
     overlap = fields.get("overlap", 0.25)
     if isinstance(overlap, bool) or not isinstance(overlap, int | float) or not 0 <= overlap < 1:
-        raise JobError(f"{where}: 'overlap' must be {FIELDS['overlap']}, got {overlap!r}")
+        raise JobError(f"{where}: 'overlap' must be {FIELDS['overlap']}, got {_shown(overlap)}")
 
     bounds = fields.get("bounds")
     if bounds is not None:
@@ -207,14 +218,14 @@ def parse_job(message: bytes | str | dict[str, Any]) -> Job:
             and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in bounds)
         )
         if not ok or not (bounds[0] < bounds[2] and bounds[1] < bounds[3]):
-            raise JobError(f"{where}: 'bounds' must be {FIELDS['bounds']} with left < right and bottom < top, got {bounds!r}")
+            raise JobError(f"{where}: 'bounds' must be {FIELDS['bounds']} with left < right and bottom < top, got {_shown(bounds)}")
         bounds = tuple(float(v) for v in bounds)
 
     region = fields.get("region")
     region_json = None
     if region is not None:
         if not isinstance(region, dict) or not isinstance(region.get("type"), str):
-            raise JobError(f"{where}: 'region' must be {FIELDS['region']}, got {json.dumps(region)[:200]}")
+            raise JobError(f"{where}: 'region' must be {FIELDS['region']}, got a {type(region).__name__}")
         region_json = json.dumps(region, sort_keys=True, separators=(",", ":"))
 
     return Job(
@@ -229,6 +240,14 @@ def parse_job(message: bytes | str | dict[str, Any]) -> Job:
         overlap=float(overlap),
         batch_size=integer("batch_size", 8, 1),  # type: ignore[arg-type]
     )
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``value`` for an error message: its repr cut to ``limit`` characters (a job can be megabytes)."""
+    text = repr(value) if isinstance(value, str | int | float | bool | type(None)) else f"a {type(value).__name__}"
+    if isinstance(value, list | tuple) and len(repr(value)) <= limit:
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # -- results ---------------------------------------------------------------------------------------
@@ -360,21 +379,56 @@ def done_message(
     return f"{run_id}:done".encode(), _dumps({"type": "FeatureCollection", "features": [], "lazytiles": meta})
 
 
+#: How much of a refused message a dead letter carries (its sha256 and length name the whole).
+DEAD_LETTER_KEEP = 64 * 1024
+#: The longest reason a dead letter carries.
+REASON_CHARS = 4096
+
+
 def dead_letter_message(
     reason: str, error: str, *, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
 ) -> tuple[bytes | None, bytes]:
-    """``(key, value)`` for a job that cannot run: the original key, and a JSON object with the
-    ``reason``, the ``error`` class and the ``original`` message (topic, partition, offset, key and
-    value; as text when it is UTF-8, else base64 under ``value_base64``), so it can be fixed and re-sent."""
-    original: dict[str, Any] = {"topic": topic, "partition": partition, "offset": offset}
-    for name, raw in (("key", key), ("value", value)):
-        if raw is None:
-            original[name] = None
-            continue
-        try:
-            original[name] = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            original[f"{name}_base64"] = base64.b64encode(raw).decode("ascii")
+    """``(key, value)`` for a job that cannot run: the original key (cut to 1 KiB) and a JSON object
+    with the ``reason``, the ``error`` class and the ``original`` message: topic, partition, offset,
+    key, ``sha256`` and ``bytes`` of the value, and at most 64 KiB of it — as ``value`` text when it is
+    UTF-8 and short enough once escaped, else the first 48 KiB as ``value_base64`` — with
+    ``truncated`` saying whether that is all of it. A dead letter stays under ~80 KiB whatever was sent,
+    so it always fits the broker's message limit.
+
+    Examples
+    --------
+    >>> import json
+    >>> _, value = dead_letter_message("bad", "JobError", topic="jobs", partition=0, offset=7,
+    ...                                key=b"k", value=b"\x01" * 300_000)
+    >>> doc = json.loads(value)
+    >>> len(value) < 80_000, doc["original"]["bytes"], doc["original"]["truncated"]
+    (True, 300000, True)
+    """
+    value = b"" if value is None else bytes(value)
+    original: dict[str, Any] = {
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "key": None,
+        "sha256": hashlib.sha256(value).hexdigest(),
+        "bytes": len(value),
+        "truncated": False,
+    }
+    if key is not None:
+        key = bytes(key)[:1024]
+        original["key"] = key.decode("utf-8", "backslashreplace")
+    text = None
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if text is not None and len(json.dumps(text)) <= DEAD_LETTER_KEEP:
+        original["value"] = text
+    else:
+        kept = value[: DEAD_LETTER_KEEP * 3 // 4]
+        original["value_base64"] = base64.b64encode(kept).decode("ascii")
+        original["truncated"] = len(kept) < len(value)
+    reason = reason if len(reason) <= REASON_CHARS else reason[: REASON_CHARS - 3] + "..."
     return key, _dumps({"reason": reason, "error": error, "original": original})
 
 
@@ -391,7 +445,7 @@ def decode(value: bytes | str | Mapping[str, Any]) -> Detections:
     meta = doc.get("lazytiles") if isinstance(doc, Mapping) else None
     if not isinstance(meta, Mapping) or doc.get("type") != "FeatureCollection":
         raise InvalidArgumentError(
-            f"not a lazytiles result message (a GeoJSON FeatureCollection with a 'lazytiles' member): {str(value)[:200]!r}"
+            "not a lazytiles result message (a GeoJSON FeatureCollection with a 'lazytiles' member)"
         )
     props = [f["properties"] for f in doc["features"]]
     t = meta.get("transform")

@@ -13,13 +13,12 @@ import lazytiles as lt
 from lazytiles.detection.models import (
     BandMeanClassifier,
     BlobDetector,
-    ModelRunner,
     blob_detector,
     describe_model,
     load_model,
-    parse_outputs,
     window_classifier,
 )
+from lazytiles.detection.runner import ModelRunner, parse_outputs
 
 
 @pytest.fixture(autouse=True)
