@@ -9,18 +9,24 @@ What one :meth:`HttpClient.get` does:
 
 - waits for a free slot (at most ``max_connections`` requests in flight) and, with ``rate_limit``,
   for its turn;
-- GETs the URL with connect/read timeouts, a ``User-Agent`` and the configured headers;
+- GETs the URL with connect/read timeouts, a ``User-Agent`` and the configured headers, within a
+  ``deadline`` for the whole attempt (connecting, redirects, every read), so a server that sends a
+  byte now and then cannot hold a slot for longer;
+- follows redirects (at most 5) only to the same scheme, host and port: the configured headers (API
+  keys) never reach another host, and https never falls back to http. A redirect elsewhere fails;
 - on HTTP 404 or 204 returns ``None`` (the tile is absent);
-- on connection errors, timeouts, HTTP 5xx/408/429, truncated bodies (fewer bytes than
-  ``Content-Length``) and bodies the ``decode`` callback rejects with :class:`BodyError`, waits and
-  tries again: exponential backoff with jitter, or the server's ``Retry-After`` when it sends one;
-- after ``retries`` retries, raises :class:`~lazytiles.TileFetchError` naming the URL (credentials
-  redacted), the attempts and the last cause. Other HTTP statuses (401, 403, 400, ...) fail at once.
+- on connection errors, timeouts, a passed deadline, HTTP 5xx/408/429, truncated bodies (fewer bytes
+  than ``Content-Length``) and bodies the ``decode`` callback rejects with :class:`BodyError`, waits
+  and tries again: exponential backoff with jitter, or the server's ``Retry-After`` when it sends one;
+- after ``retries`` retries, raises :class:`~lazytiles.TileFetchError` naming the URL, the attempts and
+  the last cause. Other HTTP statuses (401, 403, 400, ...) fail at once, and so does a body over
+  ``max_body_bytes``: its connection is closed, not read to the end.
+
+No error quotes the bytes a server sent, and every URL in an error goes through :func:`redact`.
 """
 
 from __future__ import annotations
 
-import email.utils
 import os
 import random
 import re
@@ -28,16 +34,26 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
 from functools import partial
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urljoin
 
 import urllib3
-from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import LocationValueError, MaxRetryError
+from urllib3.exceptions import LocationValueError
 
 from ..errors import InvalidArgumentError, TileFetchError
+from .httpwire import (
+    POOL_CLASSES,
+    WIRE_ERRORS,
+    Deadline,
+    RateLimiter,
+    Watchdog,
+    describe,
+    phrase,
+    redirect_refusal,
+    release,
+    retry_after,
+)
 
 T = TypeVar("T")
 
@@ -45,70 +61,30 @@ T = TypeVar("T")
 ABSENT_STATUSES = frozenset({204, 404})
 #: Statuses worth another try: the server is overloaded, throttling or briefly broken.
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-
-_SECRET_NAME = re.compile(r"key|token|sig|secret|pass|auth|credential|session", re.IGNORECASE)
+#: Redirects followed, at most ``MAX_REDIRECTS`` per attempt, only to the same scheme, host and port.
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+_SECRET_WORDS = r"key|token|sig|secret|pass|auth|credential|session|jwt"
+_USERINFO = re.compile(r"(?<=//)[^/?#@\s]*@")
+_SECRET_PARAM = re.compile(rf"([?&;#][^=&#;\s]*(?:{_SECRET_WORDS})[^=&#;\s]*=)[^&#;\s]*", re.IGNORECASE)
 
 
 class BodyError(ValueError):
     """Raised by a ``decode`` callback for a body that may be a transmission fault (retried)."""
 
 
-def redact(url: str) -> str:
-    """``url`` with its user:password and secret-looking query values (key, token, signature...) masked.
+def redact(text: str) -> str:
+    """``text`` (a URL, or a message quoting URLs) with user:password and the values of credential-like
+    query parameters (key, api_key, token, signature, sig, password, secret..., any case) masked.
 
     Examples
     --------
     >>> redact("https://me:pw@tiles.example/1/2/3.png?api_key=abc&style=dark")
     'https://***@tiles.example/1/2/3.png?api_key=***&style=dark'
+    >>> redact("GET https://h.example/t.png?X-Amz-Signature=s&v=2 failed")
+    'GET https://h.example/t.png?X-Amz-Signature=***&v=2 failed'
     """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if _SECRET_NAME.search(k) else v) for k, v in pairs], safe="*{}-")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def _retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header: delay-seconds or an HTTP date; None if absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    current = datetime.now(timezone.utc).timestamp() if now is None else now
-    return max(0.0, when.timestamp() - current)
-
-
-class _RateLimiter:
-    """At most ``rate`` starts per second, spaced evenly, shared by all threads."""
-
-    def __init__(self, rate: float) -> None:
-        self._interval = 1.0 / rate
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def wait(self) -> None:
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + self._interval
-        if start > now:
-            time.sleep(start - now)
+    return _SECRET_PARAM.sub(r"\1***", _USERINFO.sub("***@", text))
 
 
 class _Retry(Exception):
@@ -138,8 +114,11 @@ class HttpClient:
     max_connections
         Most requests in flight at once, over all hosts (default 16); also the keep-alive pool size.
     connect_timeout, read_timeout
-        Seconds to wait for a connection, and between bytes of a response. A server that hangs costs
-        at most ``read_timeout`` per attempt.
+        Seconds to wait for a connection, and between bytes of a response.
+    deadline
+        Seconds one attempt may take in all (default 60): connecting, redirects and every read. Past
+        it the connection is closed and the attempt counts as failed (and is retried). With
+        ``read_timeout`` it bounds what a hung or dripping server costs.
     retries
         Retries per URL after the first attempt (default 4): the per-tile retry budget.
     backoff
@@ -152,15 +131,17 @@ class HttpClient:
         The ``User-Agent`` header (default ``lazytiles/<version>``); public servers ask for one that
         names your application.
     headers
-        Extra headers for every request, e.g. ``{"Authorization": "Bearer ..."}`` for an API key.
+        Extra headers for every request, e.g. ``{"Authorization": "Bearer ..."}`` for an API key. They
+        go only to the URL's own scheme, host and port: redirects elsewhere are not followed.
     max_body_bytes
-        Longest body accepted (default 32 MiB); a longer one fails without retries.
+        Longest body accepted (default 32 MiB); a longer one fails without retries, and its connection
+        is closed rather than read to the end.
 
     Examples
     --------
     >>> client = HttpClient(max_connections=8, read_timeout=10, headers={"X-Api-Key": "secret"})
     >>> client
-    HttpClient(max_connections=8, connect_timeout=5.0, read_timeout=10, retries=4, rate_limit=None)
+    HttpClient(max_connections=8, connect_timeout=5.0, read_timeout=10, deadline=60.0, retries=4, rate_limit=None)
     >>> client.stats()["requests"]
     0
     """
@@ -171,6 +152,7 @@ class HttpClient:
         max_connections: int = 16,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
+        deadline: float = 60.0,
         retries: int = 4,
         backoff: float = 0.25,
         max_backoff: float = 30.0,
@@ -182,6 +164,7 @@ class HttpClient:
         self.max_connections = _positive(max_connections, "max_connections", integer=True)
         self.connect_timeout = _positive(connect_timeout, "connect_timeout")
         self.read_timeout = _positive(read_timeout, "read_timeout")
+        self.deadline = _positive(deadline, "deadline")
         self.retries = _positive(retries, "retries", integer=True, allow_zero=True)
         self.backoff = _positive(backoff, "backoff", allow_zero=True)
         self.max_backoff = _positive(max_backoff, "max_backoff", allow_zero=True)
@@ -213,10 +196,12 @@ class HttpClient:
                         block=False,  # the semaphore below bounds concurrency over all hosts
                         headers=headers,
                         timeout=urllib3.Timeout(connect=self.connect_timeout, read=self.read_timeout),
-                        retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5),
+                        retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=0),
                     )
+                    self._manager.pool_classes_by_scheme = dict(POOL_CLASSES)
                     self._slots = threading.BoundedSemaphore(self.max_connections)
-                    self._limiter = None if self.rate_limit is None else _RateLimiter(self.rate_limit)
+                    self._limiter = None if self.rate_limit is None else RateLimiter(self.rate_limit)
+                    self._watchdog = Watchdog()
                     self._pid = os.getpid()
         return self._manager
 
@@ -241,7 +226,8 @@ class HttpClient:
         Raises
         ------
         TileFetchError
-            The retry budget ran out, or the server answered with a status that retrying cannot fix.
+            The retry budget ran out, or the server answered with a status that retrying cannot fix,
+            a body over ``max_body_bytes`` or a redirect to another scheme, host or port.
         """
         manager = self._pool()
         attempts = 0
@@ -254,7 +240,7 @@ class HttpClient:
                     return None
                 return body if decode is None else decode(body)
             except BodyError as err:
-                retry = _Retry(f"undecodable body ({err})")
+                retry = _Retry(f"undecodable body ({redact(str(err))})")
             except _Retry as err:
                 retry = err
             if attempts > self.retries:
@@ -262,7 +248,7 @@ class HttpClient:
                 raise TileFetchError(
                     f"GET {redact(url)} failed after {attempts} attempt{'s' * (attempts > 1)}: {retry.cause}; "
                     "check that the server is up and the URL is right, or allow more with "
-                    "HttpClient(retries=..., read_timeout=...)"
+                    "HttpClient(retries=..., read_timeout=..., deadline=...)"
                 )
             self._count("retries")
             delay = min(self.max_backoff, self.backoff * 2 ** (attempts - 1)) * (0.5 + random.random() / 2)
@@ -273,55 +259,104 @@ class HttpClient:
     def _attempt(self, manager: urllib3.PoolManager, url: str) -> bytes | None:
         if self._limiter is not None:
             self._limiter.wait()
-        with self._slots:
+        with self._slots, self._watchdog.watching(self.deadline) as deadline:
             self._count("requests")
-            try:
-                response = manager.request("GET", url, preload_content=False)
-            except LocationValueError as err:
-                raise TileFetchError(f"GET {redact(url)}: not a valid URL ({err}); check the template") from err
-            except MaxRetryError as err:
-                raise _Retry(_describe(err.reason or err)) from err
-            except Urllib3Error as err:
-                raise _Retry(_describe(err)) from err
+            return self._exchange(manager, url, deadline)
+
+    def _exchange(self, manager: urllib3.PoolManager, url: str, deadline: Deadline) -> bytes | None:
+        """One attempt: the request, same-host redirects, and the body (None: absent)."""
+        current = url
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._send(manager, url, current, deadline)
+            reuse: bool | None = None  # None: read a short rest, then reuse the connection
             try:
                 status = response.status
+                if status in REDIRECT_STATUSES:
+                    current = self._redirect(url, current, status, response.headers.get("Location"))
+                    continue
                 if status in ABSENT_STATUSES:
                     return None
                 if status in RETRY_STATUSES or 500 <= status < 600:
-                    wait = _retry_after(response.headers.get("Retry-After"))
-                    raise _Retry(f"HTTP {status} {response.reason or ''}".rstrip(), wait)
+                    raise _Retry(
+                        f"HTTP {status} {phrase(status)}".rstrip(), retry_after(response.headers.get("Retry-After"))
+                    )
                 if not 200 <= status < 300:
-                    self._count("failures")
                     hint = " (check the API key and headers)" if status in (401, 403) else ""
-                    raise TileFetchError(
-                        f"GET {redact(url)} answered HTTP {status} {response.reason or ''}{hint}; "
+                    raise self._failed(
+                        f"GET {redact(url)} answered HTTP {status} {phrase(status)}{hint}; "
                         "retrying cannot fix that, so it was not retried"
                     )
-                length = response.headers.get("Content-Length")
-                if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-                    self._count("failures")
-                    raise TileFetchError(
-                        f"GET {redact(url)} has a {length}-byte body, over max_body_bytes={self.max_body_bytes}; "
-                        "raise HttpClient(max_body_bytes=...) if that is a real tile"
-                    )
-                try:
-                    body = response.read(self.max_body_bytes + 1)
-                except Urllib3Error as err:
-                    raise _Retry(_describe(err)) from err
-                if len(body) > self.max_body_bytes:
-                    self._count("failures")
-                    raise TileFetchError(
-                        f"GET {redact(url)} sent more than max_body_bytes={self.max_body_bytes} bytes; "
-                        "raise HttpClient(max_body_bytes=...) if that is a real tile"
-                    )
-                encoded = response.headers.get("Content-Encoding", "identity") != "identity"
-                if length is not None and length.isdigit() and not encoded and len(body) != int(length):
-                    raise _Retry(f"truncated body ({len(body)} of {length} bytes)")
-                self._count("bytes", len(body))
+                reuse = False  # an oversized or broken body closes the connection, unread
+                body = self._read_body(response, url, deadline)
+                reuse = True
                 return body
             finally:
-                response.drain_conn()  # a connection goes back to the pool only with nothing left to read
-                response.release_conn()
+                release(response, reuse, deadline)
+        raise self._failed(
+            f"GET {redact(url)} was redirected more than {MAX_REDIRECTS} times; put the final URL in the template"
+        )
+
+    def _send(self, manager: urllib3.PoolManager, url: str, current: str, deadline: Deadline) -> Any:
+        try:
+            return manager.request("GET", current, preload_content=False, redirect=False)
+        except LocationValueError as err:  # its text quotes the URL: redacted, and not kept as the cause
+            raise self._failed(
+                f"GET {redact(current)}: not a valid URL ({redact(str(err))}); check the template"
+            ) from None
+        except WIRE_ERRORS as err:
+            raise self._lost(err, deadline) from None
+
+    def _redirect(self, url: str, current: str, status: int, location: str | None) -> str:
+        """The URL a redirect from ``current`` leads to, when it stays on the same scheme, host and port."""
+        if not location:
+            raise self._failed(f"GET {redact(url)} answered HTTP {status} {phrase(status)} with no Location to follow")
+        target = urljoin(current, location)
+        refusal = redirect_refusal(current, target)
+        if refusal is not None:
+            raise self._failed(
+                f"GET {redact(url)} was redirected (HTTP {status}) to {redact(target)}, {refusal}; redirects are "
+                "followed only within one scheme, host and port, so headers and keys stay with their server: "
+                "put the final URL in the template"
+            )
+        return target
+
+    def _read_body(self, response: Any, url: str, deadline: Deadline) -> bytes:
+        length = response.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            raise self._failed(
+                f"GET {redact(url)} has a {length}-byte body, over max_body_bytes={self.max_body_bytes}; "
+                "raise HttpClient(max_body_bytes=...) if that is a real tile"
+            )
+        try:
+            body: bytes = response.read(self.max_body_bytes + 1)
+        except WIRE_ERRORS as err:
+            raise self._lost(err, deadline) from None
+        if deadline.expired:  # the body may look whole yet have been cut by the deadline
+            raise self._lost(None, deadline)
+        if len(body) > self.max_body_bytes:
+            raise self._failed(
+                f"GET {redact(url)} sent more than max_body_bytes={self.max_body_bytes} bytes; "
+                "raise HttpClient(max_body_bytes=...) if that is a real tile"
+            )
+        encoded = response.headers.get("Content-Encoding", "identity") != "identity"
+        if length is not None and length.isdigit() and not encoded and len(body) != int(length):
+            raise _Retry(f"truncated body ({len(body)} of {length} bytes)")
+        self._count("bytes", len(body))
+        return body
+
+    def _failed(self, message: str) -> TileFetchError:
+        """A failure that retrying cannot fix (counted)."""
+        self._count("failures")
+        return TileFetchError(message)
+
+    def _lost(self, err: BaseException | None, deadline: Deadline) -> _Retry:
+        """The attempt failed on the way (connection, timeout, deadline): worth another try."""
+        if deadline.expired:
+            return _Retry(
+                f"no complete answer within deadline={self.deadline:g} s (connecting, redirects and all reads "
+                "of one attempt); raise HttpClient(deadline=...) for a slow server"
+            )
+        return _Retry(redact(describe(err)) if err is not None else "the connection was lost")
 
     # -- reporting and pickling --------------------------------------------------------------------
 
@@ -340,6 +375,7 @@ class HttpClient:
             "max_connections": self.max_connections,
             "connect_timeout": self.connect_timeout,
             "read_timeout": self.read_timeout,
+            "deadline": self.deadline,
             "retries": self.retries,
             "backoff": self.backoff,
             "max_backoff": self.max_backoff,
@@ -362,25 +398,17 @@ class HttpClient:
     def __repr__(self) -> str:
         return (
             f"HttpClient(max_connections={self.max_connections}, connect_timeout={self.connect_timeout}, "
-            f"read_timeout={self.read_timeout}, retries={self.retries}, rate_limit={self.rate_limit})"
+            f"read_timeout={self.read_timeout}, deadline={self.deadline}, retries={self.retries}, "
+            f"rate_limit={self.rate_limit})"
         )
 
 
-def _describe(err: BaseException) -> str:
-    """A short cause for an error message: the exception's kind and text, without pool reprs."""
-    text = str(err)
-    if "Read timed out" in text or type(err).__name__ == "ReadTimeoutError":
-        return "read timed out"
-    if type(err).__name__ == "ConnectTimeoutError":
-        return "connect timed out"
-    if "Connection refused" in text:
-        return "connection refused"
-    short = re.search(r"IncompleteRead\((\d+) bytes read, (\d+) more expected\)", text)
-    if short:
-        return f"truncated body ({short[1]} bytes read, {short[2]} more expected)"
-    if "Failed to resolve" in text or "Name or service not known" in text:
-        return "host name not found"
-    return f"{type(err).__name__}: {text}"
-
-
-__all__ = ["ABSENT_STATUSES", "RETRY_STATUSES", "BodyError", "HttpClient", "redact"]
+__all__ = [
+    "ABSENT_STATUSES",
+    "MAX_REDIRECTS",
+    "REDIRECT_STATUSES",
+    "RETRY_STATUSES",
+    "BodyError",
+    "HttpClient",
+    "redact",
+]
