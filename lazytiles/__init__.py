@@ -30,6 +30,7 @@ from .sources.xyz import XYZSource
 from .sources.http import HttpClient
 from .detections import Detections
 from .detection.sequence import DetectionSequence, Preprocess, detect
+from .merging.rule import MergeRule
 from .merging.streaming import merge
 from .runs.run import Run, detect_region, open_run
 from .prefetching.sequence import Prefetched, prefetch
@@ -54,6 +55,7 @@ __all__ = [
     "InvalidArgumentError",
     "LazyTilesError",
     "LazyTilesWarning",
+    "MergeRule",
     "MissingDependencyError",
     "ModelOutputError",
     "Prefetched",
