@@ -19,7 +19,8 @@ from apache_beam.utils.shared import Shared
 
 from ..detections import Detections
 from ..errors import CRSError, InvalidArgumentError
-from ..merging.cells import MERGED, RECORD, CellGrid, cell_grid, merged_detections, merged_records, settle_cell, window_records
+from ..merging.cells import MERGED, RECORD, CellGrid, cell_grid, merged_detections, merged_records, settle_cell
+from ..merging.cells import window_records
 from ..merging.rule import MergeRule
 from ..runs.lifecycle import SharedRun, write_output
 from ..runs.recipe import DetectOptions
@@ -210,7 +211,8 @@ class _SettleCells(beam.DoFn):
 
     def process(self, element):
         key, chunks = element
-        out, up = settle_cell(self._grid, self._level, tuple(key), [np.frombuffer(c, RECORD) for c in chunks], self._rule)
+        records = [np.frombuffer(c, RECORD) for c in chunks]
+        out, up = settle_cell(self._grid, self._level, tuple(key), records, self._rule)
         if len(out):
             yield out.tobytes()
         for k2, r2 in up:
@@ -300,7 +302,13 @@ class _WriteOnce(beam.DoFn):
     """Runs once (on a single element) and reads every merged chunk from a side input: the sinks."""
 
     def __init__(
-        self, wins: WindowSequence, geojson: Any, gpkg: Any, *, store: _StoreSink | None = None, as_records: bool = False
+        self,
+        wins: WindowSequence,
+        geojson: Any,
+        gpkg: Any,
+        *,
+        store: _StoreSink | None = None,
+        as_records: bool = False,
     ) -> None:
         src = wins.source
         self._georef = (src.transform, src.crs)

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,9 @@ from ..merging.window_table import WindowTable
 from ..windowing.sequence import WindowSequence
 
 log = logging.getLogger(__name__)
+
+#: What a run hands a batch of windows to before committing it (the Kafka worker: publish, confirm).
+Deliver = Callable[[list[WindowResult]], None]
 
 
 def check_bool(name: str, value: Any) -> None:
@@ -156,7 +159,8 @@ class RunLifecycle:
                         "replace it even with force_new=True (nothing was changed); delete it yourself or choose "
                         "another out= path"
                     )
-                log.info("replacing %s (%s) with a new run", out, "a run store" if kind == "store" else "an unreadable file")
+                what = "a run store" if kind == "store" else "an unreadable file"
+                log.info("replacing %s (%s) with a new run", out, what)
                 return RunStore.create(out, header, replace=True)
             finally:
                 lock.release()  # the new file has its own lock
@@ -185,7 +189,7 @@ class RunLifecycle:
         """The raw detections of the windows done, per window of the run."""
         return self._writer().raw()
 
-    def outcomes(self, dets: DetectionSequence) -> Iterator[tuple[int, Outcome]]:
+    def outcomes(self, dets: DetectionSequence) -> Generator[tuple[int, Outcome], None, None]:
         """``(position, (window index, detections or None, error))`` of each window still to do, in run
         order, from ``dets`` (``lt.detect`` over the run's windows). Closing it stops the pipeline now."""
         todo = self.todo
@@ -196,7 +200,7 @@ class RunLifecycle:
                 yield position, outcome
 
     def recorder(
-        self, *, batch_size: int, commit_interval: float = 0.0, deliver: Callable[[list[WindowResult]], None] | None = None
+        self, *, batch_size: int, commit_interval: float = 0.0, deliver: Deliver | None = None
     ) -> Recorder:
         """A :class:`Recorder` committing outcomes to this run's store."""
         store = self._writer()
@@ -305,7 +309,7 @@ class Recorder:
         *,
         batch_size: int,
         commit_interval: float = 0.0,
-        deliver: Callable[[list[WindowResult]], None] | None = None,
+        deliver: Deliver | None = None,
     ) -> None:
         self._store, self._table = store, table
         self._batch_size, self._interval, self._deliver = batch_size, commit_interval, deliver

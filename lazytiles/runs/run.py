@@ -147,9 +147,8 @@ def _run_windows(run: RunLifecycle, dets: Any, rule: MergeRule, commit_interval:
     stored = run.stored()
     empty = Detections.empty(transform=stored.transform, crs=stored.crs)
     total, todo = len(run.table), len(run.todo)
-    bar = tqdm(
-        total=total, initial=total - todo, unit="win", desc=f"detect -> {run.path.name}", disable=not (progress and todo)
-    )
+    desc, show = f"detect -> {run.path.name}", progress and todo > 0
+    bar = tqdm(total=total, initial=total - todo, unit="win", desc=desc, disable=not show)
     record = run.recorder(batch_size=run.options.batch_size, commit_interval=commit_interval)
     with bar, record, contextlib.closing(run.outcomes(dets)) as outcomes:
         for k in range(total):
@@ -242,7 +241,7 @@ class Run:
         Parameters left out take the values of the run's last merge (``lt.merge``'s defaults before
         one). The result equals ``lt.merge(lt.detect(model, wins), ...)`` with the same parameters.
         """
-        given = {"iou": iou, "method": method, "metric": metric, "class_aware": class_aware, "margin": margin}
+        given: dict[str, Any] = dict(iou=iou, method=method, metric=metric, class_aware=class_aware, margin=margin)
         last = self._store.merge_rule or MergeRule()
         rule = dataclasses.replace(last, **{k: v for k, v in given.items() if v is not None})
         return merge_by_rule(self._store.raw(), rule, progress=progress)

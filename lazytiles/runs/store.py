@@ -81,6 +81,8 @@ from ..merging.window_table import WindowTable
 
 log = logging.getLogger(__name__)
 
+Row = tuple[Any, ...]
+
 _FAILED_AMONG = "SELECT window_index, attempts FROM lazytiles_windows WHERE status = 'failed' AND window_index IN (?)"
 _DONE_AMONG = "SELECT window_index FROM lazytiles_windows WHERE status = 'done' AND window_index IN (?)"
 
@@ -336,7 +338,7 @@ class RunStore:
 
     # -- reading -------------------------------------------------------------------------------------
 
-    def _query(self, sql: str, args: Iterable[Any] = (), *, among: Sequence[int] | None = None) -> list[tuple[Any, ...]]:
+    def _query(self, sql: str, args: Iterable[Any] = (), *, among: Sequence[int] | None = None) -> list[Row]:
         """The rows of ``sql``; with ``among``, its ``IN (?)`` is filled with those values."""
         try:
             with self._db_lock:
