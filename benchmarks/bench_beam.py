@@ -80,8 +80,7 @@ def shuffle(per_window: list[lt.Detections], wins: lt.WindowSequence, cell: floa
     grid = CellGrid.for_area(wins.area, cell=cell, fanin=fanin, margin=1.0)
     rects = wins.pixel_windows()
     items = ((k, rects[k], d) for k, d in enumerate(per_window))
-    options = dict(iou=0.5, method="union", metric="ios", class_aware=True, margin=1.0)
-    return merge_in_cells(items, grid, options)[1]
+    return merge_in_cells(items, grid, lt.MergeRule())[1]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         f"of {len(truth)} objects in {len(wins)} windows of {SIZE} px, overlap {OVERLAP}; method={args.method}"
     )
     merged, t_batch = timed(lt.merge, dets, windows=wins, method=args.method)
-    merger = Merger(wins, method=args.method)
+    merger = Merger(wins, lt.MergeRule(method=args.method))
     held = 0
 
     def stream():

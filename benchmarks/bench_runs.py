@@ -63,9 +63,9 @@ class StoreTimer:
         self.commits = 0
         for name in self.METHODS:
             self._wrap(name)
-        import lazytiles.runs.run
+        import lazytiles.runs.lifecycle
 
-        recipe = lazytiles.runs.run.run_recipe
+        recipe = lazytiles.runs.lifecycle.run_recipe
 
         def timed_recipe(*args: Any, **kwargs: Any) -> Any:
             wall, cpu = time.perf_counter(), time.thread_time()
@@ -75,7 +75,7 @@ class StoreTimer:
                 self.wall += time.perf_counter() - wall
                 self.cpu += time.thread_time() - cpu
 
-        lazytiles.runs.run.run_recipe = timed_recipe
+        lazytiles.runs.lifecycle.run_recipe = timed_recipe
 
     def _wrap(self, name: str) -> None:
         from lazytiles.runs.store import RunStore

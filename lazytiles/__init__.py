@@ -32,6 +32,7 @@ from .sources.http import HttpClient
 from .detections import Detections
 from .detection.preprocess import Preprocess
 from .detection.sequence import DetectionSequence, detect
+from .merging.rule import MergeRule
 from .merging.streaming import merge
 from .runs.run import Run, detect_region, open_run
 from .prefetching.sequence import Prefetched, prefetch
@@ -57,6 +58,7 @@ __all__ = [
     "InvalidArgumentError",
     "LazyTilesError",
     "LazyTilesWarning",
+    "MergeRule",
     "MissingDependencyError",
     "ModelOutputError",
     "Prefetched",

@@ -1,12 +1,13 @@
-"""A durable detection run in its own process, for tests/test_runs.py: killed, resumed, or holding the lock.
+"""A durable detection run in its own process, for tests/runs/test_runs.py: killed, resumed, or holding the lock.
 
-Usage: ``python run_child.py SCENE.tif OUT.gpkg [--kill-at-read K | --signal-at-read K | --block-at-read K]``.
+Usage: ``python run_child.py SCENE.tif OUT.gpkg [--kill-at-read K | --signal-at-read K | --block-at-read K |
+--kill-at-commit N[:after]]``.
 
 The windows come from :class:`HookedSource`, a RasterSource with the same token (so the same run recipe
 as ``lt.open(SCENE.tif)``) that can act on its K-th tile read: SIGKILL its own process, print ``READ K``
 (the test kills it from outside when it sees the line), or print ``BLOCKED`` and wait for a line on
-stdin (the test holds the run's lock meanwhile). A kill inside a commit is asked for with the store's
-``LAZYTILES_TEST_KILL_AT_COMMIT`` environment variable. Prints ``DONE <boxes>`` when the run ends.
+stdin (the test holds the run's lock meanwhile). :func:`kill_at_commit` hooks the run store's commits
+the same way: SIGKILL inside the N-th one. Prints ``DONE <boxes>`` when the run ends.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sqlite3
 import sys
 import threading
 from typing import Any
 
 import lazytiles as lt
 from lazytiles.detection.models import BlobDetector
+from lazytiles.runs.store import RunStore
 
 #: The run every test uses: windows of SIZE px overlapping by OVERLAP, BATCH windows per model call
 #: and per commit.
@@ -54,6 +57,38 @@ class HookedSource(lt.RasterSource):
         return super()._read_tile(key)
 
 
+def kill_at_commit(spec: str) -> None:
+    """SIGKILL this process inside the N-th run-store commit that records windows: just before SQLite
+    runs its COMMIT (``"N"``, the transaction half done), or right after the commit returns (``"N:after"``).
+
+    Wraps :meth:`RunStore.commit`, and traces the statements of every SQLite connection made from now on.
+    """
+    n, _, when = spec.partition(":")
+    at, after = int(n), when == "after"
+    state = {"commits": 0, "armed": False}
+
+    def trace(statement: str) -> None:
+        if state["armed"] and statement == "COMMIT":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        con = real_connect(*args, **kwargs)
+        con.set_trace_callback(trace)
+        return con
+
+    def commit(store: RunStore, results: Any) -> None:
+        state["commits"] += bool(results)
+        hit = bool(results) and state["commits"] == at
+        state["armed"] = hit and not after
+        real_commit(store, results)
+        if hit:  # after (with "before" the process is dead by now)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    real_connect, real_commit = sqlite3.connect, RunStore.commit
+    sqlite3.connect = connect  # type: ignore[assignment]
+    RunStore.commit = commit  # type: ignore[method-assign]
+
+
 def windows(src: lt.TileSource) -> lt.WindowSequence:
     return lt.windows(src, size=SIZE, overlap=OVERLAP)
 
@@ -66,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--kill-at-read", type=int)
     g.add_argument("--signal-at-read", type=int)
     g.add_argument("--block-at-read", type=int)
+    g.add_argument("--kill-at-commit", metavar="N[:after]")
     args = p.parse_args(argv)
+    if args.kill_at_commit:
+        kill_at_commit(args.kill_at_commit)
     action, at = None, 0
     for name in ("kill", "signal", "block"):
         value = getattr(args, f"{name}_at_read")

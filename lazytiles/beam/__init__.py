@@ -36,9 +36,10 @@ Modules
     :mod:`lazytiles.beam.shards` cuts the sequence into shards (:func:`shard_ranges`; no Beam, no I/O);
     :mod:`lazytiles.beam.transforms` has the transforms and their ``DoFn`` classes (:class:`DetectWindows`,
     :class:`MergeDetections`, :class:`WriteDetections`) and the values that travel between them
-    (:class:`WindowDetections`, :class:`DeadLetter`); :mod:`lazytiles.beam.store` opens the run store for
-    one writing worker at a time; :mod:`lazytiles.beam.job` is the whole job (:func:`detect_region`,
-    :func:`to_pipeline_options`, :func:`run_cli`). Import them all from here.
+    (:class:`WindowDetections`, :class:`DeadLetter`); :mod:`lazytiles.beam.job` is the whole job
+    (:func:`detect_region`, :func:`to_pipeline_options`, :func:`run_cli`), on the run lifecycle of
+    :mod:`lazytiles.runs.lifecycle`, whose :class:`~lazytiles.runs.lifecycle.SharedRun` lets one worker
+    at a time write the run store. Import them all from here.
 """
 
 from __future__ import annotations
@@ -54,10 +55,10 @@ except ImportError as _err:
         f"lazytiles.beam needs Apache Beam, which cannot be imported ({_err}); run `pip install lazytiles[beam]`"
     ) from _err
 
+from .job import STORE_WAIT as STORE_WAIT
 from .job import detect_region, run_cli, to_pipeline_options
 from .shards import SHARD_ROWS as SHARD_ROWS  # public constants, kept out of __all__ as before
 from .shards import shard_ranges
-from .store import STORE_WAIT as STORE_WAIT
 from .transforms import (
     DEAD_LETTER,
     DETECTIONS,

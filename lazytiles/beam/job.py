@@ -6,31 +6,30 @@ a previous run finished, so that a run resumes where the last one stopped.
 
 from __future__ import annotations
 
-import contextlib
-import logging
+import dataclasses
 import os
-from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from ..detections import Detections
-from ..errors import CRSError, InvalidArgumentError, RunStoreError
+from ..errors import InvalidArgumentError, RunStoreError
+from ..merging.rule import MergeRule
+from ..runs.lifecycle import RunLifecycle, SharedRun, check_path
+from ..runs.recipe import DetectOptions
+from ..runs.store import RunStore, WindowResult
 from ..windowing.sequence import WindowSequence
 from .shards import _check_shard, shard_ranges
-from .store import _done_among, _locked_store
-from .transforms import DeadLetter, DetectWindows, WindowDetections, _abs, _merge_records, _merge_setup, _WriteOnce
+from .transforms import DeadLetter, DetectWindows, WindowDetections, _merge_records, _StoreSink, _WriteOnce, merge_grid
 
-log = logging.getLogger(__name__)
+#: How long a worker waits for another to finish writing the run store before giving up, seconds.
+STORE_WAIT = 600.0
 
 # -- the run store ---------------------------------------------------------------------------------------
 
 
-def _result_of(item):
-    from ..runs.store import WindowResult
-
+def _result_of(item: WindowDetections | DeadLetter) -> WindowResult:
     if isinstance(item, DeadLetter):
         return WindowResult(item.index, None, item.reason, item.window)
     return WindowResult(item.index, item.detections, None, item.window)
@@ -39,11 +38,11 @@ def _result_of(item):
 class _RecordWindows(beam.DoFn):
     """Commit windows done and failed to the run store, a bundle (or ``flush`` windows) at a time."""
 
-    def __init__(self, path: str, session: int | None, flush: int = 1024) -> None:
-        self._path, self._session, self._flush_at = path, session, flush
+    def __init__(self, run: SharedRun, flush: int = 1024) -> None:
+        self._run, self._flush_at = run, flush
 
     def start_bundle(self) -> None:
-        self._buffer: list[Any] = []
+        self._buffer: list[WindowResult] = []
 
     def process(self, item):
         self._buffer.append(_result_of(item))
@@ -54,11 +53,8 @@ class _RecordWindows(beam.DoFn):
         self._flush()
 
     def _flush(self) -> None:
-        if not self._buffer:
-            return
-        with _locked_store(self._path, self._session) as store:
-            done = _done_among(store, [r.index for r in self._buffer])  # a retried bundle commits nothing twice
-            store.commit([r for r in self._buffer if r.index not in done])
+        if self._buffer:
+            self._run.commit(self._buffer)  # a retried bundle commits nothing twice
         self._buffer = []
 
 
@@ -69,8 +65,6 @@ class _ReadStored(beam.DoFn):
         self._path, self._wins = path, wins
 
     def setup(self) -> None:
-        from ..runs.store import RunStore
-
         self._store = RunStore.read(self._path)
 
     def teardown(self) -> None:
@@ -79,30 +73,10 @@ class _ReadStored(beam.DoFn):
             store.close()
 
     def process(self, shard):
-        from ..runs.tables import RAW_FIELDS, RAW_LAYER, columns
-
         start, stop = _check_shard(shard, len(self._wins))
-        part = self._wins[start:stop]
-        indices = np.asarray(part.indices, dtype=np.int64)
-        rects = part.pixel_windows()
-        rows: list[tuple[Any, ...]] = []
-        for a in range(0, len(indices), 500):
-            chunk = indices[a : a + 500].tolist()
-            rows += self._store._query(
-                f"SELECT {', '.join(RAW_FIELDS)} FROM {RAW_LAYER} WHERE window_index IN ({','.join('?' * len(chunk))}) "
-                "ORDER BY window_index, rank",
-                chunk,
-            )
-        c = columns(rows, RAW_FIELDS)
-        lo = np.searchsorted(c["window_index"], indices, side="left") if len(rows) else np.zeros(len(indices), int)
-        hi = np.searchsorted(c["window_index"], indices, side="right") if len(rows) else np.zeros(len(indices), int)
-        store = self._store
-        for k in range(len(indices)):
-            sl = slice(int(lo[k]), int(hi[k]))
-            boxes = np.stack([c["x0"][sl], c["y0"][sl], c["x1"][sl], c["y1"][sl]], axis=1)
-            d = Detections(boxes, c["score"][sl], c["label"][sl], c["window_index"][sl], partial=c["partial"][sl],
-                           transform=store.transform, crs=store.crs)  # fmt: skip
-            yield WindowDetections(start + k, int(indices[k]), tuple(int(v) for v in rects[k]), d)
+        stored = self._store.raw(slice(start, stop))
+        for k, found in enumerate(stored):
+            yield WindowDetections(start + k, int(stored.windows.indices[k]), stored.windows.rect(k), found)
 
 
 # -- the whole job ---------------------------------------------------------------------------------------
@@ -129,21 +103,13 @@ def detect_region(
     wins: WindowSequence,
     out: str | os.PathLike[str] = "run.gpkg",
     *,
+    detect_options: DetectOptions = DetectOptions(),
+    merge_rule: MergeRule = MergeRule(),
     pipeline_options: Any = None,
     resume: bool = True,
     force_new: bool = False,
     geojson: str | os.PathLike[str] | None = None,
     gpkg: str | os.PathLike[str] | None = None,
-    batch_size: int = 8,
-    device: Any = "cpu",
-    workers: int = 1,
-    preprocess: Any = None,
-    score_threshold: float = 0.0,
-    iou: float = 0.5,
-    method: str = "union",
-    metric: str = "ios",
-    class_aware: bool = True,
-    margin: float = 1.0,
     shard_size: int | None = None,
     cell_size: float | None = None,
     fanin: int = 4,
@@ -163,15 +129,16 @@ def detect_region(
         ``"pkg.module:factory"`` or a TorchScript path (loaded by every worker), or a picklable model.
     wins, out, resume, force_new, geojson
         As in :func:`lazytiles.detect_region`. ``out`` must be reachable by every worker.
+    detect_options
+        How ``lt.detect`` runs on each worker: a :class:`~lazytiles.runs.recipe.DetectOptions` (batch
+        size, device, reader workers, preprocessing, score threshold).
+    merge_rule
+        The :class:`~lazytiles.MergeRule` (default: ``lt.merge``'s).
     pipeline_options
         Beam's options: a list of flags (``["--runner=DataflowRunner", "--project=...", ...]``), a
         dict or a ``PipelineOptions``. Default: the DirectRunner, in this process.
     gpkg
         Also write the merged detections to this GeoPackage (layer ``detections``, source CRS).
-    batch_size, device, workers, preprocess, score_threshold
-        As in :func:`lazytiles.detect`, on each worker.
-    iou, method, metric, class_aware, margin
-        As in :func:`lazytiles.merge`.
     shard_size
         As in :func:`shard_ranges`.
     cell_size, fanin
@@ -201,99 +168,56 @@ def detect_region(
     >>> lt.open_run(out).summary()["done"]
     9
     """
-    from .. import __version__
-    from ..detection.sequence import detect
-    from ..runs.store import RunStore
-    from ..runs.recipe import _window_table, run_recipe
-    from ..runs.run import _check_bool, _open_store, warn_failed
-
-    if not isinstance(wins, WindowSequence):
-        raise InvalidArgumentError(f"wins must be a lazytiles.WindowSequence (made by lt.windows), got {type(wins).__name__}")
-    if not isinstance(out, str | os.PathLike):
-        raise InvalidArgumentError(f"out must be the path of a .gpkg file, got {type(out).__name__} {out!r}")
-    _check_bool("resume", resume)
-    _check_bool("force_new", force_new)
-    for name, value in (("geojson", geojson), ("gpkg", gpkg)):
-        if value is not None and not isinstance(value, str | os.PathLike):
-            raise InvalidArgumentError(f"{name} must be a file path or None, got {value!r}")
-    if geojson is not None and wins.source.crs is None:
-        raise CRSError("geojson= writes lon/lat and needs the source's CRS, but it has none; leave geojson out")
+    # geojson is checked here and written by the worker that writes the merged layer (workers reach `out`)
+    run = RunLifecycle(wins, out, detect_options, resume=resume, force_new=force_new, geojson=geojson)
+    check_path("gpkg", gpkg)
+    if not isinstance(merge_rule, MergeRule):
+        raise InvalidArgumentError(f"merge_rule must be an lt.MergeRule(...), got {merge_rule!r}")
     options = to_pipeline_options(pipeline_options)
-    grid, merge_options = _merge_setup(wins, iou, method, metric, class_aware, margin, cell_size, fanin)
-    merge_params = {k: merge_options[k] for k in ("iou", "method", "metric", "class_aware", "margin")}
-    detector = DetectWindows(wins, model, shard_size=shard_size, batch_size=batch_size, device=device,
-                             workers=workers, preprocess=preprocess, score_threshold=score_threshold)  # fmt: skip
+    grid = merge_grid(wins, merge_rule, cell_size, fanin)
+    detector = DetectWindows(wins, model, shard_size=shard_size, **detect_options.kwargs())
     spec = os.fspath(model) if isinstance(model, str | os.PathLike) else None
-    described = detect(spec or model, wins, device="cpu", progress=False).model  # the recipe needs the model
-    indices, rects = _window_table(wins)
-    if len(np.unique(indices)) != len(indices):
-        raise InvalidArgumentError("wins holds some windows more than once; a run detects each window once")
-    recipe = run_recipe(described, wins, preprocess=preprocess, score_threshold=score_threshold, indices=indices, rects=rects)
-
-    path = Path(out).absolute()
-    store = _open_store(path, recipe, indices, rects, wins, resume=resume, force_new=force_new)
-    try:
-        flags = options.get_all_options(drop_default=True)
-        session = store.begin_session(
-            {"runner": "beam", "beam": {k: str(v) for k, v in flags.items()}, "batch_size": batch_size,
-             "device": str(device), "workers": workers},
-            __version__,
-        )  # fmt: skip
-        done = np.isin(indices, store.done())
-    finally:
-        store.close()  # the workers take the lock for each commit
-    todo_shards = shard_ranges(wins, shard_size, mask=~done)
-    stored_shards = shard_ranges(wins, shard_size, mask=done)
-    log.info("%s: %d of %d windows done; %d to detect in %d shards", path, int(done.sum()), len(indices),
-             int((~done).sum()), len(todo_shards))  # fmt: skip
-
-    status = "finished"
-    try:
+    on_cpu = dataclasses.replace(detect_options, device="cpu")
+    described = on_cpu.detect(spec or model, wins).model  # the recipe needs the model
+    flags = {k: str(v) for k, v in options.get_all_options(drop_default=True).items()}
+    with run.open(described, {"runner": "beam", "beam": flags, **detect_options.session()}):
+        done = run.done
+        shared = run.release(wait=STORE_WAIT)  # the workers take the store's lock for each commit
         with beam.Pipeline(options=options) as p:
-            found = p | "Shards" >> beam.Create(todo_shards) | "Spread shards" >> beam.Reshuffle() | "Detect" >> detector
+            todo = p | "Shards" >> beam.Create(shard_ranges(wins, shard_size, mask=~done))
+            found = todo | "Spread shards" >> beam.Reshuffle() | "Detect" >> detector
             _ = (
                 (found.detections, found.dead_letter)
                 | "Outcomes" >> beam.Flatten()
-                | "Record windows" >> beam.ParDo(_RecordWindows(str(path), session))
+                | "Record windows" >> beam.ParDo(_RecordWindows(shared))
             )
             stored = (
                 p
-                | "Stored shards" >> beam.Create(stored_shards)
+                | "Stored shards" >> beam.Create(shard_ranges(wins, shard_size, mask=done))
                 | "Spread stored" >> beam.Reshuffle()
-                | "Read store" >> beam.ParDo(_ReadStored(str(path), wins))
+                | "Read store" >> beam.ParDo(_ReadStored(shared.path, wins))
             )
-            merged = _merge_records((found.detections, stored) | "All windows" >> beam.Flatten(), grid, merge_options)
-            src = wins.source
-            sink = _WriteOnce(src.transform, src.crs, _abs(geojson), _abs(gpkg), str(path), merge_params, as_records=True)
+            merged = _merge_records((found.detections, stored) | "All windows" >> beam.Flatten(), grid, merge_rule)
+            sink = _WriteOnce(wins, geojson, gpkg, store=_StoreSink(shared, merge_rule), as_records=True)
             _ = p | "Once" >> beam.Create([None]) | "Write" >> beam.ParDo(sink, beam.pvalue.AsIter(merged))
-    except BaseException as err:
-        status = f"stopped: {type(err).__name__}: {err}"[:500]
-        raise
-    finally:
-        with contextlib.suppress(Exception), _locked_store(str(path), session) as store:
-            failed = store.failed()
-            if status == "finished" and failed:
-                status = f"finished; {len(failed)} windows failed"
-            store.end_session(status)
-
-    with contextlib.closing(RunStore.read(path)) as store:
+    with RunStore.read(shared.path) as store:
         result = store.merged()
-        failed = store.failed()
     if result is None:  # pragma: no cover - the job wrote it, or raised
-        raise RunStoreError(f"the job finished but run store {str(path)!r} has no merged detections")
-    warn_failed(failed, len(indices), out)
+        raise RunStoreError(f"the job finished but run store {shared.path!r} has no merged detections")
+    run.warn_failed()
     return result
 
 
 def run_cli(args: Any, wins: WindowSequence) -> Detections:
     """``lazytiles detect ... --runner beam [-- BEAM_OPTIONS]``: :func:`detect_region` with the CLI's arguments."""
-    options = dict(resume=args.resume, force_new=args.force_new, geojson=args.geojson, batch_size=args.batch_size,
-                   device=args.device, workers=args.workers)  # fmt: skip
+    given = {"batch_size": args.batch_size, "device": args.device, "workers": args.workers}
+    run = {"resume": args.resume, "force_new": args.force_new, "geojson": args.geojson}
     return detect_region(
         args.model,
         wins,
         args.out,
+        detect_options=DetectOptions(**{k: v for k, v in given.items() if v is not None}),
         pipeline_options=list(getattr(args, "runner_options", None) or []),
-        **{k: v for k, v in options.items() if v is not None},
+        **{k: v for k, v in run.items() if v is not None},
     )
 

@@ -6,7 +6,7 @@ they apply, and the values that travel between them (:class:`WindowDetections`, 
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -17,13 +17,15 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.utils.shared import Shared
 
-from ..merging.cells import MERGED, RECORD, CellGrid, check_cells, merged_detections, merged_records, settle_cell, window_records
 from ..detections import Detections
-from ..errors import CRSError, InvalidArgumentError, RunStoreError
-from ..merging.streaming import _check_options
+from ..errors import CRSError, InvalidArgumentError
+from ..merging.cells import MERGED, RECORD, CellGrid, cell_grid, merged_detections, merged_records, settle_cell
+from ..merging.cells import window_records
+from ..merging.rule import MergeRule
+from ..runs.lifecycle import SharedRun, write_output
+from ..runs.recipe import DetectOptions
 from ..windowing.sequence import WindowSequence
 from .shards import _check_shard, shard_ranges
-from .store import _locked_store
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +73,19 @@ class _Loaded:
 class _DetectShard(beam.DoFn):
     """Run ``lt.detect`` over each shard ``(start, stop)``; the model is loaded once per worker process."""
 
-    def __init__(self, wins: WindowSequence, model: Any, options: dict[str, Any], shared: Shared) -> None:
+    def __init__(self, wins: WindowSequence, model: Any, options: DetectOptions, shared: Shared) -> None:
         self._wins, self._model, self._options, self._shared = wins, model, options, shared
         self._windows = beam.metrics.Metrics.counter("lazytiles", "windows_done")
         self._failed = beam.metrics.Metrics.counter("lazytiles", "windows_failed")
         self._boxes = beam.metrics.Metrics.counter("lazytiles", "boxes")
 
     def setup(self) -> None:
-        from ..detection.sequence import detect
         from ..detection.models import load_model
 
         model = self._model
         if isinstance(model, str):  # a spec: loaded once per process, shared by its threads
             model = self._shared.acquire(lambda: _Loaded(load_model(self._model)), tag=self._model).model
-        self._dets = detect(model, self._wins, progress=False, **self._options)
+        self._dets = self._options.detect(model, self._wins)
 
     def process(self, shard):  # no annotations: Beam would read them as type hints
         start, stop = _check_shard(shard, len(self._wins))
@@ -156,19 +157,15 @@ class DetectWindows(beam.PTransform):
         score_threshold: float = 0.0,
     ) -> None:
         super().__init__()
-        from ..detection.sequence import detect
-
         if isinstance(model, os.PathLike):
             model = os.fspath(model)
+        options = DetectOptions(batch_size, device, workers, preprocess, score_threshold)
         # checks every argument here, where the job is built; the device is only parsed (see above)
-        detect(model, wins, batch_size=batch_size, device="cpu", workers=workers, preprocess=preprocess,
-               score_threshold=score_threshold, progress=False)  # fmt: skip
+        dataclasses.replace(options, device="cpu").detect(model, wins)
         _parse_device(device)
         if shard_size is not None:
             shard_ranges(wins[:0], shard_size)  # checks shard_size
-        self._wins, self._model, self._shard_size = wins, model, shard_size
-        self._options = dict(batch_size=batch_size, device=device, workers=workers, preprocess=preprocess,
-                             score_threshold=score_threshold)  # fmt: skip
+        self._wins, self._model, self._shard_size, self._options = wins, model, shard_size, options
         self._shared = Shared()
 
     def expand(self, pcoll):
@@ -209,28 +206,27 @@ def _route_window(item, grid):
 class _SettleCells(beam.DoFn):
     UP = "up"
 
-    def __init__(self, grid: CellGrid, level: int, options: dict[str, Any]) -> None:
-        self._grid, self._level, self._options = grid, level, options
+    def __init__(self, grid: CellGrid, level: int, rule: MergeRule) -> None:
+        self._grid, self._level, self._rule = grid, level, rule
 
     def process(self, element):
         key, chunks = element
-        out, up = settle_cell(
-            self._grid, self._level, tuple(key), [np.frombuffer(c, RECORD) for c in chunks], self._options
-        )
+        records = [np.frombuffer(c, RECORD) for c in chunks]
+        out, up = settle_cell(self._grid, self._level, tuple(key), records, self._rule)
         if len(out):
             yield out.tobytes()
         for k2, r2 in up:
             yield beam.pvalue.TaggedOutput(self.UP, (k2, r2.tobytes()))
 
 
-def _merge_records(pcoll: Any, grid: CellGrid, options: dict[str, Any]) -> Any:
+def _merge_records(pcoll: Any, grid: CellGrid, rule: MergeRule) -> Any:
     """PCollection of WindowDetections -> PCollection of merged chunks (``MERGED`` records as bytes)."""
     routed = pcoll | "To cells" >> beam.FlatMap(_route_window, grid)
     merged = []
     for level in range(grid.levels + 1):
         name = "last cell" if level == grid.levels else f"level {level}"
         grouped = routed | f"Group {name}" >> beam.GroupByKey()
-        out = grouped | f"Merge {name}" >> beam.ParDo(_SettleCells(grid, level, options)).with_outputs(
+        out = grouped | f"Merge {name}" >> beam.ParDo(_SettleCells(grid, level, rule)).with_outputs(
             _SettleCells.UP, main="merged"
         )
         merged.append(out.merged)
@@ -252,8 +248,8 @@ class MergeDetections(beam.PTransform):
     ----------
     wins
         The windows the detections come from (for the area, the georeferencing and the default cell).
-    iou, method, metric, class_aware, margin
-        As in :func:`lazytiles.merge`.
+    rule
+        The :class:`~lazytiles.MergeRule` (default: ``lt.merge``'s).
     cell_size
         Side of a level-0 cell in pixels. Default: ``CELL_WINDOWS`` (8) windows.
     fanin
@@ -268,19 +264,10 @@ class MergeDetections(beam.PTransform):
     """
 
     def __init__(
-        self,
-        wins: WindowSequence,
-        *,
-        iou: float = 0.5,
-        method: str = "union",
-        metric: str = "ios",
-        class_aware: bool = True,
-        margin: float = 1.0,
-        cell_size: float | None = None,
-        fanin: int = 4,
+        self, wins: WindowSequence, rule: MergeRule = MergeRule(), *, cell_size: float | None = None, fanin: int = 4
     ) -> None:
         super().__init__()
-        self._grid, self._options = _merge_setup(wins, iou, method, metric, class_aware, margin, cell_size, fanin)
+        self._grid, self._rule = merge_grid(wins, rule, cell_size, fanin), rule
         self._georef = (wins.source.transform, wins.source.crs)
 
     @property
@@ -289,64 +276,62 @@ class MergeDetections(beam.PTransform):
         return self._grid
 
     def expand(self, pcoll):
-        chunks = _merge_records(pcoll, self._grid, self._options)
+        chunks = _merge_records(pcoll, self._grid, self._rule)
         return chunks | "To Detections" >> beam.Map(_to_detections, *self._georef)
 
 
-def _merge_setup(
-    wins: Any, iou: Any, method: Any, metric: Any, class_aware: Any, margin: Any, cell_size: Any, fanin: Any
-) -> tuple[CellGrid, dict[str, Any]]:
+def merge_grid(wins: Any, rule: MergeRule, cell_size: Any, fanin: Any) -> CellGrid:
+    """The cells :class:`MergeDetections` merges ``wins``' detections in, all arguments checked."""
     if not isinstance(wins, WindowSequence):
         raise InvalidArgumentError(f"wins must be a lazytiles.WindowSequence (made by lt.windows), got {type(wins).__name__}")
-    _check_options(iou, method, metric, margin)
-    cell, fan = check_cells(cell_size, fanin, wins.size)
-    options = dict(iou=float(iou), metric=metric, class_aware=bool(class_aware), margin=float(margin), method=method)
-    return CellGrid.for_area(wins.area, cell=cell, fanin=fan, margin=float(margin)), options
+    return cell_grid(wins, rule, cell_size, fanin)
 
 
 # -- sinks -----------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _StoreSink:
+    """Where a job's merged detections go besides files: its run store, with the rule they were merged by."""
+
+    run: SharedRun
+    rule: MergeRule
+
+
 class _WriteOnce(beam.DoFn):
     """Runs once (on a single element) and reads every merged chunk from a side input: the sinks."""
 
-    def __init__(self, transform: Any, crs: Any, geojson: str | None, gpkg: str | None, store: str | None,
-                 params: dict[str, Any] | None, as_records: bool) -> None:  # fmt: skip
-        self._georef = (transform, crs)
-        self._geojson, self._gpkg, self._store, self._params = geojson, gpkg, store, params
-        self._as_records = as_records
+    def __init__(
+        self,
+        wins: WindowSequence,
+        geojson: Any,
+        gpkg: Any,
+        *,
+        store: _StoreSink | None = None,
+        as_records: bool = False,
+    ) -> None:
+        src = wins.source
+        self._georef = (src.transform, src.crs)
+        self._geojson, self._gpkg, self._store, self._as_records = _abs(geojson), _abs(gpkg), store, as_records
 
     def process(self, _, chunks):
         records = (np.frombuffer(c, MERGED) if self._as_records else _detections_records(c) for c in chunks)
         found = merged_detections(records, *self._georef)
         written = []
         if self._store is not None:
-            with _locked_store(self._store) as store:
-                store.write_merged(found, self._params or {})
-            written.append(self._store)
+            self._store.run.write(found, self._store.rule)
+            written.append(self._store.run.path)
         if self._gpkg is not None:
-            _replace(Path(self._gpkg), lambda tmp: found.to_gpkg(tmp))
+            write_output(Path(self._gpkg), found.to_gpkg, "GeoPackage")
             written.append(self._gpkg)
         if self._geojson is not None:
-            _replace(Path(self._geojson), lambda tmp: found.to_geojson(tmp))
+            write_output(Path(self._geojson), found.to_geojson, "GeoJSON")
             written.append(self._geojson)
         yield {"objects": len(found), "written": written}
 
 
 def _detections_records(d: Detections) -> np.ndarray:
     return merged_records(d.boxes, d.scores, d.labels, d.window_index, d.partial)
-
-
-def _replace(path: Path, write: Any) -> None:
-    """Write a file beside ``path`` and move it into place: a retried writer never leaves half a file."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise RunStoreError(f"cannot write {str(path)!r}: {err}") from err
 
 
 class WriteDetections(beam.PTransform):
@@ -376,10 +361,9 @@ class WriteDetections(beam.PTransform):
     def __init__(self, wins: WindowSequence, *, geojson: str | os.PathLike[str] | None = None,
                  gpkg: str | os.PathLike[str] | None = None) -> None:  # fmt: skip
         super().__init__()
-        src = wins.source
-        if geojson is not None and src.crs is None:
+        if geojson is not None and wins.source.crs is None:
             raise CRSError("geojson= writes lon/lat and needs the source's CRS, but it has none; use gpkg= instead")
-        self._fn = _WriteOnce(src.transform, src.crs, _abs(geojson), _abs(gpkg), None, None, as_records=False)
+        self._fn = _WriteOnce(wins, geojson, gpkg)
 
     def expand(self, pcoll):
         return pcoll.pipeline | "Once" >> beam.Create([None]) | "Write" >> beam.ParDo(self._fn, beam.pvalue.AsIter(pcoll))

@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 
 from .grouping import _Boxes, _finish, _settle
+from .rule import MergeRule
 from ..detections import Detections
 from ..errors import InvalidArgumentError
-from .streaming import _check_options
 
 #: A box on its way through the merge: what ``lazytiles.merge`` needs of it, in 93 bytes.
 RECORD = np.dtype(
@@ -192,7 +192,7 @@ def merged_records(boxes: Any, scores: Any, labels: Any, window_index: Any, part
 
 
 def settle_cell(
-    grid: CellGrid, level: int, key: Key, chunks: Iterable[np.ndarray], options: dict[str, Any]
+    grid: CellGrid, level: int, key: Key, chunks: Iterable[np.ndarray], rule: MergeRule
 ) -> tuple[np.ndarray, list[tuple[Key, np.ndarray]]]:
     """Merge the groups complete in one cell; send the others' boxes on from their home cell.
 
@@ -202,8 +202,8 @@ def settle_cell(
         The cell.
     chunks
         :data:`RECORD` arrays: every box whose home or halo is the cell.
-    options
-        ``iou``, ``method``, ``metric``, ``class_aware``, ``margin`` as in :func:`lazytiles.merge`.
+    rule
+        The :class:`~lazytiles.MergeRule`.
 
     Returns
     -------
@@ -216,7 +216,7 @@ def settle_cell(
         return np.empty(0, MERGED), []
     pool = _pool(rec)
     final = grid.inside(pool.boxes, level, key) if level < grid.levels else None
-    out, rest = _settle(pool, options, final)
+    out, rest = _settle(pool, rule, final)
     up: list[tuple[Key, np.ndarray]] = []
     if len(rest):
         hx, hy = grid.home(rest.boxes, level)
@@ -226,7 +226,7 @@ def settle_cell(
 
 
 def merge_in_cells(
-    items: Iterable[tuple[int, Sequence[int], Detections]], grid: CellGrid, options: dict[str, Any]
+    items: Iterable[tuple[int, Sequence[int], Detections]], grid: CellGrid, rule: MergeRule
 ) -> tuple[list[np.ndarray], list[dict[str, int]]]:
     """Every level of the merge, in this process: what :class:`lazytiles.beam.MergeDetections` runs.
 
@@ -244,7 +244,7 @@ def merge_in_cells(
         nxt: dict[Key, list[np.ndarray]] = defaultdict(list)
         done = 0
         for key, chunks in sorted(routed.items()):
-            out, up = settle_cell(grid, level, key, chunks, options)
+            out, up = settle_cell(grid, level, key, chunks, rule)
             merged.append(out)
             done += len(out)
             for k2, r2 in up:
@@ -266,30 +266,15 @@ def merged_detections(chunks: Iterable[np.ndarray], transform: Any, crs: Any) ->
     return _finish(parts, transform, crs)
 
 
-def check_cells(cell_size: Any, fanin: Any, window_size: tuple[int, int]) -> tuple[float, int]:
-    """``(cell_size, fanin)`` checked; ``cell_size`` None becomes :data:`CELL_WINDOWS` windows."""
-    if isinstance(fanin, bool) or not isinstance(fanin, numbers.Integral) or fanin < 2:
-        raise InvalidArgumentError(f"fanin must be an integer >= 2 (cells per side merged into one), got {fanin!r}")
-    if cell_size is None:
-        cell_size = CELL_WINDOWS * max(window_size)
-    if isinstance(cell_size, bool) or not isinstance(cell_size, numbers.Real) or not 0 < cell_size < math.inf:
-        raise InvalidArgumentError(f"cell_size must be a positive number of pixels, got {cell_size!r}")
-    return float(cell_size), int(fanin)
-
-
 def merge_by_cells(
     dets: Sequence[Detections],
     windows: Any,
+    rule: MergeRule = MergeRule(),
     *,
-    iou: float = 0.5,
-    method: str = "union",
-    metric: str = "ios",
-    class_aware: bool = True,
-    margin: float = 1.0,
     cell_size: float | None = None,
     fanin: int = 4,
 ) -> Detections:
-    """``lt.merge(dets, windows=windows)``, computed cell by cell in this process.
+    """``lt.merge(dets, windows=windows)`` by ``rule``, computed cell by cell in this process.
 
     ``dets`` holds one :class:`~lazytiles.Detections` per window of ``windows`` (a
     :class:`~lazytiles.WindowSequence`), in order. The result equals ``lt.merge``'s, exactly.
@@ -303,16 +288,27 @@ def merge_by_cells(
     >>> merge_by_cells([left, right], wins, cell_size=64).boxes
     array([[150.,  10., 260.,  40.]])
     """
-    _check_options(iou, method, metric, margin)
-    cell, fan = check_cells(cell_size, fanin, windows.size)
-    options = dict(iou=float(iou), metric=metric, class_aware=bool(class_aware), margin=float(margin), method=method)
-    grid = CellGrid.for_area(windows.area, cell=cell, fanin=fan, margin=float(margin))
+    grid = cell_grid(windows, rule, cell_size, fanin)
     rects = windows.pixel_windows()
     if len(dets) != len(rects):
         raise InvalidArgumentError(f"dets has {len(dets)} items but windows has {len(rects)}; give one Detections per window")
-    chunks, _ = merge_in_cells(((k, rects[k], d) for k, d in enumerate(dets)), grid, options)
+    chunks, _ = merge_in_cells(((k, rects[k], d) for k, d in enumerate(dets)), grid, rule)
     src = windows.source
     return merged_detections(chunks, src.transform, src.crs)
+
+
+def cell_grid(windows: Any, rule: MergeRule, cell_size: Any, fanin: Any) -> CellGrid:
+    """The cells to merge the detections of ``windows`` (a :class:`~lazytiles.WindowSequence`) in by
+    ``rule``: ``cell_size`` px (None: :data:`CELL_WINDOWS` windows), ``fanin`` cells a side per level."""
+    if not isinstance(rule, MergeRule):
+        raise InvalidArgumentError(f"rule must be an lt.MergeRule(...), got {type(rule).__name__} {rule!r}")
+    if isinstance(fanin, bool) or not isinstance(fanin, numbers.Integral) or fanin < 2:
+        raise InvalidArgumentError(f"fanin must be an integer >= 2 (cells per side merged into one), got {fanin!r}")
+    if cell_size is None:
+        cell_size = CELL_WINDOWS * max(windows.size)
+    if isinstance(cell_size, bool) or not isinstance(cell_size, numbers.Real) or not 0 < cell_size < math.inf:
+        raise InvalidArgumentError(f"cell_size must be a positive number of pixels, got {cell_size!r}")
+    return CellGrid.for_area(windows.area, cell=float(cell_size), fanin=int(fanin), margin=rule.margin)
 
 
 __all__ = [
@@ -320,7 +316,7 @@ __all__ = [
     "MERGED",
     "RECORD",
     "CellGrid",
-    "check_cells",
+    "cell_grid",
     "merge_by_cells",
     "merge_in_cells",
     "merged_detections",

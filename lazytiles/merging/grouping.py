@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .boxes import csr, overlap, overlapping_pairs
+from .rule import MergeRule
 from ..detections import Detections
 
 # -- matching ------------------------------------------------------------------------------------------
@@ -209,13 +210,13 @@ def _resolve(pool: _Boxes, i: np.ndarray, j: np.ndarray, method: str) -> dict[st
     }
 
 
-def _settle(pool: _Boxes, options: dict[str, Any], final: np.ndarray | None) -> tuple[dict[str, np.ndarray], _Boxes]:
-    """Resolve the groups of ``pool`` whose boxes are all in ``final`` (None: all of them).
+def _settle(pool: _Boxes, rule: MergeRule, final: np.ndarray | None) -> tuple[dict[str, np.ndarray], _Boxes]:
+    """Resolve the groups of ``pool`` whose boxes are all in ``final`` (None: all of them), by ``rule``.
 
     Returns the merged boxes of those groups and the boxes still waiting.
     """
-    match = {name: value for name, value in options.items() if name != "method"}
-    i, j = _match_edges(pool.boxes, pool.labels, pool.wrect, pool.widx, **match)
+    i, j = _match_edges(pool.boxes, pool.labels, pool.wrect, pool.widx, iou=rule.iou, metric=rule.metric,
+                        class_aware=rule.class_aware, margin=rule.margin)
     if final is not None:
         comp = _components(len(pool), i, j)
         open_groups = np.zeros(len(pool), bool)
@@ -224,9 +225,9 @@ def _settle(pool: _Boxes, options: dict[str, Any], final: np.ndarray | None) -> 
         if not done.all():
             new_id = np.cumsum(done) - 1
             keep = done[i]  # a group is closed, so an edge is inside the settled part or outside it
-            out = _resolve(pool.take(np.flatnonzero(done)), new_id[i[keep]], new_id[j[keep]], options["method"])
+            out = _resolve(pool.take(np.flatnonzero(done)), new_id[i[keep]], new_id[j[keep]], rule.method)
             return out, pool.take(np.flatnonzero(~done))
-    return _resolve(pool, i, j, options["method"]), _Boxes.empty()
+    return _resolve(pool, i, j, rule.method), _Boxes.empty()
 
 
 # -- the merged boxes ------------------------------------------------------------------------------

@@ -33,50 +33,24 @@ near windows not yet seen. The result equals merging everything at once, exactly
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .grouping import _Boxes, _finish, _settle
-from .window_table import _WindowTable
-from .boxes import METRICS, Metric
+from .rule import MergeRule, Method
+from .window_table import WindowTable
+from .boxes import Metric
 from ..detections import Detections
 from ..errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from ..windowing.sequence import WindowSequence
 
-Method = Literal["union", "nms"]
-METHODS: tuple[str, ...] = ("union", "nms")
 
-
-# -- which boxes may continue past their window ------------------------------------------------------
-
-
-# -- the public function ---------------------------------------------------------------------------
-
-
-def _check_options(iou: Any, method: Any, metric: Any, margin: Any) -> None:
-    if isinstance(iou, bool) or not isinstance(iou, numbers.Real) or not 0 < iou <= 1:
-        raise InvalidArgumentError(f"iou must be a threshold in (0, 1], got {iou!r}")
-    if method not in METHODS:
-        raise InvalidArgumentError(
-            f"method must be 'union' (merge each group into its union box) or 'nms' (keep the best "
-            f"box of each group), got {method!r}"
-        )
-    if metric not in METRICS:
-        raise InvalidArgumentError(
-            f"metric must be 'ios' (intersection over the smaller box) or 'iou' (intersection over "
-            f"union), got {metric!r}"
-        )
-    if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not (0 <= margin < math.inf):
-        raise InvalidArgumentError(f"margin must be a distance >= 0 in pixels, got {margin!r}")
-
-
-def _columns(d: Detections, seq0: int, table: _WindowTable | None) -> _Boxes:
+def _columns(d: Detections, seq0: int, table: WindowTable | None) -> _Boxes:
     n = len(d)
     return _Boxes(
         boxes=d.boxes,
@@ -102,12 +76,12 @@ def _as_detections(item: Any, where: str) -> Detections:
 def merge(
     dets: Detections | Iterable[Detections],
     *,
-    iou: float = 0.5,
-    method: Method = "union",
-    metric: Metric = "ios",
-    class_aware: bool = True,
-    windows: WindowSequence | None = None,
-    margin: float = 1.0,
+    iou: float = MergeRule.iou,
+    method: Method = MergeRule.method,
+    metric: Metric = MergeRule.metric,
+    class_aware: bool = MergeRule.class_aware,
+    windows: WindowSequence | WindowTable | None = None,
+    margin: float = MergeRule.margin,
     progress: bool = True,
 ) -> Detections:
     """Merge boxes from overlapping windows: each object once, whole.
@@ -174,15 +148,25 @@ def merge(
     >>> found.scores
     array([0.9, 0.8], dtype=float32)
     """
-    _check_options(iou, method, metric, margin)
-    options = dict(iou=float(iou), metric=metric, class_aware=bool(class_aware), margin=float(margin), method=method)
+    rule = MergeRule(iou=iou, method=method, metric=metric, class_aware=class_aware, margin=margin)
+    return merge_by_rule(dets, rule, windows=windows, progress=progress)
+
+
+def merge_by_rule(
+    dets: Detections | Iterable[Detections],
+    rule: MergeRule,
+    *,
+    windows: WindowSequence | WindowTable | None = None,
+    progress: bool = True,
+) -> Detections:
+    """:func:`merge` with its options given as one :class:`~lazytiles.MergeRule` (what runs replay with)."""
     if windows is None and not isinstance(dets, Detections):
         windows = getattr(dets, "windows", None)
-    table = None if windows is None else _WindowTable(windows)
+    merger = None if windows is None else Merger(windows, rule)
     lazy = not isinstance(dets, Detections) and isinstance(dets, Sequence)
-    if table is not None and lazy and len(dets) == len(table):  # type: ignore[arg-type]
-        match = {name: value for name, value in options.items() if name != "method"}
-        return _stream(dets, Merger(table, method=method, **match), progress)
+    if merger is not None and lazy and len(dets) == len(merger.table):  # type: ignore[arg-type]
+        return _stream(dets, merger, progress)  # type: ignore[arg-type]
+    table = None if merger is None else merger.table
 
     if isinstance(dets, Detections):
         items = [dets]
@@ -193,7 +177,7 @@ def merge(
     if items:
         transform, crs = items[0].transform, items[0].crs
     pool = _columns(Detections.concat(items), 0, table) if items else _Boxes.empty()
-    return _finish([_settle(pool, options, None)[0]] if len(pool) else [], transform, crs)
+    return _finish([_settle(pool, rule, None)[0]] if len(pool) else [], transform, crs)
 
 
 class Merger:
@@ -202,8 +186,8 @@ class Merger:
     Feed it one :class:`Detections` per window of ``windows``, in order, with :meth:`add`; every
     ``batch`` boxes or so it settles the groups that no window still to come can reach, so it holds
     only the boxes near the windows not yet seen (:attr:`held`). :meth:`result` settles the rest and
-    returns exactly what :func:`merge` would return for all the boxes at once. Options are those of
-    :func:`merge`.
+    returns exactly what :func:`merge` would return for all the boxes at once. ``rule`` is a
+    :class:`~lazytiles.MergeRule` (default: :func:`merge`'s options).
 
     Examples
     --------
@@ -217,33 +201,29 @@ class Merger:
     """
 
     def __init__(
-        self,
-        windows: WindowSequence,
-        *,
-        iou: float = 0.5,
-        method: Method = "union",
-        metric: Metric = "ios",
-        class_aware: bool = True,
-        margin: float = 1.0,
-        batch: int = 4096,
+        self, windows: WindowSequence | WindowTable, rule: MergeRule = MergeRule(), *, batch: int = 4096
     ) -> None:
-        _check_options(iou, method, metric, margin)
+        if not isinstance(rule, MergeRule):
+            raise InvalidArgumentError(f"rule must be an lt.MergeRule(...), got {type(rule).__name__} {rule!r}")
         if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
             raise InvalidArgumentError(f"batch must be a positive number of boxes, got {batch!r}")
-        self._options = dict(
-            iou=float(iou), metric=metric, class_aware=bool(class_aware), margin=float(margin), method=method
-        )
-        self._table = windows if isinstance(windows, _WindowTable) else _WindowTable(windows)
-        src = self._table.source
+        self._rule = rule
+        self._table = WindowTable.of(windows)
+        src = getattr(windows, "source", None)
         self._transform, self._crs = getattr(src, "transform", None), getattr(src, "crs", None)
         self._batch = int(batch)
-        self._reach = float(margin) + 2.0
+        self._reach = rule.margin + 2.0
         self._pending: list[_Boxes] = []
         self._pool = _Boxes.empty()
         self._held = 0  # boxes still waiting after the last settling pass
         self._seq = 0
         self._next = 0  # position of the next window expected
         self._parts: list[dict[str, np.ndarray]] = []
+
+    @property
+    def table(self) -> WindowTable:
+        """The windows, in the order their detections are added."""
+        return self._table
 
     @property
     def held(self) -> int:
@@ -280,7 +260,7 @@ class Merger:
         if self.held >= 2 * self._held + self._batch:  # amortised: each pass works mostly on new boxes
             pool = _Boxes.concat([self._pool, *self._pending])
             self._pending = []
-            out, self._pool = _settle(pool, self._options, pool.settle <= k)
+            out, self._pool = _settle(pool, self._rule, pool.settle <= k)
             self._parts.append(out)
             self._held = len(self._pool)
 
@@ -288,7 +268,7 @@ class Merger:
         """Settle every box still held and return the merged :class:`Detections`."""
         pool = _Boxes.concat([self._pool, *self._pending])
         if len(pool):
-            self._parts.append(_settle(pool, self._options, None)[0])
+            self._parts.append(_settle(pool, self._rule, None)[0])
         self._pool, self._pending, self._held = _Boxes.empty(), [], 0
         return _finish([p for p in self._parts if len(p["boxes"])], self._transform, self._crs)
 
@@ -304,4 +284,4 @@ def _stream(dets: Sequence[Detections], merger: Merger, progress: bool) -> Detec
     return merger.result()
 
 
-__all__ = ["Merger", "merge"]
+__all__ = ["Merger", "merge", "merge_by_rule"]

@@ -1,7 +1,13 @@
-"""Where the windows of a sequence are: their pixel rectangles, looked up by window index."""
+"""Which windows a merge or a run covers, without their source: window indices and pixel rectangles.
+
+:class:`WindowTable` is the one value for it. A run's recipe hashes it, the run store keeps it, the
+merge looks boxes' windows up in it, the Kafka worker and the Beam job take each window's rectangle
+from it.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -10,51 +16,130 @@ import shapely
 from ..errors import InvalidArgumentError
 
 
-class _WindowTable:
-    """Pixel rectangles (x0, y0, x1, y1) of the windows of a sequence, looked up by window index."""
+def _frozen(array: Any, shape: tuple[int, ...]) -> np.ndarray:
+    out = np.array(array, dtype=np.int64).reshape(shape)
+    out.flags.writeable = False
+    return out
 
-    def __init__(self, windows: Any) -> None:
+
+@dataclass(frozen=True, eq=False)
+class WindowTable:
+    """The windows of a sequence, in its order: ``indices`` and their pixel rectangles ``rects``.
+
+    ``indices`` (N,) are the windows' :attr:`lazytiles.Window.index`; ``rects`` (N, 4) their
+    ``col_off, row_off, width, height`` in the source's pixels. Both are read-only int64 arrays. Like a
+    :class:`~lazytiles.WindowSequence`, a table has ``indices`` and :meth:`pixel_windows`, so it goes
+    where the windows do (``lt.merge(dets, windows=table)``).
+
+    Examples
+    --------
+    >>> import numpy as np, lazytiles as lt
+    >>> wins = lt.windows(lt.ArraySource(np.zeros((1, 256, 448), np.uint8)), 256, stride=192)
+    >>> table = WindowTable.of(wins)
+    >>> table.indices, table.rect(1)
+    (array([0, 1]), (192, 0, 256, 256))
+    >>> table[1:].indices
+    array([1])
+    """
+
+    indices: np.ndarray
+    rects: np.ndarray
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "indices", _frozen(self.indices, (-1,)))
+        object.__setattr__(self, "rects", _frozen(self.rects, (-1, 4)))
+        if len(self.indices) != len(self.rects):
+            raise InvalidArgumentError(
+                f"a window table needs one rectangle per index, got {len(self.indices)} indices and "
+                f"{len(self.rects)} rectangles"
+            )
+
+    @classmethod
+    def of(cls, windows: Any) -> WindowTable:
+        """The table of a :class:`~lazytiles.WindowSequence` (or of anything with ``indices`` and
+        ``pixel_windows()``); a table is returned as it is. No I/O."""
+        if isinstance(windows, WindowTable):
+            return windows
         try:
-            indices = np.asarray(windows.indices, dtype=np.int64)
-            pw = np.asarray(windows.pixel_windows(), dtype=np.float64).reshape(-1, 4)
+            return cls(np.asarray(windows.indices), windows.pixel_windows())
         except AttributeError:
             raise InvalidArgumentError(
                 f"windows must be the lt.WindowSequence the detections came from, got {type(windows).__name__}"
             ) from None
-        self.source = getattr(windows, "source", None)
-        self.indices = indices
-        self.rects = np.stack([pw[:, 0], pw[:, 1], pw[:, 0] + pw[:, 2], pw[:, 1] + pw[:, 3]], axis=1)
-        self._sorter = np.argsort(indices, kind="stable")
-        self._sorted = indices[self._sorter]
-        self._tree: shapely.STRtree | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
 
+    def __getitem__(self, positions: slice | np.ndarray) -> WindowTable:
+        """The windows at ``positions`` (a slice or an integer array), as a table."""
+        return WindowTable(self.indices[positions], self.rects[positions])
+
+    def pixel_windows(self) -> np.ndarray:
+        """``(N, 4)`` col_off, row_off, width, height, as :meth:`lazytiles.WindowSequence.pixel_windows`."""
+        return self.rects
+
+    def rect(self, position: int) -> tuple[int, int, int, int]:
+        """``(col_off, row_off, width, height)`` of the window at ``position``, as Python ints."""
+        col, row, width, height = self.rects[position].tolist()
+        return col, row, width, height
+
+    def has_duplicates(self) -> bool:
+        """Whether some window index occurs more than once."""
+        return len(np.unique(self.indices)) != len(self.indices)
+
+    # -- what the merge asks --------------------------------------------------------------------------
+
     def lookup(self, window_index: np.ndarray) -> np.ndarray:
-        """Rectangles of ``window_index`` (NaN rows for -1); an error for an index not in the table."""
+        """Boxes ``(x0, y0, x1, y1)`` of the windows ``window_index`` (NaN rows for -1); an error for an
+        index not in the table."""
         out = np.full((len(window_index), 4), np.nan)
         known = window_index >= 0
         if known.any():
             wi = window_index[known]
-            pos = np.minimum(np.searchsorted(self._sorted, wi), len(self._sorted) - 1)
-            found = (len(self._sorted) > 0) & (self._sorted[pos] == wi)
+            sorter, ordered = self._kept("sorted", self._sorted)
+            pos = np.minimum(np.searchsorted(ordered, wi), len(ordered) - 1)
+            found = (len(ordered) > 0) & (ordered[pos] == wi)
             if not np.all(found):
                 bad = int(wi[~found][0])
                 raise InvalidArgumentError(
                     f"a box has window_index={bad}, which is not one of the {len(self)} windows given; "
                     "pass the windows the detections were made on (windows=wins), or none"
                 )
-            out[known] = self.rects[self._sorter[pos]]
+            out[known] = self._boxes()[sorter[pos]]
         return out
 
     def last_position(self, boxes: np.ndarray, reach: float) -> np.ndarray:
         """For each box, the last sequence position of a window that could hold a box matching it."""
-        if self._tree is None:
-            r = self.rects
-            self._tree = shapely.STRtree(shapely.box(r[:, 0], r[:, 1], r[:, 2], r[:, 3]))
+        tree = self._kept("tree", lambda: shapely.STRtree(shapely.box(*self._boxes().T)))
         g = boxes + np.array([-reach, -reach, reach, reach])
-        bi, wi = self._tree.query(shapely.box(g[:, 0], g[:, 1], g[:, 2], g[:, 3]))
+        bi, wi = tree.query(shapely.box(g[:, 0], g[:, 1], g[:, 2], g[:, 3]))
         last = np.full(len(boxes), -1, np.int64)
         np.maximum.at(last, bi, wi)
         return last
+
+    def _sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        sorter = np.argsort(self.indices, kind="stable")
+        return sorter, self.indices[sorter]
+
+    def _boxes(self) -> np.ndarray:
+        def make() -> np.ndarray:
+            r = self.rects.astype(np.float64)
+            return np.stack([r[:, 0], r[:, 1], r[:, 0] + r[:, 2], r[:, 1] + r[:, 3]], axis=1)
+
+        return self._kept("boxes", make)
+
+    def _kept(self, name: str, make: Any) -> Any:
+        """What ``make()`` returns, made at first use and kept (the table is frozen; its fields never change)."""
+        kept = self.__dict__.setdefault("_made", {})
+        if name not in kept:
+            kept[name] = make()
+        return kept[name]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (WindowTable, (self.indices, self.rects))
+
+    def __repr__(self) -> str:
+        return f"<WindowTable: {len(self)} windows>"
+
+
+__all__ = ["WindowTable"]

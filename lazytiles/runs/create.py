@@ -11,30 +11,15 @@ import os
 import sqlite3
 import uuid
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-from affine import Affine
-from rasterio.crs import CRS
 
 from .lock import FileLock
-from .tables import create_tables
+from .tables import StoreHeader, create_tables
 from ..errors import RunStoreError
 
 
-def build_store(
-    path: Path,
-    recipe: dict[str, Any],
-    *,
-    indices: np.ndarray,
-    rects: np.ndarray,
-    transform: Affine,
-    crs: CRS | None,
-    created: str,
-    replace: bool = False,
-) -> FileLock:
-    """Write a new, empty run store to ``path`` (see :func:`~lazytiles.runs.tables.create_tables`) and
-    return the writer's lock on it, taken before the store appeared at ``path``.
+def build_store(path: Path, header: StoreHeader, *, replace: bool = False) -> FileLock:
+    """Write a new, empty run store for ``header`` to ``path`` (see :func:`~lazytiles.runs.tables.create_tables`)
+    and return the writer's lock on it, taken before the store appeared at ``path``.
 
     Built as ``.<name>.<random>.tmp.gpkg`` beside ``path``, in WAL mode, and linked into place when
     complete. ``replace=True`` replaces an existing file (the caller has checked what it is); otherwise
@@ -68,7 +53,7 @@ def build_store(
             con.execute("PRAGMA journal_mode = OFF")
             con.execute("PRAGMA synchronous = OFF")
             con.execute("BEGIN")
-            create_tables(con, recipe, indices=indices, rects=rects, transform=transform, crs=crs, created=created)
+            create_tables(con, header)
             con.execute("COMMIT")
             con.execute("PRAGMA journal_mode = WAL")  # persistent: the run starts in WAL mode
         finally:

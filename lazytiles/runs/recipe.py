@@ -1,22 +1,68 @@
 """A run's recipe: what makes its raw detections what they are, and the check that a resumed run has the same.
 
-:func:`run_recipe` turns a model, windows and preprocessing into flat JSON values, stored once in the run
-store (:mod:`lazytiles.runs.store`) or carried by a Kafka result; :func:`check_recipe` compares a stored recipe
-with a new one and names the first difference, with a hint at what changed.
+:class:`DetectOptions` are the options a run hands to ``lt.detect``; :func:`run_recipe` turns a model,
+windows and those options into flat JSON values, stored once in the run store
+(:mod:`lazytiles.runs.store`) or carried by a Kafka result; :func:`check_recipe` compares a stored
+recipe with a new one and names the first difference, with a hint at what changed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..detection.preprocess import Preprocess
+from ..detection.sequence import DetectionSequence, detect
 from ..errors import RecipeMismatchError
+from ..merging.window_table import WindowTable
 from ..windowing.sequence import WindowSequence
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    """The options a run hands to :func:`lazytiles.detect`, as one value.
+
+    ``preprocess`` and ``score_threshold`` change the detections, so they are part of the run's
+    recipe; ``batch_size``, ``device`` and ``workers`` change only the speed, so each session records
+    them. They are checked by :meth:`detect`, as ``lt.detect`` checks them.
+
+    Examples
+    --------
+    >>> DetectOptions(batch_size=4).session()
+    {'batch_size': 4, 'device': 'cpu', 'workers': 1}
+    """
+
+    batch_size: int = 8
+    device: Any = "cpu"
+    workers: int = 1
+    preprocess: Preprocess | Callable[[Any], Any] | None = None
+    score_threshold: float = 0.0
+
+    @classmethod
+    def of(cls, dets: DetectionSequence) -> DetectOptions:
+        """The options the lazy result of ``lt.detect`` was made with."""
+        given = dets.options
+        return cls(**{f.name: given[f.name] for f in dataclasses.fields(cls)})
+
+    def kwargs(self) -> dict[str, Any]:
+        """The options as keyword arguments of ``lt.detect`` (shallow: ``preprocess`` stays as it is)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def detect(self, model: Any, wins: WindowSequence) -> DetectionSequence:
+        """``lt.detect(model, wins, ...)`` with these options and no progress bar: checks them, runs nothing."""
+        return detect(model, wins, progress=False, **self.kwargs())
+
+    def session(self) -> dict[str, Any]:
+        """What a session records of how it ran: batch size, device, reader workers."""
+        return {"batch_size": self.batch_size, "device": str(self.device), "workers": self.workers}
 
 
 def _source_identity(src: Any) -> str:
@@ -27,14 +73,7 @@ def _source_identity(src: Any) -> str:
     return token
 
 
-def _window_table(wins: WindowSequence) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, pixel windows ``(N, 4)``) of ``wins``, in its order; no I/O."""
-    return np.asarray(wins.indices, dtype=np.int64), np.asarray(wins.pixel_windows(), dtype=np.int64).reshape(-1, 4)
-
-
 def _preprocess_identity(preprocess: Any) -> str:
-    from ..detection.preprocess import Preprocess
-
     if preprocess is None:
         preprocess = Preprocess()
     if isinstance(preprocess, Preprocess):
@@ -46,11 +85,8 @@ def _preprocess_identity(preprocess: Any) -> str:
 def run_recipe(
     model: Any,
     wins: WindowSequence,
-    *,
-    preprocess: Any = None,
-    score_threshold: float = 0.0,
-    indices: np.ndarray | None = None,
-    rects: np.ndarray | None = None,
+    options: DetectOptions = DetectOptions(),
+    table: WindowTable | None = None,
 ) -> dict[str, Any]:
     """What makes a run's raw detections what they are, as flat JSON values: ``{"windows.size": ...}``.
 
@@ -58,16 +94,16 @@ def run_recipe(
     of every window's index and pixel window, which covers bounds, region and edge rule), the model
     (:func:`lazytiles.detection.models.describe_model`), the preprocessing, the score threshold and the
     lazytiles version. Batch size, device and workers are not in it: they change speed, not results.
+    ``table`` is ``wins``' :class:`~lazytiles.merging.window_table.WindowTable`, when made already.
     """
     from .. import __version__
     from ..detection.models import describe_model
 
-    if indices is None or rects is None:
-        indices, rects = _window_table(wins)
+    table = WindowTable.of(wins) if table is None else table
     src = wins.source
     digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(indices, dtype="<i8").tobytes())
-    digest.update(np.ascontiguousarray(rects, dtype="<i8").tobytes())
+    digest.update(np.ascontiguousarray(table.indices, dtype="<i8").tobytes())
+    digest.update(np.ascontiguousarray(table.rects, dtype="<i8").tobytes())
     area = wins.area
     recipe: dict[str, Any] = {
         "lazytiles.version": __version__,
@@ -80,14 +116,14 @@ def run_recipe(
         "windows.size": list(wins.size),
         "windows.stride": list(wins.stride),
         "windows.area": [int(area.col_off), int(area.row_off), int(area.width), int(area.height)],
-        "windows.count": len(indices),
+        "windows.count": len(table),
         "windows.sha256": digest.hexdigest(),
     }
     for key, value in describe_model(model).items():
         if key not in ("spec", "file"):  # how the model was named, not what it is
             recipe[f"model.{key}"] = value
-    recipe["preprocess"] = _preprocess_identity(preprocess)
-    recipe["score_threshold"] = float(score_threshold)
+    recipe["preprocess"] = _preprocess_identity(options.preprocess)
+    recipe["score_threshold"] = float(options.score_threshold)
     return json.loads(json.dumps(recipe))
 
 
@@ -125,4 +161,4 @@ def check_recipe(path: Path, stored: dict[str, Any], given: dict[str, Any]) -> N
     )
 
 
-__all__ = ["check_recipe", "run_recipe"]
+__all__ = ["DetectOptions", "check_recipe", "run_recipe"]

@@ -15,83 +15,26 @@ not depend on them, so a resumed run, or :meth:`Run.merge` on a finished one, me
 from __future__ import annotations
 
 import contextlib
-import logging
+import dataclasses
 import math
 import numbers
 import os
-import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .lifecycle import RunLifecycle, check_bool
+from .recipe import DetectOptions
+from .store import RunStore, StoredDetections
 from ..detections import Detections
-from ..errors import CRSError, FailedWindowsWarning, InvalidArgumentError, RunStoreError
-from .store import RunStore, StoredDetections, WindowResult
-from .recipe import _window_table, check_recipe, run_recipe
+from ..errors import InvalidArgumentError
+from ..merging.rule import MergeRule, Method
+from ..merging.boxes import Metric
+from ..merging.streaming import Merger, merge_by_rule
 from ..windowing.sequence import WindowSequence
 
-log = logging.getLogger(__name__)
-
-#: Merge parameters of ``detect_region`` and their defaults (those of ``lt.merge``).
-MERGE_DEFAULTS: dict[str, Any] = {"iou": 0.5, "method": "union", "metric": "ios", "class_aware": True, "margin": 1.0}
-
-
-# -- opening the store ---------------------------------------------------------------------------------
-
-
-def _open_store(
-    out: Path,
-    recipe: dict[str, Any],
-    indices: np.ndarray,
-    rects: np.ndarray,
-    wins: WindowSequence,
-    *,
-    resume: bool,
-    force_new: bool,
-) -> RunStore:
-    src = wins.source
-    if not out.exists():
-        return RunStore.create(out, recipe, indices=indices, rects=rects, transform=src.transform, crs=src.crs)
-    if out.is_dir():
-        raise RunStoreError(f"out={str(out)!r} is a directory; give the path of a .gpkg file to store the run in")
-    if force_new:
-        lock = RunStore.lock(out)  # nobody may be writing what we replace
-        try:
-            kind = RunStore.classify(out)
-            if kind == "other":
-                raise RunStoreError(
-                    f"{str(out)!r} is a GeoPackage or SQLite database that lazytiles did not make; refusing to replace "
-                    "it even with force_new=True (nothing was changed); delete it yourself or choose another out= path"
-                )
-            log.info("replacing %s (%s) with a new run", out, "a run store" if kind == "store" else "an unreadable file")
-            return RunStore.create(
-                out, recipe, indices=indices, rects=rects, transform=src.transform, crs=src.crs, replace=True
-            )
-        finally:
-            lock.release()  # the new file has its own lock
-    if not resume:
-        raise RunStoreError(
-            f"{str(out)!r} already exists; pass resume=True (CLI: --resume) to continue the run stored there, "
-            "force_new=True (CLI: --force-new) to replace it, or choose another out= path (nothing was changed)"
-        )
-    store = RunStore.resume(out)
-    try:
-        check_recipe(out, store.recipe, recipe)
-    except BaseException:
-        store.close()
-        raise
-    store.start_writing()
-    return store
-
-
 # -- detect_region -------------------------------------------------------------------------------------
-
-
-def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise InvalidArgumentError(f"{name} must be True or False, got {value!r}")
 
 
 def detect_region(
@@ -107,11 +50,11 @@ def detect_region(
     workers: int = 1,
     preprocess: Any = None,
     score_threshold: float = 0.0,
-    iou: float = MERGE_DEFAULTS["iou"],
-    method: str = MERGE_DEFAULTS["method"],
-    metric: str = MERGE_DEFAULTS["metric"],
-    class_aware: bool = MERGE_DEFAULTS["class_aware"],
-    margin: float = MERGE_DEFAULTS["margin"],
+    iou: float = MergeRule.iou,
+    method: Method = MergeRule.method,
+    metric: Metric = MergeRule.metric,
+    class_aware: bool = MergeRule.class_aware,
+    margin: float = MergeRule.margin,
     commit_interval: float = 1.0,
     progress: bool = True,
 ) -> Detections:
@@ -178,157 +121,45 @@ def detect_region(
     >>> lt.open_run(tmp / "run.gpkg").summary()["done"]
     9
     """
-    from .. import __version__
-    from ..detection.sequence import detect
-    from ..merging.streaming import _check_options
-
-    if not isinstance(wins, WindowSequence):
-        raise InvalidArgumentError(
-            f"wins must be a lazytiles.WindowSequence (made by lt.windows), got {type(wins).__name__}"
-        )
-    if not isinstance(out, str | os.PathLike):
-        raise InvalidArgumentError(f"out must be the path of a .gpkg file, got {type(out).__name__} {out!r}")
-    _check_bool("resume", resume)
-    _check_bool("force_new", force_new)
-    _check_bool("progress", progress)
-    if geojson is not None and not isinstance(geojson, str | os.PathLike):
-        raise InvalidArgumentError(f"geojson must be a file path or None, got {geojson!r}")
-    if geojson is not None and wins.source.crs is None:
-        raise CRSError(
-            "geojson= writes lon/lat and needs the source's CRS, but it has none; leave geojson out, or give "
-            "the source a crs"
-        )
+    options = DetectOptions(batch_size, device, workers, preprocess, score_threshold)
+    run = RunLifecycle(wins, out, options, resume=resume, force_new=force_new, geojson=geojson)
+    check_bool("progress", progress)
     if isinstance(commit_interval, bool) or not isinstance(commit_interval, numbers.Real) or not (
         0 <= commit_interval < math.inf
     ):
         raise InvalidArgumentError(f"commit_interval must be a number of seconds >= 0, got {commit_interval!r}")
-    _check_options(iou, method, metric, margin)
-    merge_params = {"iou": float(iou), "method": method, "metric": metric, "class_aware": bool(class_aware), "margin": float(margin)}
-    # checks the detection arguments; runs nothing
-    dets = detect(
-        model, wins, batch_size=batch_size, device=device, workers=workers, preprocess=preprocess,
-        score_threshold=score_threshold, progress=False,
-    )  # fmt: skip
-    indices, rects = _window_table(wins)
-    if len(np.unique(indices)) != len(indices):
-        raise InvalidArgumentError("wins holds some windows more than once; a run detects each window once")
-    recipe = run_recipe(
-        dets.model, wins, preprocess=preprocess, score_threshold=score_threshold, indices=indices, rects=rects
-    )
-
-    out = Path(out)
-    store = _open_store(out, recipe, indices, rects, wins, resume=resume, force_new=force_new)
-    try:
-        store.begin_session({"batch_size": batch_size, "device": str(device), "workers": workers}, __version__)
-        stored = store.raw()
-        done = np.isin(indices, store.done())
-        if done.any():
-            retry = len(set(store.failed()) & set(indices[~done].tolist()))
-            log.info("%s: %d of %d windows done; running %d (%d failed before)", out, int(done.sum()),
-                     len(indices), int((~done).sum()), retry)  # fmt: skip
-        found = _run_windows(dets, stored, done, store, merge_params, commit_interval, batch_size, progress, out)
-        store.write_merged(found, merge_params)
-        failed = store.failed()
-        store.end_session("finished" if not failed else f"finished; {len(failed)} windows failed")
-    except BaseException as err:
-        with contextlib.suppress(Exception):
-            store.end_session(f"stopped: {type(err).__name__}: {err}"[:500])
-        raise
-    finally:
-        store.close()
-
-    if geojson is not None:
-        _write_geojson(found, Path(geojson))
-    warn_failed(failed, len(indices), out)
+    rule = MergeRule(iou=iou, method=method, metric=metric, class_aware=class_aware, margin=margin)
+    dets = options.detect(model, wins)  # checks the detection arguments; runs nothing
+    with run.open(dets.model, options.session()):
+        found = _run_windows(run, dets, rule, commit_interval, progress)
+        run.write(found, rule)
+    run.warn_failed()
     return found
 
 
-def warn_failed(failed: dict[int, tuple[str, int]], total: int, out: Any) -> None:
-    """Issue a :class:`FailedWindowsWarning` naming the first of ``failed`` windows, if any, and the fix."""
-    if not failed:
-        return
-    first, (reason, attempts) = next(iter(failed.items()))
-    warnings.warn(
-        FailedWindowsWarning(
-            f"{len(failed)} of {total} windows could not be read and are left out of the result "
-            f"(window {first}, {attempts} attempt{'s' * (attempts > 1)}: {reason}); run again with "
-            f"resume=True (CLI: --resume) to retry them; lt.open_run({str(out)!r}).failed lists them"
-        ),
-        stacklevel=3,
-    )
-
-
-def _run_windows(
-    dets: Any,
-    stored: StoredDetections,
-    done: np.ndarray,
-    store: RunStore,
-    merge_params: dict[str, Any],
-    commit_interval: float,
-    batch_size: int,
-    progress: bool,
-    out: Path,
-) -> Detections:
-    """Run the windows not ``done``, committing their outcomes in batches, and merge every window as
-    it comes, in run order: stored windows from ``stored``, the others from the model. Returns the
+def _run_windows(run: RunLifecycle, dets: Any, rule: MergeRule, commit_interval: float, progress: bool) -> Detections:
+    """Run the windows still to do, committing their outcomes in batches, and merge every window as
+    it comes, in run order: stored windows from the store, the others from the model. Returns the
     merged detections (what merging the finished store gives, without reading it back)."""
     from tqdm.auto import tqdm
 
-    from ..merging.streaming import Merger
-
-    merger = Merger(stored.windows, **merge_params)
-    indices, rects = stored.windows.indices, stored.windows.pixel_windows()
-    todo = np.flatnonzero(~done)
+    merger = Merger(run.table, rule)
+    stored = run.stored()
     empty = Detections.empty(transform=stored.transform, crs=stored.crs)
-    buffer: list[WindowResult] = []
-    last = time.monotonic()
-    total = len(indices)
-    bar = tqdm(
-        total=total, initial=total - len(todo), unit="win", desc=f"detect -> {out.name}", disable=not (progress and len(todo))
-    )  # fmt: skip
-    stream = dets[todo].outcomes() if len(todo) else iter(())
-    try:
+    total, todo = len(run.table), len(run.todo)
+    desc, show = f"detect -> {run.path.name}", progress and todo > 0
+    bar = tqdm(total=total, initial=total - todo, unit="win", desc=desc, disable=not show)
+    record = run.recorder(batch_size=run.options.batch_size, commit_interval=commit_interval)
+    with bar, record, contextlib.closing(run.outcomes(dets)) as outcomes:
         for k in range(total):
-            if done[k]:
+            if run.done[k]:
                 merger.add(stored[k])
                 continue
-            index, found, error = next(stream)
-            if index != indices[k]:  # pragma: no cover - lt.detect yields windows in order
-                raise RuntimeError(f"lt.detect yielded window {index} where window {indices[k]} was due")
-            buffer.append(WindowResult(index, found, error, tuple(rects[k].tolist())))
-            merger.add(empty if found is None else found)
-            if len(buffer) >= batch_size and time.monotonic() - last >= commit_interval:
-                store.commit(buffer)
-                buffer, last = [], time.monotonic()
+            position, outcome = next(outcomes)
+            record.add(position, outcome)
+            merger.add(empty if outcome[1] is None else outcome[1])
             bar.update(1)
-    except BaseException:
-        if hasattr(stream, "close"):
-            stream.close()  # stops the pipeline's threads now
-        if buffer:
-            with contextlib.suppress(Exception):  # what finished before the error is still good
-                store.commit(buffer)
-        raise
-    finally:
-        bar.close()
-    store.commit(buffer)
     return merger.result()
-
-
-def _merge(stored: StoredDetections, params: dict[str, Any], progress: bool) -> Detections:
-    from ..merging.streaming import merge
-
-    return merge(stored, windows=stored.windows, progress=progress, **params)
-
-
-def _write_geojson(found: Detections, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        found.to_geojson(tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise RunStoreError(f"cannot write GeoJSON {str(path)!r}: {err} (the run store is complete)") from err
 
 
 # -- open_run ------------------------------------------------------------------------------------------
@@ -410,13 +241,10 @@ class Run:
         Parameters left out take the values of the run's last merge (``lt.merge``'s defaults before
         one). The result equals ``lt.merge(lt.detect(model, wins), ...)`` with the same parameters.
         """
-        from ..merging.streaming import _check_options
-
-        params = dict(self._store.merge_params or MERGE_DEFAULTS)
-        given = {"iou": iou, "method": method, "metric": metric, "class_aware": class_aware, "margin": margin}
-        params.update({k: v for k, v in given.items() if v is not None})
-        _check_options(params["iou"], params["method"], params["metric"], params["margin"])
-        return _merge(self._store.raw(), params, progress)
+        given: dict[str, Any] = dict(iou=iou, method=method, metric=metric, class_aware=class_aware, margin=margin)
+        last = self._store.merge_rule or MergeRule()
+        rule = dataclasses.replace(last, **{k: v for k, v in given.items() if v is not None})
+        return merge_by_rule(self._store.raw(), rule, progress=progress)
 
     def summary(self) -> dict[str, Any]:
         """Progress and outcome: window counts, failed windows with reasons, merge state, sessions.
@@ -516,4 +344,4 @@ def open_run(path: str | os.PathLike[str]) -> Run:
     return Run(path)
 
 
-__all__ = ["Run", "check_recipe", "detect_region", "open_run", "run_recipe"]
+__all__ = ["Run", "detect_region", "open_run"]

@@ -41,13 +41,12 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,8 @@ import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
 
-from .lock import FileLock, LockHeldError
+from .files import connect, lock_store, select_among, store_error, verify
+from .lock import FileLock
 from .gpkg import set_extent
 from .create import build_store
 from .tables import (
@@ -66,25 +66,25 @@ from .tables import (
     RAW_FIELDS,
     RAW_LAYER,
     STORE_SCHEMA,
+    StoreHeader,
     columns,
     merged_rows,
+    now,
     raw_rows,
     unpack,
 )
-from .stored import RunWindows, StoredDetections
+from .stored import StoredDetections
 from ..detections import Detections
 from ..errors import RunLockedError, RunStoreError
+from ..merging.rule import MergeRule
+from ..merging.window_table import WindowTable
 
 log = logging.getLogger(__name__)
 
-#: Test hook: ``"N"`` or ``"N:after"`` SIGKILLs the writing process inside its N-th commit (before
-#: COMMIT, or right after it with ``:after``). Read when a store opens for writing; never set it
-#: outside tests.
-KILL_HOOK_ENV = "LAZYTILES_TEST_KILL_AT_COMMIT"
+Row = tuple[Any, ...]
 
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+_FAILED_AMONG = "SELECT window_index, attempts FROM lazytiles_windows WHERE status = 'failed' AND window_index IN (?)"
+_DONE_AMONG = "SELECT window_index FROM lazytiles_windows WHERE status = 'done' AND window_index IN (?)"
 
 
 @dataclass(frozen=True)
@@ -97,21 +97,6 @@ class WindowResult:
     window: tuple[int, int, int, int] | None = None  # col_off, row_off, width, height
 
 
-def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
-    uri = Path(path).absolute().as_uri() + ("?mode=ro" if readonly else "?mode=rw")
-    con = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-    con.execute("PRAGMA busy_timeout = 10000")
-    return con
-
-
-def _store_error(path: Path, err: BaseException, doing: str) -> RunStoreError:
-    return RunStoreError(
-        f"run store {str(path)!r} could not be {doing}: {err}. It may be damaged or only partly written "
-        "(nothing was changed); move it away and start again, or pass force_new=True (CLI: --force-new) "
-        "to replace it with a new run"
-    )
-
-
 class RunStore:
     """One run store file, open for reading or (locked) for writing. Made by :meth:`create`,
     :meth:`resume` and :meth:`read`; :func:`lazytiles.open_run` wraps a read-only one."""
@@ -122,20 +107,15 @@ class RunStore:
         self._lock = lock
         self._writing = False
         self._db_lock = threading.Lock()
-        self._commits = 0
-        self._kill_at: tuple[int, str] | None = None
-        if lock is not None and os.environ.get(KILL_HOOK_ENV):
-            n, _, when = os.environ[KILL_HOOK_ENV].partition(":")
-            self._kill_at = (int(n), when or "before")
         try:
             values = dict(con.execute("SELECT key, value FROM lazytiles_run"))
             schema = json.loads(values["schema"])
         except (sqlite3.Error, KeyError, TypeError, ValueError) as err:
             self._close_quietly()
             if "no such table: lazytiles_run" not in str(err):
-                raise _store_error(path, err, "read as a lazytiles run store") from err
+                raise store_error(path, err, "read as a lazytiles run store") from err
             if path.stat().st_size == 0:
-                raise _store_error(path, RuntimeError("the file is empty"), "read as a lazytiles run store") from None
+                raise store_error(path, RuntimeError("the file is empty"), "read as a lazytiles run store") from None
             raise RunStoreError(
                 f"{str(path)!r} is an SQLite database (a GeoPackage?) but not a lazytiles run store; nothing was "
                 "changed, and force_new=True will not replace it either; choose another out= path"
@@ -148,40 +128,29 @@ class RunStore:
             )
         self.recipe: dict[str, Any] = json.loads(values["recipe"])
         self.created: str = json.loads(values["created"])
-        self.windows = RunWindows(unpack(values["windows"]), unpack(values["pixel_windows"]).reshape(-1, 4))
+        self.windows = WindowTable(unpack(values["windows"]), unpack(values["pixel_windows"]))
         georef = json.loads(values["georef"])
         self.transform = Affine(*georef["transform"])
         self.crs = None if georef["crs"] is None else CRS.from_wkt(georef["crs"])
         self.srs_id = int(georef["srs_id"])
-        self.merge_params: dict[str, Any] | None = json.loads(values.get("merge") or "null")
+        merge = json.loads(values.get("merge") or "null")
+        self.merge_rule = None if merge is None else MergeRule(**merge)
         self.merged_info: dict[str, Any] | None = json.loads(values.get("merged") or "null")
         self._session: int | None = None
 
     # -- opening ---------------------------------------------------------------------------------
 
     @classmethod
-    def create(
-        cls,
-        path: str | os.PathLike[str],
-        recipe: dict[str, Any],
-        *,
-        indices: np.ndarray,
-        rects: np.ndarray,
-        transform: Affine,
-        crs: CRS | None,
-        replace: bool = False,
-    ) -> RunStore:
-        """A new, empty store at ``path`` for the windows ``indices`` (whose pixel windows are ``rects``,
-        ``(N, 4)`` col_off, row_off, width, height), locked for writing.
+    def create(cls, path: str | os.PathLike[str], header: StoreHeader, *, replace: bool = False) -> RunStore:
+        """A new, empty store at ``path`` for ``header`` (the recipe, windows and georeferencing), locked
+        for writing.
 
         Built as ``.<name>.<random>.tmp.gpkg`` beside ``path`` and linked into place when complete, so
         ``path`` never holds a half-made store. ``replace=True`` replaces an existing file (the caller
         has checked what it is); otherwise an existing ``path`` raises :class:`RunStoreError`.
         """
         path = Path(path)
-        lock = build_store(
-            path, recipe, indices=indices, rects=rects, transform=transform, crs=crs, created=_now(), replace=replace
-        )
+        lock = build_store(path, header, replace=replace)
         store = cls._open_locked(path, lock)
         store.start_writing()
         return store
@@ -191,42 +160,44 @@ class RunStore:
         """The existing store at ``path``, locked, checked for damage when ``check``, and unchanged
         until :meth:`start_writing` (call it after checking the recipe)."""
         path = Path(path)
-        lock = cls.lock(path)
+        lock = lock_store(path)
         if check:
             try:
-                con = _connect(path, readonly=True)
-                try:
-                    result = con.execute("PRAGMA quick_check").fetchone()[0]
-                finally:
-                    con.close()
-            except sqlite3.Error as err:
+                verify(path)
+            except BaseException:
                 lock.release()
-                raise _store_error(path, err, "opened") from err
-            if result != "ok":
-                lock.release()
-                raise _store_error(path, RuntimeError(f"SQLite's check says {result!r}"), "verified")
+                raise
         return cls._open_locked(path, lock)
 
     @classmethod
-    def lock(cls, path: Path) -> FileLock:
-        """Take the writer's lock on an existing file, or raise :class:`RunLockedError`."""
-        try:
-            return FileLock(path)
-        except LockHeldError:
-            raise RunLockedError(
-                f"run store {str(path)!r} is being written by another process{_holder(path)}; wait for it to "
-                "finish or stop it, then resume; lt.open_run(path).summary() shows its progress meanwhile"
-            ) from None
-        except PermissionError as err:
-            raise RunStoreError(f"cannot open run store {str(path)!r}: {err.strerror}") from err
+    def join(cls, path: str | os.PathLike[str], session: int | None, *, wait: float) -> RunStore:
+        """The store at ``path``, locked for one short write by one of the processes sharing a run (the
+        workers of a Beam job), waiting up to ``wait`` seconds while another holds the lock.
+
+        Unchecked, and not started for writing (that would mark ``session`` killed); what it commits
+        counts towards ``session``.
+        """
+        deadline = time.monotonic() + wait
+        pause = 0.01
+        while True:
+            try:
+                store = cls.resume(path, check=False)
+                break
+            except RunLockedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(pause)  # another process is committing; a commit takes milliseconds
+                pause = min(0.5, pause * 2)
+        store._session = session
+        return store
 
     @classmethod
     def _open_locked(cls, path: Path, lock: FileLock) -> RunStore:
         try:
-            con = _connect(path, readonly=False)
+            con = connect(path, readonly=False)
         except sqlite3.Error as err:
             lock.release()
-            raise _store_error(path, err, "opened") from err
+            raise store_error(path, err, "opened") from err
         return cls(path, con, lock)
 
     def start_writing(self) -> None:
@@ -246,7 +217,7 @@ class RunStore:
                     f"{self.path.name}-wal and {self.path.name}-shm; check the permissions of the file and its "
                     "directory, or choose a writable directory for out=); nothing was changed"
                 ) from err
-            raise _store_error(self.path, err, "opened for writing") from err
+            raise store_error(self.path, err, "opened for writing") from err
         if mode != "wal":
             log.debug("%s: journal mode %s (WAL not available)", self.path, mode)
         self._writing = True
@@ -261,28 +232,10 @@ class RunStore:
                 f" (its directory {str(path.absolute().parent)!r} does not exist)") + "; check the path"
             )
         try:
-            con = _connect(path, readonly=True)
+            con = connect(path, readonly=True)
         except sqlite3.Error as err:
-            raise _store_error(path, err, "opened") from err
+            raise store_error(path, err, "opened") from err
         return cls(path, con, None)
-
-    @staticmethod
-    def classify(path: Path) -> str:
-        """``"store"``, ``"other"`` (a readable SQLite database that is not a run store) or ``"broken"``."""
-        try:
-            con = _connect(path, readonly=True)
-            try:
-                tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-                if "lazytiles_run" in tables:
-                    return "store"
-                if tables or os.path.getsize(path) > 0:
-                    con.execute("PRAGMA quick_check").fetchone()
-                    return "other" if tables else "broken"
-                return "broken"
-            finally:
-                con.close()
-        except sqlite3.Error:
-            return "broken"
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -292,7 +245,7 @@ class RunStore:
             cur = self._con.execute(
                 "INSERT INTO lazytiles_sessions (started, status, pid, host, lazytiles_version, options) "
                 "VALUES (?, 'running', ?, ?, ?, ?)",
-                (_now(), os.getpid(), socket.gethostname(), version, json.dumps(options, sort_keys=True)),
+                (now(), os.getpid(), socket.gethostname(), version, json.dumps(options, sort_keys=True)),
             )
             self._session = int(cur.lastrowid)
         return self._session
@@ -302,8 +255,22 @@ class RunStore:
             if self._session is not None:
                 self._con.execute(
                     "UPDATE lazytiles_sessions SET ended = ?, status = ? WHERE session = ?",
-                    (_now(), status, self._session),
+                    (now(), status, self._session),
                 )
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, with the store's connection: committed whole, or rolled back on any error."""
+        with self._db_lock:
+            con = self._con
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("ROLLBACK")
+                raise
 
     def commit(self, results: Sequence[WindowResult]) -> None:
         """Record finished and failed windows in one transaction: all of them, or none."""
@@ -314,55 +281,34 @@ class RunStore:
         rows: list[tuple[Any, ...]] = []
         for r in done:
             rows.extend(raw_rows(r.detections, self.transform, self.srs_id))  # type: ignore[arg-type]
-        now, session = _now(), self._session or 0
-        self._commits += 1
+        finished, session = now(), self._session or 0
         try:
-            with self._db_lock:
-                con = self._con
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    indices = [r.index for r in results]
-                    previous = {}
-                    for chunk in range(0, len(indices), 500):
-                        part = indices[chunk : chunk + 500]
-                        previous.update(
-                            con.execute(
-                                f"SELECT window_index, attempts FROM lazytiles_windows WHERE status = 'failed' "
-                                f"AND window_index IN ({','.join('?' * len(part))})",
-                                part,
-                            ).fetchall()
+            with self._transaction() as con:
+                previous = dict(select_among(con, _FAILED_AMONG, [r.index for r in results]))
+                con.executemany("DELETE FROM lazytiles_windows WHERE window_index = ?", [(i,) for i in previous])
+                con.executemany(INSERT_RAW, rows)
+                con.executemany(
+                    "INSERT INTO lazytiles_windows (window_index, status, boxes, attempts, error, col_off, row_off, "
+                    "width, height, session, finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            r.index,
+                            "failed" if r.detections is None else "done",
+                            0 if r.detections is None else len(r.detections),
+                            previous.get(r.index, 0) + 1,
+                            r.error,
+                            *(r.window or (None,) * 4),
+                            session,
+                            finished,
                         )
-                    con.executemany("DELETE FROM lazytiles_windows WHERE window_index = ?", [(i,) for i in previous])
-                    con.executemany(INSERT_RAW, rows)
-                    con.executemany(
-                        "INSERT INTO lazytiles_windows (window_index, status, boxes, attempts, error, col_off, row_off, "
-                        "width, height, session, finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [
-                            (
-                                r.index,
-                                "failed" if r.detections is None else "done",
-                                0 if r.detections is None else len(r.detections),
-                                previous.get(r.index, 0) + 1,
-                                r.error,
-                                *(r.window or (None,) * 4),
-                                session,
-                                now,
-                            )
-                            for r in results
-                        ],
-                    )
-                    con.execute(
-                        "UPDATE lazytiles_sessions SET windows_done = windows_done + ?, "
-                        "windows_failed = windows_failed + ? WHERE session = ?",
-                        (len(done), len(failed), session),
-                    )
-                    self._maybe_die("before")
-                    con.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        con.execute("ROLLBACK")
-                    raise
-                self._maybe_die("after")
+                        for r in results
+                    ],
+                )
+                con.execute(
+                    "UPDATE lazytiles_sessions SET windows_done = windows_done + ?, "
+                    "windows_failed = windows_failed + ? WHERE session = ?",
+                    (len(done), len(failed), session),
+                )
         except sqlite3.IntegrityError as err:
             raise RunStoreError(
                 f"run store {str(self.path)!r} refused windows {[r.index for r in results][:10]}: {err}; a window "
@@ -371,48 +317,44 @@ class RunStore:
         except sqlite3.Error as err:
             raise RunStoreError(f"cannot write to run store {str(self.path)!r}: {err}") from err
 
-    def _maybe_die(self, when: str) -> None:
-        if self._kill_at is not None and self._kill_at == (self._commits, when):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    def write_merged(self, found: Detections, params: dict[str, Any]) -> None:
-        """Replace the ``detections`` layer with ``found`` and record ``params``, in one transaction."""
+    def write_merged(self, found: Detections, rule: MergeRule) -> None:
+        """Replace the ``detections`` layer with ``found``, merged by ``rule``, and record the rule, in one
+        transaction."""
         rows = merged_rows(found, self.transform, self.srs_id)
-        info = {"params": params, "count": len(found), "windows_done": len(self.done()), "written": _now()}
+        params = rule.to_dict()
+        info = {"params": params, "count": len(found), "windows_done": len(self.done()), "written": now()}
         try:
-            with self._db_lock:
-                con = self._con
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    con.execute(f"DELETE FROM {MERGED_LAYER}")
-                    con.executemany(INSERT_MERGED, rows)
-                    set_extent(con, MERGED_LAYER, found.boxes, self.transform)
-                    con.executemany(
-                        "INSERT OR REPLACE INTO lazytiles_run (key, value) VALUES (?, ?)",
-                        [("merge", json.dumps(params)), ("merged", json.dumps(info))],
-                    )
-                    con.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        con.execute("ROLLBACK")
-                    raise
+            with self._transaction() as con:
+                con.execute(f"DELETE FROM {MERGED_LAYER}")
+                con.executemany(INSERT_MERGED, rows)
+                set_extent(con, MERGED_LAYER, found.boxes, self.transform)
+                con.executemany(
+                    "INSERT OR REPLACE INTO lazytiles_run (key, value) VALUES (?, ?)",
+                    [("merge", json.dumps(params)), ("merged", json.dumps(info))],
+                )
         except sqlite3.Error as err:
             raise RunStoreError(f"cannot write merged detections to run store {str(self.path)!r}: {err}") from err
-        self.merge_params, self.merged_info = params, info
+        self.merge_rule, self.merged_info = rule, info
 
     # -- reading -------------------------------------------------------------------------------------
 
-    def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+    def _query(self, sql: str, args: Iterable[Any] = (), *, among: Sequence[int] | None = None) -> list[Row]:
+        """The rows of ``sql``; with ``among``, its ``IN (?)`` is filled with those values."""
         try:
             with self._db_lock:
+                if among is not None:
+                    return select_among(self._con, sql, among)
                 return self._con.execute(sql, tuple(args)).fetchall()
         except sqlite3.Error as err:
-            raise _store_error(self.path, err, "read") from err
+            raise store_error(self.path, err, "read") from err
 
-    def done(self) -> np.ndarray:
-        """Indices of the windows recorded as done, ascending."""
-        rows = self._query("SELECT window_index FROM lazytiles_windows WHERE status = 'done' ORDER BY window_index")
-        return np.array([r[0] for r in rows], dtype=np.int64)
+    def done(self, among: Sequence[int] | None = None) -> np.ndarray:
+        """Indices of the windows recorded as done (of those ``among``, when given), ascending."""
+        if among is None:
+            rows = self._query("SELECT window_index FROM lazytiles_windows WHERE status = 'done' ORDER BY window_index")
+        else:
+            rows = self._query(_DONE_AMONG, among=among)
+        return np.sort(np.array([r[0] for r in rows], dtype=np.int64))
 
     def failed(self) -> dict[int, tuple[str, int]]:
         """``{window index: (reason, attempts)}`` of the windows recorded as failed."""
@@ -425,10 +367,17 @@ class RunStore:
         cols = ("session", "started", "ended", "status", "pid", "host", "lazytiles_version", "windows_done", "windows_failed")
         return [dict(zip(cols, r)) for r in self._query(f"SELECT {', '.join(cols)} FROM lazytiles_sessions ORDER BY session")]
 
-    def raw(self) -> StoredDetections:
-        """The raw detections of every done window, per window, in the run's window order."""
-        rows = self._query(f"SELECT {', '.join(RAW_FIELDS)} FROM {RAW_LAYER} ORDER BY window_index, rank")
-        return StoredDetections(self.windows, columns(rows, RAW_FIELDS), self.transform, self.crs)
+    def raw(self, positions: slice | np.ndarray | None = None) -> StoredDetections:
+        """The raw detections of every done window, per window, in the run's window order; given
+        ``positions`` (in that order: a slice or an integer array), of the windows there only."""
+        select = f"SELECT {', '.join(RAW_FIELDS)} FROM {RAW_LAYER}"
+        if positions is None:
+            windows, rows = self.windows, self._query(f"{select} ORDER BY window_index, rank")
+        else:
+            windows = self.windows[positions]
+            rows = self._query(f"{select} WHERE window_index IN (?)", among=windows.indices.tolist())
+            rows.sort(key=lambda row: (row[0], row[1]))  # window_index, rank, across the chunks queried
+        return StoredDetections(windows, columns(rows, RAW_FIELDS), self.transform, self.crs)
 
     def merged(self) -> Detections | None:
         """The ``detections`` layer as written by the last merge, or None before the first merge."""
@@ -480,19 +429,4 @@ class RunStore:
         self.close()
 
 
-def _holder(path: Path) -> str:
-    """`` (pid N on host, since T)`` of the running session, best effort, for RunLockedError."""
-    try:
-        con = _connect(path, readonly=True)
-        try:
-            row = con.execute(
-                "SELECT pid, host, started FROM lazytiles_sessions WHERE status = 'running' ORDER BY session DESC LIMIT 1"
-            ).fetchone()
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return ""
-    return "" if row is None else f" (pid {row[0]} on {row[1]}, since {row[2]})"
-
-
-__all__ = ["KILL_HOOK_ENV", "MERGED_LAYER", "RAW_LAYER", "RunStore", "RunWindows", "StoredDetections", "WindowResult"]
+__all__ = ["MERGED_LAYER", "RAW_LAYER", "RunStore", "StoredDetections", "WindowResult"]

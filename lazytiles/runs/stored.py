@@ -1,7 +1,7 @@
-"""What a run store holds, read back: the run's windows, and its raw detections as a sequence per window.
+"""What a run store holds, read back: its raw detections as a sequence of one per window.
 
-Both are importable from :mod:`lazytiles.runs.store`; :meth:`lazytiles.runs.store.RunStore.raw` makes them from one query,
-and ``lt.merge`` takes them in place of ``lt.detect(model, wins)``.
+:meth:`lazytiles.runs.store.RunStore.raw` makes a :class:`StoredDetections` from one query, and ``lt.merge``
+takes it in place of ``lt.detect(model, wins)``.
 """
 
 from __future__ import annotations
@@ -13,40 +13,21 @@ import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
 
-from ..windowing.index import select
 from ..detections import Detections
-
-
-class RunWindows:
-    """The windows of a run, without their source: what ``lt.merge(..., windows=)`` needs.
-
-    ``indices`` are the windows' indices in the sequence ``lt.windows`` made, in the run's order;
-    :meth:`pixel_windows` their ``(N, 4)`` col_off, row_off, width, height in the source's pixels.
-    """
-
-    def __init__(self, indices: np.ndarray, rects: np.ndarray) -> None:
-        self.indices = indices
-        self._rects = rects
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def pixel_windows(self) -> np.ndarray:
-        return self._rects
-
-    def __repr__(self) -> str:
-        return f"<RunWindows: {len(self)} windows>"
+from ..merging.window_table import WindowTable
+from ..windowing.index import select
 
 
 class StoredDetections(Sequence[Detections]):
     """Raw detections of a run: one :class:`~lazytiles.Detections` per window of the run, in its order.
 
     A window that is not done (missing or failed) gives an empty ``Detections``. ``windows`` is the
-    run's :class:`RunWindows`, so ``lt.merge(stored)`` merges exactly as ``lt.merge(lt.detect(model,
-    wins))`` does. Every box is held in a few numpy arrays; per-window objects are made on access.
+    run's :class:`~lazytiles.merging.window_table.WindowTable`, so ``lt.merge(stored)`` merges exactly
+    as ``lt.merge(lt.detect(model, wins))`` does. Every box is held in a few numpy arrays; per-window
+    objects are made on access.
     """
 
-    def __init__(self, windows: RunWindows, columns: dict[str, np.ndarray], transform: Affine, crs: CRS | None) -> None:
+    def __init__(self, windows: WindowTable, columns: dict[str, np.ndarray], transform: Affine, crs: CRS | None) -> None:
         self.windows = windows
         self.transform, self.crs = transform, crs
         self._cols = columns
@@ -61,9 +42,7 @@ class StoredDetections(Sequence[Detections]):
         picked = select(range(len(self)), key, what="window")
         if isinstance(picked, int):
             return self._take(np.arange(self._start[picked], self._stop[picked]))
-        idx = np.asarray(picked, dtype=np.int64)
-        sub = RunWindows(self.windows.indices[idx], self.windows.pixel_windows()[idx])
-        return StoredDetections(sub, self._cols, self.transform, self.crs)
+        return StoredDetections(self.windows[np.asarray(picked, dtype=np.int64)], self._cols, self.transform, self.crs)
 
     def __iter__(self) -> Iterator[Detections]:
         for a, b in zip(self._start.tolist(), self._stop.tolist()):
@@ -87,4 +66,4 @@ class StoredDetections(Sequence[Detections]):
         return f"<StoredDetections: {len(self)} windows, {int((self._stop - self._start).sum())} boxes>"
 
 
-__all__ = ["RunWindows", "StoredDetections"]
+__all__ = ["StoredDetections"]

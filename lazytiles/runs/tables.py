@@ -12,6 +12,8 @@ import json
 import sqlite3
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,7 @@ from rasterio.crs import CRS
 
 from .gpkg import create_geopackage, polygon_blobs, register_table
 from ..detections import Detections
+from ..merging.window_table import WindowTable
 
 #: Version of the tables' layout; a store with a higher one was made by a newer lazytiles.
 STORE_SCHEMA = 1
@@ -61,19 +64,28 @@ CREATE INDEX lazytiles_raw_by_window ON raw_detections (window_index, rank);
 """
 
 
-def create_tables(
-    con: sqlite3.Connection,
-    recipe: dict[str, Any],
-    *,
-    indices: np.ndarray,
-    rects: np.ndarray,
-    transform: Affine,
-    crs: CRS | None,
-    created: str,
-) -> None:
-    """Make the empty database behind ``con`` a new run store for the windows ``indices`` (pixel windows
-    ``rects``), inside the caller's transaction: the GeoPackage layers, the lazytiles tables, and the
-    ``lazytiles_run`` rows (layout version, ``recipe``, ``created``, georeferencing, windows)."""
+def now() -> str:
+    """The time now, UTC, to the second, as the store writes it: ``2024-05-01T12:00:00+00:00``."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class StoreHeader:
+    """What a new run store is made with: the run's recipe, its windows, the georeferencing of its
+    layers (the source's ``transform`` and ``crs``) and when it was made."""
+
+    recipe: dict[str, Any]
+    windows: WindowTable
+    transform: Affine
+    crs: CRS | None
+    created: str = field(default_factory=now)
+
+
+def create_tables(con: sqlite3.Connection, header: StoreHeader) -> None:
+    """Make the empty database behind ``con`` a new run store for ``header``, inside the caller's
+    transaction: the GeoPackage layers, the lazytiles tables, and the ``lazytiles_run`` rows (layout
+    version, recipe, creation time, georeferencing, windows)."""
+    transform, crs = header.transform, header.crs
     srs_id = create_geopackage(
         con,
         crs,
@@ -94,11 +106,11 @@ def create_tables(
     georef = {"transform": list(transform)[:6], "crs": None if crs is None else crs.to_wkt(), "srs_id": srs_id}
     rows = {
         "schema": json.dumps(STORE_SCHEMA),
-        "recipe": json.dumps(recipe, sort_keys=True),
-        "created": json.dumps(created),
+        "recipe": json.dumps(header.recipe, sort_keys=True),
+        "created": json.dumps(header.created),
         "georef": json.dumps(georef),
-        "windows": pack(indices),
-        "pixel_windows": pack(rects),
+        "windows": pack(header.windows.indices),
+        "pixel_windows": pack(header.windows.rects),
     }
     con.executemany("INSERT INTO lazytiles_run (key, value) VALUES (?, ?)", rows.items())
 
@@ -150,5 +162,5 @@ def columns(rows: list[tuple[Any, ...]], names: Sequence[str]) -> dict[str, np.n
 
 __all__ = [
     "FIELD_TYPES", "INSERT_MERGED", "INSERT_RAW", "MERGED_FIELDS", "MERGED_LAYER", "RAW_FIELDS", "RAW_LAYER",
-    "STORE_SCHEMA", "columns", "create_tables", "merged_rows", "pack", "raw_rows", "unpack",
+    "STORE_SCHEMA", "StoreHeader", "columns", "create_tables", "merged_rows", "now", "pack", "raw_rows", "unpack",
 ]  # fmt: skip

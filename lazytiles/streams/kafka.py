@@ -258,7 +258,7 @@ class _Payload:
 
 def _payload(obj: Any, merged: bool) -> _Payload:
     from ..detection.sequence import DetectionSequence
-    from ..runs.recipe import run_recipe
+    from ..runs.recipe import DetectOptions, run_recipe
     from ..runs.run import Run, open_run
 
     if isinstance(obj, Detections):
@@ -269,9 +269,8 @@ def _payload(obj: Any, merged: bool) -> _Payload:
             )
         return _Payload("", {"objects": len(obj)}, 0, merged=obj)
     if isinstance(obj, DetectionSequence):
-        wins, opts = obj.windows, obj.options
-        recipe = message_recipe(run_recipe(obj.model, wins, preprocess=opts.get("preprocess"),
-                                           score_threshold=opts.get("score_threshold", 0.0)))  # fmt: skip
+        wins = obj.windows
+        recipe = message_recipe(run_recipe(obj.model, wins, DetectOptions.of(obj)))
         source = wins.source.token
         if merged:
             from ..merging.streaming import merge

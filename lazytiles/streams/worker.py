@@ -9,17 +9,24 @@ for the delivery guarantees and :mod:`lazytiles.streams.messages` for the messag
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import logging
 import os
-import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidArgumentError, SourceOpenError, StreamError
+from ..errors import InvalidArgumentError, RunLockedError, SourceOpenError, StreamError
+from ..merging.rule import MergeRule
+from ..runs.lifecycle import RunLifecycle
+from ..runs.recipe import DetectOptions
+from ..runs.store import WindowResult
+from ..sources import open as open_source
+from ..windowing.sequence import windows
 from .kafka import _confluent, _Sender, _settings, message_recipe
+from .messages import JobError, dead_letter_message, done_message, object_messages, parse_job, window_message
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +135,6 @@ class _Worker:
     def handle(self, msg: Any) -> str:
         """Run one job message: ``"done"``, ``"dead"`` (sent to the dead-letter topic), ``"abandoned"``
         or ``"retry"``."""
-        from ..errors import RunLockedError
-        from .messages import JobError, parse_job
-
         where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
         try:
             job = parse_job(msg.value() or b"")
@@ -154,8 +158,6 @@ class _Worker:
         return "done"
 
     def reject(self, msg: Any, err: BaseException, job_id: str | None = None) -> str:
-        from .messages import dead_letter_message
-
         reason = " ".join(str(err).split()) or type(err).__name__
         log.warning("job %s at %s[%d]@%d goes to %s: %s", repr(job_id) if job_id else "(unreadable)", msg.topic(),
                     msg.partition(), msg.offset(), self.dead_letter, reason)  # fmt: skip
@@ -174,118 +176,55 @@ class _Worker:
         return self.models[spec]
 
     def run_job(self, job: Any) -> None:
-        import numpy as np
-
-        from .. import __version__
-        from ..detection.sequence import detect
-        from ..runs.recipe import run_recipe
-        from ..sources import open as open_source
-        from ..windowing.sequence import windows
-
         model = self.model(job.model)
         src = open_source(job.source, zoom=job.zoom)
         wins = windows(src, job.size, overlap=job.overlap, bounds=job.bounds, bounds_crs=job.bounds_crs,
                        region=job.region, region_crs="EPSG:4326" if job.region else None)  # fmt: skip
-        dets = detect(model, wins, batch_size=job.batch_size, device=self.device, workers=self.workers, progress=False)
-        indices = np.asarray(wins.indices, dtype=np.int64)
-        rects = np.asarray(wins.pixel_windows(), dtype=np.int64).reshape(-1, 4)
-        recipe = run_recipe(model, wins, indices=indices, rects=rects)
-        shared = message_recipe(recipe, job=job.to_dict())
-        store = _job_store(os.path.join(self.workdir, f"{job.slug}.gpkg"), recipe, indices, rects, src)
-        try:
-            store.begin_session({"worker": True, "job": job.id, "device": str(self.device)}, __version__)
-            todo = np.flatnonzero(~np.isin(indices, store.done()))
-            if len(todo) < len(indices):
-                log.info("job %r: %d of %d windows already done", job.id, len(indices) - len(todo), len(indices))
-            if len(todo):
-                self.run_windows(job, shared, dets[todo], dict(zip(indices.tolist(), rects.tolist())), store)
-            failed = self.finish(job, shared, store, len(indices))
-            store.end_session("finished" if not failed else f"finished; {len(failed)} windows failed")
-        except BaseException as err:
-            with contextlib.suppress(Exception):
-                store.end_session(f"stopped: {type(err).__name__}"[:200])
-            raise
-        finally:
-            store.close()
+        options = DetectOptions(batch_size=job.batch_size, device=self.device, workers=self.workers)
+        dets = options.detect(model, wins)
+        run = RunLifecycle(wins, os.path.join(self.workdir, f"{job.slug}.gpkg"), options)
+        with run.open(model, {"worker": True, "job": job.id, "device": str(self.device)}):
+            shared = message_recipe(run.recipe, job=job.to_dict())
+            self.record(job, shared, run, dets)
+            self.finish(job, shared, run, MergeRule())
 
-    def run_windows(self, job: Any, shared: dict[str, Any], dets: Any, rects: dict[int, list[int]], store: Any) -> None:
-        """Stream the windows still to do, recording them batch by batch."""
-        from ..runs.store import WindowResult
+    def record(self, job: Any, shared: dict[str, Any], run: RunLifecycle, dets: Any) -> None:
+        """Stream the windows still to do; each batch is delivered, then committed, then the group served."""
+        with run.recorder(batch_size=job.batch_size, deliver=functools.partial(self.deliver, job, shared)) as record:
+            with contextlib.closing(run.outcomes(dets)) as outcomes:
+                for position, outcome in outcomes:
+                    if record.add(position, outcome):
+                        self.keep_alive()
+            if record.flush():
+                self.keep_alive()
 
-        batch: list[Any] = []
-        stream = dets.outcomes()
-        try:
-            for index, found, error in stream:
-                batch.append(WindowResult(index, found, error, tuple(rects[index])))
-                if len(batch) >= job.batch_size:
-                    self.record(job, shared, store, batch)
-                    batch = []
-            self.record(job, shared, store, batch)
-        finally:
-            stream.close()  # stops and joins the pipeline's threads when abandoning
-
-    def finish(self, job: Any, shared: dict[str, Any], store: Any, windows: int) -> dict[int, str]:
-        """Every window is recorded: merge into the store, publish the objects (``merged``) and the
-        ``done`` message; returns the failed windows. A job none of whose windows could be read fails."""
-        from .messages import done_message, object_messages
-        from ..merging.streaming import merge
-        from ..runs.run import MERGE_DEFAULTS
-
-        failed = {i: reason for i, (reason, _) in store.failed().items()}
-        if failed and len(failed) == windows:
-            first, reason = next(iter(failed.items()))
-            raise SourceOpenError(
-                f"source {job.source!r}: none of the job's {windows} windows could be read (window {first}: "
-                f"{reason}); check that it is reachable, then send the job again (its run store retries them)"
-            )
-        stored = store.raw()
-        found = merge(stored, windows=stored.windows, progress=False, **MERGE_DEFAULTS)
-        store.write_merged(found, dict(MERGE_DEFAULTS))  # so lt.open_run(store).result() has them, as after detect_region
-        if self.merged:
-            for key, value in object_messages(found, run_id=job.id, source=job.source, recipe=shared):
-                self.sender.send(self.results, key, value)
-        key, value = done_message(job.id, windows=windows, failed=failed, objects=len(found) if self.merged else None)
-        self.sender.send(self.results, key, value)
-        self.sender.confirm(f"job {job.id!r}: sending its results to {self.results!r}")
-        return failed
-
-    def record(self, job: Any, shared: dict[str, Any], store: Any, batch: list[Any]) -> None:
-        """Publish a batch of windows, wait for the broker's confirmation, then mark them done."""
-        from .messages import window_message
-
-        if not batch:
-            return
+    def deliver(self, job: Any, shared: dict[str, Any], batch: list[WindowResult]) -> None:
+        """Publish a batch of windows and wait for the broker's confirmation (then they are committed)."""
         for r in batch:
             if r.detections is not None:
                 key, value = window_message(r.detections, run_id=job.id, window_index=r.index, source=job.source,
                                             recipe=shared, window=r.window)  # fmt: skip
                 self.sender.send(self.results, key, value)
         self.sender.confirm(f"job {job.id!r}: sending windows {batch[0].index}..{batch[-1].index} to {self.results!r}")
-        store.commit(batch)  # after the confirmation: a window done is a window delivered
-        self.keep_alive()
 
-
-def _job_store(path: str, recipe: dict[str, Any], indices: Any, rects: Any, src: Any) -> Any:
-    """The job's run store: resumed (same recipe, or :class:`RecipeMismatchError`) or created."""
-    from ..errors import RunLockedError, RunStoreError
-    from ..runs.store import RunStore
-    from ..runs.recipe import check_recipe
-
-    if os.path.exists(path):
-        store = RunStore.resume(path)
-        try:
-            check_recipe(store.path, store.recipe, recipe)
-        except BaseException:
-            store.close()
-            raise
-        store.start_writing()
-        return store
-    try:
-        return RunStore.create(path, recipe, indices=indices, rects=rects, transform=src.transform, crs=src.crs)
-    except RunStoreError as err:
-        if os.path.exists(path):  # another worker made it meanwhile (the job moved during a rebalance)
-            raise RunLockedError(str(err)) from err
-        raise
+    def finish(self, job: Any, shared: dict[str, Any], run: RunLifecycle, rule: MergeRule) -> None:
+        """Every window is recorded: merge into the store, publish the objects (``merged``) and the
+        ``done`` message. A job none of whose windows could be read fails."""
+        failed = {i: reason for i, (reason, _) in run.failed().items()}
+        total = len(run.table)
+        if failed and len(failed) == total:
+            first, reason = next(iter(failed.items()))
+            raise SourceOpenError(
+                f"source {job.source!r}: none of the job's {total} windows could be read (window {first}: "
+                f"{reason}); check that it is reachable, then send the job again (its run store retries them)"
+            )
+        found = run.merge(rule)  # into the store too, so lt.open_run(store).result() has them, as after detect_region
+        if self.merged:
+            for key, value in object_messages(found, run_id=job.id, source=job.source, recipe=shared):
+                self.sender.send(self.results, key, value)
+        key, value = done_message(job.id, windows=total, failed=failed, objects=len(found) if self.merged else None)
+        self.sender.send(self.results, key, value)
+        self.sender.confirm(f"job {job.id!r}: sending its results to {self.results!r}")
 
 
 def worker(

@@ -180,8 +180,7 @@ def test_merging_cell_by_cell_gives_the_local_merge_exactly(local, cell, fanin):
     wins, per_window, merged = local
     grid = CellGrid.for_area(wins.area, cell=cell, fanin=fanin, margin=1.0)
     items = ((k, wins.pixel_windows()[k], d) for k, d in enumerate(per_window))
-    options = dict(iou=0.5, method="union", metric="ios", class_aware=True, margin=1.0)
-    chunks, stats = merge_in_cells(items, grid, options)
+    chunks, stats = merge_in_cells(items, grid, lt.MergeRule())
     assert_same(merged_detections(chunks, merged.transform, merged.crs), merged)
     assert [s["level"] for s in stats] == list(range(grid.levels + 1))
     assert sum(s["merged"] for s in stats) == len(merged)
@@ -235,7 +234,7 @@ def test_merge_by_cells_equals_lt_merge_on_random_boxes(scene, fanin, method, me
     wins, per_window, cell = scene
     opts = dict(iou=thr, method=method, metric=metric, class_aware=class_aware, margin=margin)
     expected = lt.merge(per_window, windows=wins, progress=False, **opts)
-    assert_same(merge_by_cells(per_window, wins, cell_size=cell, fanin=fanin, **opts), expected)
+    assert_same(merge_by_cells(per_window, wins, lt.MergeRule(**opts), cell_size=cell, fanin=fanin), expected)
 
 
 def test_boxes_that_are_not_finite_come_out_as_the_local_merge_gives_them():
@@ -256,8 +255,8 @@ def test_cell_arguments_are_checked(sample):
         lb.MergeDetections(wins, fanin=1)
     with pytest.raises(lt.InvalidArgumentError, match="cell_size must be a positive number of pixels, got -5"):
         lb.MergeDetections(wins, cell_size=-5)
-    with pytest.raises(lt.InvalidArgumentError, match="iou must be a threshold"):
-        lb.MergeDetections(wins, iou=2)
+    with pytest.raises(lt.InvalidArgumentError, match="rule must be an lt.MergeRule"):
+        lb.MergeDetections(wins, {"iou": 0.3})
     assert lb.MergeDetections(wins).grid.cell == 8 * 128
 
 

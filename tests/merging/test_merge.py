@@ -573,7 +573,7 @@ def test_merge_matches_the_brute_force_rule(scene, method, metric, thr, class_aw
     found = lt.merge(dets, windows=wins, **opts)
     assert_same_as_reference(found, reference_merge(dets, rects, **opts))
     per_window = [dets[dets.window_index == k] for k in range(len(wins))]
-    merger = Merger(wins, batch=1, **opts)  # settle after every window
+    merger = Merger(wins, lt.MergeRule(**opts), batch=1)  # settle after every window
     for d in per_window:
         merger.add(d)
     assert merger.result() == found

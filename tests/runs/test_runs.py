@@ -28,7 +28,7 @@ import shapely
 from numpy.testing import assert_array_equal
 
 import lazytiles as lt
-from lazytiles.runs.store import KILL_HOOK_ENV, RunStore
+from lazytiles.runs.store import RunStore
 from lazytiles.detection.models import BlobDetector
 
 import run_child  # the child's model and windows, shared with the tests (tests/ is on sys.path)
@@ -90,8 +90,8 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def child(scene_tif: Path, out: Path, *args: str, env: dict[str, str] | None = None, **popen: object) -> subprocess.Popen:
-    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **(env or {})}
+def child(scene_tif: Path, out: Path, *args: str, **popen: object) -> subprocess.Popen:
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen(
         [sys.executable, str(HERE / "run_child.py"), str(scene_tif), str(out), *args],
         env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen,
@@ -212,7 +212,7 @@ def test_a_kill_inside_a_commit_loses_that_batch_or_nothing_and_resume_completes
     scene_tif: Path, tmp_path: Path, when: str
 ) -> None:
     out = tmp_path / "run.gpkg"
-    rc, stdout, stderr = finish(child(scene_tif, out, env={KILL_HOOK_ENV: f"3:{when}"}))
+    rc, stdout, stderr = finish(child(scene_tif, out, "--kill-at-commit", f"3:{when}"))
     assert rc == -signal.SIGKILL, stderr
     with lt.open_run(out) as r:  # commits 1 and 2 are in; the third is wholly in (after) or wholly out
         assert len(r.done) == (3 if when == "after" else 2) * run_child.BATCH
@@ -238,7 +238,7 @@ def test_several_random_kills_then_resume_equals_an_uninterrupted_run(scene_tif:
     codes = []
     for kind in rng.permutation(["commit", "read", "outside"]):
         if kind == "commit":
-            proc = child(scene_tif, out, env={KILL_HOOK_ENV: f"{rng.integers(1, 5)}:{rng.choice(['before', 'after'])}"})
+            proc = child(scene_tif, out, "--kill-at-commit", f"{rng.integers(1, 5)}:{rng.choice(['before', 'after'])}")
         elif kind == "read":
             proc = child(scene_tif, out, "--kill-at-read", str(rng.integers(1, 37)))
         else:

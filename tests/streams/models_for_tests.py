@@ -1,7 +1,10 @@
-"""Tiny CPU models for the stream tests, importable by worker subprocesses (``PYTHONPATH=tests/kafka``).
+"""Tiny CPU models for the stream tests, importable by worker subprocesses (``PYTHONPATH=tests/streams:tests``).
 
 Also the test scene: bright rectangles whose boxes a :class:`~lazytiles.detection.models.BlobDetector` finds
 exactly, so the expected result of every window is known by hand (:func:`expected_boxes`).
+
+A worker that imports this module with ``LT_TEST_KILL_AT_COMMIT=N[:after]`` set SIGKILLs itself inside its
+N-th run-store commit (:func:`run_child.kill_at_commit`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,11 @@ import threading
 import numpy as np
 
 from lazytiles.detection.models import BlobDetector
+
+if os.environ.get("LT_TEST_KILL_AT_COMMIT"):  # imported by a worker when its first job loads its model
+    from run_child import kill_at_commit  # tests/run_child.py
+
+    kill_at_commit(os.environ["LT_TEST_KILL_AT_COMMIT"])
 
 #: Rectangles (x0, y0, x1, y1, band) in a 256 x 256 scene; several cross the 64-px window seams.
 RECTS = [

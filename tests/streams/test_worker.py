@@ -53,7 +53,7 @@ def start_worker(broker, streams, workdir: Path, log: Path, *extra: str, **env: 
             "--workdir", str(workdir), "--workers", "1", "--timeout", "20", *extra]  # fmt: skip
     for key, value in GROUP.items():
         args += ["--consumer-config", f"{key}={value}"]
-    path = os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")])
+    path = os.pathsep.join([str(HERE), str(HERE.parent), str(REPO), os.environ.get("PYTHONPATH", "")])
     out = open(log, "ab")
     try:
         return subprocess.Popen(args, env={**os.environ, "PYTHONPATH": path, **env}, stdout=out, stderr=subprocess.STDOUT)
@@ -225,12 +225,12 @@ def test_a_killed_worker_leaves_its_job_to_another_that_finishes_it(broker, stre
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_at", ["2", "2:after"])
 def test_a_worker_killed_around_a_store_commit_loses_nothing(broker, streams, tif, tmp_path, kill_at):
-    """Killed inside its 2nd store commit ("2": before COMMIT; "2:after": right after it), by the run
-    store's test hook: every window recorded as done was delivered first, and the next worker's
+    """Killed inside its 2nd store commit ("2": before COMMIT; "2:after": right after it), by the hook
+    models_for_tests installs: every window recorded as done was delivered first, and the next worker's
     retries of delivered windows carry the same bytes."""
     broker.produce(streams.jobs, job("hooked", tif, batch_size=2))
     workdir, log = tmp_path / "work", tmp_path / "worker.log"
-    first = start_worker(broker, streams, workdir, log, LAZYTILES_TEST_KILL_AT_COMMIT=kill_at)
+    first = start_worker(broker, streams, workdir, log, LT_TEST_KILL_AT_COMMIT=kill_at)
     try:
         assert first.wait(60) == -signal.SIGKILL, log.read_text()
     finally:
