@@ -369,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
 
 
-from .streams.worker import run_worker as _run_worker, worker_arguments as _worker_arguments  # noqa: E402 - confluent_kafka is imported lazily inside
+from .streams.command import run_worker as _run_worker, worker_arguments as _worker_arguments  # noqa: E402 - confluent_kafka is imported lazily inside
 
 COMMANDS["worker"] = Command(
     "take region jobs from a Kafka topic, publish each window's detections to another (pip install lazytiles[kafka])",

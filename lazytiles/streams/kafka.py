@@ -32,11 +32,9 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Published",
     "StreamError",
-    "WorkerReport",
     "decode",
     "message_recipe",
     "publish",
-    "worker",
 ]
 
 

@@ -14,23 +14,26 @@ import importlib
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidArgumentError, RunLockedError, SourceOpenError, StreamError
+from ..errors import InvalidArgumentError, LazyTilesError, RunLockedError, SourceOpenError, StreamError
 from ..merging.rule import MergeRule
 from ..runs.lifecycle import RunLifecycle
 from ..runs.recipe import DetectOptions
 from ..runs.store import WindowResult
 from ..sources import open as open_source
+from ..sources.http import redact
 from ..windowing.sequence import windows
+from .guard import Attempts, supervise
 from .kafka import _confluent, _Sender, _settings, message_recipe
 from .messages import JobError, dead_letter_message, done_message, object_messages, parse_job, window_message
+from .policy import JobRefused, Limits, Policy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WorkerReport", "run_worker", "worker", "worker_arguments"]
+__all__ = ["WorkerReport", "worker"]
 
 
 # -- the worker -------------------------------------------------------------------------------------
@@ -71,11 +74,13 @@ class _Group:
 
 class _Worker:
     def __init__(self, consumer: Any, sender: _Sender, *, results: str, dead_letter: str, workdir: str,
-                 device: Any, workers: int, merged: bool, stop: threading.Event) -> None:  # fmt: skip
+                 policy: Policy, attempts: Attempts, device: Any, workers: int, merged: bool,
+                 stop: threading.Event, poll_interval: float) -> None:  # fmt: skip
         self.consumer, self.sender = consumer, sender
         self.results, self.dead_letter = results, dead_letter
         self.workdir, self.device, self.workers, self.merged = workdir, device, workers, merged
-        self.stop = stop
+        self.policy, self.attempts = policy, attempts
+        self.stop, self.poll_interval = stop, poll_interval
         self.group = _Group()
         self.models: dict[str, Any] = {}
 
@@ -119,14 +124,18 @@ class _Worker:
             self.consumer.resume(self.consumer.assignment())
         return report
 
-    def keep_alive(self) -> None:
-        """Between batches: serve rebalances and the poll interval; never start another job."""
+    def serve(self) -> None:
+        """While a job runs (in its own thread): serve rebalances and the poll interval from the
+        consumer's thread; never start another job."""
         msg = self.consumer.poll(0)
         if msg is not None and not msg.error():  # a partition assigned mid-job slipped through: put it back
             ck = _confluent()
             tp = ck.TopicPartition(msg.topic(), msg.partition(), msg.offset())
             self.consumer.seek(tp)
             self.consumer.pause([tp])
+
+    def check(self) -> None:
+        """In the job's thread, between batches: stop if the worker stops or the partition moved."""
         if self.stop.is_set() or self.group.lost:
             raise _Abandon()
 
@@ -135,30 +144,55 @@ class _Worker:
     def handle(self, msg: Any) -> str:
         """Run one job message: ``"done"``, ``"dead"`` (sent to the dead-letter topic), ``"abandoned"``
         or ``"retry"``."""
-        where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+        where = (msg.topic(), msg.partition(), msg.offset())
+        count = self.attempts.start(*where)
         try:
-            job = parse_job(msg.value() or b"")
+            status = self.attempt(msg, count)
+        except StreamError:
+            raise
+        except BaseException as err:  # a failure of the worker's own, e.g. the dead-letter topic refusing
+            log.error("job at %s[%d]@%d: %s", *where, redact(f"{type(err).__name__}: {err}"))
+            raise StreamError(f"the worker could not settle the job at {where[0]}[{where[1]}]@{where[2]}") from err
+        self.attempts.end(*where)
+        return status
+
+    def attempt(self, msg: Any, count: int) -> str:
+        value = msg.value() or b""
+        limits = self.policy.limits
+        if count > self.attempts.max_attempts:
+            return self.reject(msg, JobRefused(
+                f"the job ended its worker's process {count - 1} times (--max-attempts {self.attempts.max_attempts}); "
+                "check its model and size before sending it again"))  # fmt: skip
+        if len(value) > limits.max_job_bytes:
+            return self.reject(msg, JobRefused(
+                f"the job message is {len(value)} bytes, over this worker's limit of {limits.max_job_bytes}; the "
+                f"operator raises it with {Limits.flag('max_job_bytes')}"))  # fmt: skip
+        try:
+            job = parse_job(value)
         except JobError as err:
             return self.reject(msg, err)
-        log.info("job %r (%s): starting", job.id, where)
-        try:
-            self.run_job(job)
-        except _Abandon:
+        log.info("job %r (%s[%d]@%d): starting", job.id, msg.topic(), msg.partition(), msg.offset())
+        outcome = supervise(lambda: self.run_job(job), self.serve, interval=self.poll_interval, stop=self.stop)
+        if outcome is None:
+            log.info("job %r: done", job.id)
+            return "done"
+        err = outcome
+        if isinstance(err, _Abandon):
             log.info("job %r: stopped between batches (%s); it stays on the topic", job.id,
                      "shutting down" if self.stop.is_set() else "its partition moved to another worker")  # fmt: skip
             return "abandoned"
-        except StreamError:
-            raise
-        except RunLockedError as err:
-            log.warning("job %r: %s; trying again shortly", job.id, err)
+        if isinstance(err, StreamError):
+            raise err
+        if isinstance(err, RunLockedError):
+            log.warning("job %r: %s; trying again shortly", job.id, redact(str(err)))
             return "retry"
-        except Exception as err:  # a job that cannot run (bad model, source, recipe...): dead-letter it, go on
-            return self.reject(msg, err, job.id)
-        log.info("job %r: done", job.id)
-        return "done"
+        return self.reject(msg, err, job.id)  # a job that cannot run (model, source, recipe...): a dead letter
 
     def reject(self, msg: Any, err: BaseException, job_id: str | None = None) -> str:
-        reason = " ".join(str(err).split()) or type(err).__name__
+        reason = " ".join(str(err).split())
+        if not isinstance(err, LazyTilesError):  # from job code: say what it was
+            reason = f"{type(err).__name__} raised by the job" + (f": {reason}" if reason else "")
+        reason = redact(reason)[:4096]
         log.warning("job %s at %s[%d]@%d goes to %s: %s", repr(job_id) if job_id else "(unreadable)", msg.topic(),
                     msg.partition(), msg.offset(), self.dead_letter, reason)  # fmt: skip
         key, value = dead_letter_message(reason, type(err).__name__, topic=msg.topic(), partition=msg.partition(),
@@ -176,15 +210,35 @@ class _Worker:
         return self.models[spec]
 
     def run_job(self, job: Any) -> None:
-        model = self.model(job.model)
+        """Check the job against the policy, plan it within the limits, then run it durably."""
+        limits = self.policy.limits
+        spec = self.policy.model(job.model)
+        self.policy.source(job.source)
+        limits.check("max_batch_size", job.batch_size, "batch_size")
+        limits.check("max_window_size", max(job.size if isinstance(job.size, tuple) else (job.size,)), "window size")
+        if job.zoom is not None:
+            limits.check("max_zoom", job.zoom, "zoom")
         src = open_source(job.source, zoom=job.zoom)
-        wins = windows(src, job.size, overlap=job.overlap, bounds=job.bounds, bounds_crs=job.bounds_crs,
-                       region=job.region, region_crs="EPSG:4326" if job.region else None)  # fmt: skip
+        region_crs = "EPSG:4326" if job.region else None
+        bounds, bounds_crs = job.bounds, job.bounds_crs
+        if bounds is None and job.region is not None:  # count over the region's bounding box, before filtering
+            from shapely.geometry import shape
+
+            bounds, bounds_crs = shape(job.region).bounds, region_crs
+        grid = windows(src, job.size, overlap=job.overlap, bounds=bounds, bounds_crs=bounds_crs)
+        limits.check("max_windows", len(grid), "the number of windows")
+        wins = grid if job.region is None else windows(
+            src, job.size, overlap=job.overlap, bounds=job.bounds, bounds_crs=job.bounds_crs, region=job.region,
+            region_crs=region_crs)  # fmt: skip
+        model = self.model(spec)
         options = DetectOptions(batch_size=job.batch_size, device=self.device, workers=self.workers)
         dets = options.detect(model, wins)
         run = RunLifecycle(wins, os.path.join(self.workdir, f"{job.slug}.gpkg"), options)
         with run.open(model, {"worker": True, "job": job.id, "device": str(self.device)}):
-            shared = message_recipe(run.recipe, job=job.to_dict())
+            public = {**job.to_dict(), "source": redact(job.source)}
+            if job.region is not None:
+                public["region"] = {"sha256": job.region_sha256}
+            shared = _redacted(message_recipe(run.recipe, job=public))
             self.record(job, shared, run, dets)
             self.finish(job, shared, run, MergeRule())
 
@@ -194,15 +248,15 @@ class _Worker:
             with contextlib.closing(run.outcomes(dets)) as outcomes:
                 for position, outcome in outcomes:
                     if record.add(position, outcome):
-                        self.keep_alive()
+                        self.check()
             if record.flush():
-                self.keep_alive()
+                self.check()
 
     def deliver(self, job: Any, shared: dict[str, Any], batch: list[WindowResult]) -> None:
         """Publish a batch of windows and wait for the broker's confirmation (then they are committed)."""
         for r in batch:
             if r.detections is not None:
-                key, value = window_message(r.detections, run_id=job.id, window_index=r.index, source=job.source,
+                key, value = window_message(r.detections, run_id=job.id, window_index=r.index, source=redact(job.source),
                                             recipe=shared, window=r.window)  # fmt: skip
                 self.sender.send(self.results, key, value)
         self.sender.confirm(f"job {job.id!r}: sending windows {batch[0].index}..{batch[-1].index} to {self.results!r}")
@@ -215,16 +269,27 @@ class _Worker:
         if failed and len(failed) == total:
             first, reason = next(iter(failed.items()))
             raise SourceOpenError(
-                f"source {job.source!r}: none of the job's {total} windows could be read (window {first}: "
+                f"source {redact(job.source)!r}: none of the job's {total} windows could be read (window {first}: "
                 f"{reason}); check that it is reachable, then send the job again (its run store retries them)"
             )
         found = run.merge(rule)  # into the store too, so lt.open_run(store).result() has them, as after detect_region
         if self.merged:
-            for key, value in object_messages(found, run_id=job.id, source=job.source, recipe=shared):
+            for key, value in object_messages(found, run_id=job.id, source=redact(job.source), recipe=shared):
                 self.sender.send(self.results, key, value)
         key, value = done_message(job.id, windows=total, failed=failed, objects=len(found) if self.merged else None)
         self.sender.send(self.results, key, value)
         self.sender.confirm(f"job {job.id!r}: sending its results to {self.results!r}")
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every string in it passed through :func:`~lazytiles.sources.http.redact`."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(v) for v in value]
+    return value
 
 
 def worker(
@@ -235,6 +300,10 @@ def worker(
     dead_letter: str,
     group: str = "lazytiles-worker",
     workdir: str | os.PathLike[str] = "lazytiles-jobs",
+    allow_models: Sequence[str] = (),
+    allow_sources: Sequence[str] = (),
+    limits: Limits | None = None,
+    max_attempts: int = 3,
     device: Any = "cpu",
     workers: int = 1,
     merged: bool = False,
@@ -270,6 +339,11 @@ def worker(
         Consumer group: workers of one group share the jobs (one partition of ``jobs`` per worker at a time).
     workdir
         Directory for the run stores (created if missing).
+    allow_models, allow_sources, limits
+        What jobs may ask for (see :mod:`lazytiles.streams.policy`): model specs (``NAME=SPEC`` too;
+        none: lazytiles' built-in models only), source prefixes (at least one) and :class:`Limits`.
+    max_attempts
+        A job whose run ended the worker's process this many times is dead-lettered when met again.
     device, workers
         As in :func:`lazytiles.detect`.
     merged
@@ -296,6 +370,15 @@ def worker(
         Results could not be delivered, or the consumer failed fatally; the job in hand is left uncommitted.
     """
     ck = _confluent()
+    try:
+        policy = Policy.from_flags(allow_models, allow_sources, limits)
+    except JobError as err:
+        raise InvalidArgumentError(str(err)) from None
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise InvalidArgumentError(f"workers={workers!r} must be an integer >= 0 (0: read in the model's thread)")
+    from ..detection.sequence import _device
+
+    _device(device)  # a device this host has, checked before the first job rather than failing every job
     for name, value in (("jobs", jobs), ("results", results), ("dead_letter", dead_letter), ("group", group)):
         if not isinstance(value, str) or not value:
             raise InvalidArgumentError(f"{name} must be a non-empty name, got {value!r}")
@@ -304,6 +387,7 @@ def worker(
         os.makedirs(workdir, exist_ok=True)
     except OSError as err:
         raise InvalidArgumentError(f"workdir={workdir!r} cannot be created ({err.strerror}); choose a writable directory") from err
+    attempts = Attempts(os.path.join(workdir, "attempts"), max_attempts)
     stop = stop or threading.Event()
     sender = _Sender(bootstrap, config, timeout)
     settings = _settings(
@@ -315,8 +399,9 @@ def worker(
         consumer = ck.Consumer(settings)
     except ck.KafkaException as err:
         raise InvalidArgumentError(f"cannot make a Kafka consumer for {bootstrap!r}: {err}") from err
-    loop = _Worker(consumer, sender, results=results, dead_letter=dead_letter, workdir=workdir, device=device,
-                   workers=workers, merged=merged, stop=stop)  # fmt: skip
+    loop = _Worker(consumer, sender, results=results, dead_letter=dead_letter, workdir=workdir, policy=policy,
+                   attempts=attempts, device=device, workers=workers, merged=merged, stop=stop,
+                   poll_interval=poll_interval)  # fmt: skip
     # torch takes seconds to import: do it while the group is being joined, not when the first job arrives
     threading.Thread(target=importlib.import_module, args=("lazytiles.detection.models",), daemon=True).start()
     consumer.subscribe([jobs], on_assign=loop.group.on_assign, on_revoke=loop.group.on_revoke,
@@ -328,63 +413,3 @@ def worker(
     finally:
         consumer.close()  # leave the group now: its partitions move at once
         log.info("worker: stopped")
-
-
-# -- the command ------------------------------------------------------------------------------------
-
-
-def _key_value(text: str) -> tuple[str, str]:
-    import argparse
-
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (a librdkafka setting, e.g. session.timeout.ms=10000)")
-    return key.strip(), value.strip()
-
-
-def worker_arguments(p: Any) -> None:
-    """Add the options of ``lazytiles worker`` to an argparse parser."""
-    p.add_argument("--bootstrap", required=True, metavar="HOST:PORT", help="Kafka brokers, host:port[,host:port]")
-    p.add_argument("--jobs", required=True, metavar="TOPIC", help="topic to take job messages (JSON) from")
-    p.add_argument("--results", required=True, metavar="TOPIC", help="topic for per-window results (GeoJSON)")
-    p.add_argument("--dead-letter", required=True, metavar="TOPIC", help="topic for jobs that cannot run, with the reason")
-    p.add_argument("--group", default="lazytiles-worker", help="consumer group; workers of a group share the jobs")
-    p.add_argument("--workdir", default="lazytiles-jobs", metavar="DIR",
-                   help="directory for the jobs' run stores; share it between restarts to resume (default ./lazytiles-jobs)")
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 (default cpu)")
-    p.add_argument("--workers", type=int, default=1, help="reader threads (default 1: one reader in window order, tiles decoded ahead by the source)")
-    p.add_argument("--merged", action="store_true", help="also publish each job's merged objects")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds for the broker to confirm a message (default 60)")
-    p.add_argument("--config", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="librdkafka setting for consumer and producer (repeatable)")
-    p.add_argument("--consumer-config", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="librdkafka setting for the consumer only, e.g. session.timeout.ms=10000 (repeatable)")
-
-
-def run_worker(args: Any) -> int:
-    """Run ``lazytiles worker`` from parsed arguments until SIGTERM or SIGINT; returns the exit code."""
-    import signal
-
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s lazytiles worker %(process)d: %(message)s")
-        logging.getLogger("pyogrio").setLevel(logging.WARNING)  # one line per empty layer the stores create
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        log.info("worker: %s received; stopping after the batch in flight", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        report = worker(
-            bootstrap=args.bootstrap, jobs=args.jobs, results=args.results, dead_letter=args.dead_letter,
-            group=args.group, workdir=args.workdir, device=args.device, workers=args.workers, merged=args.merged,
-            config=dict(args.config), consumer_config=dict(args.consumer_config), timeout=args.timeout, stop=stop,
-        )  # fmt: skip
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    log.info("worker: %d jobs done, %d dead-lettered, %d left for later", report.done, report.dead_lettered,
-             report.abandoned)  # fmt: skip
-    return 0
-

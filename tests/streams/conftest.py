@@ -22,6 +22,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from .models_for_tests import scene
+
+from conftest import UTM_10M, write_tif  # tests/conftest.py
+
 try:
     import confluent_kafka as ck
     from confluent_kafka import admin
@@ -161,3 +165,15 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         proc.kill()
         proc.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def tif(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test scene as a tiled GeoTIFF: 3 x 256 x 256 uint8, 64-px blocks, 10 m UTM."""
+    return write_tif(tmp_path_factory.mktemp("scene") / "scene.tif", scene(), transform=UTM_10M, block=(64, 64))
+
+
+@pytest.fixture
+def streams(broker) -> SimpleNamespace:
+    jobs, results, dlq = broker.topics("jobs", "results", "dead")
+    return SimpleNamespace(jobs=jobs, results=results, dlq=dlq, group=f"workers-{uuid.uuid4().hex[:8]}")

@@ -89,3 +89,21 @@ def gated_blobs() -> GatedBlobs:
 
 def broken_factory() -> BlobDetector:
     raise RuntimeError("this factory always fails")
+
+
+def exits() -> BlobDetector:
+    """An allowed model whose factory raises SystemExit, as job code might: a dead letter, not an exit."""
+    raise SystemExit(0)
+
+
+def interrupts() -> BlobDetector:
+    raise KeyboardInterrupt
+
+
+def recurses() -> BlobDetector:
+    return recurses()
+
+
+def aborts() -> BlobDetector:
+    """Kills its process outright (as an OOM kill would): the worker's attempt counter catches it."""
+    os.abort()

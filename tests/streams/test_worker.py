@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -24,9 +25,8 @@ import rasterio.warp
 import lazytiles as lt
 
 from .conftest import GROUP, ck
-from .models_for_tests import RECTS, expected_boxes, scene
+from .models_for_tests import RECTS, expected_boxes
 
-from conftest import UTM_10M, write_tif  # tests/conftest.py
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,20 +34,16 @@ HERE = Path(__file__).parent
 REPO = HERE.parent.parent
 
 
-@pytest.fixture(scope="module")
-def tif(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The test scene as a tiled GeoTIFF: 3 x 256 x 256 uint8, 64-px blocks, 10 m UTM."""
-    return write_tif(tmp_path_factory.mktemp("scene") / "scene.tif", scene(), transform=UTM_10M, block=(64, 64))
-
-
-@pytest.fixture
-def streams(broker) -> SimpleNamespace:
-    jobs, results, dlq = broker.topics("jobs", "results", "dead")
-    return SimpleNamespace(jobs=jobs, results=results, dlq=dlq, group=f"workers-{uuid.uuid4().hex[:8]}")
-
-
 def start_worker(broker, streams, workdir: Path, log: Path, *extra: str, **env: str) -> subprocess.Popen:
-    """``python -m lazytiles worker`` in a subprocess, with fast group timeouts; output to ``log``."""
+    """``python -m lazytiles worker`` in a subprocess, with fast group timeouts; output to ``log``.
+
+    Unless ``extra`` says otherwise, the worker allows the test models and reads the temporary directory.
+    """
+    if "--allow-model" not in extra:
+        for name in ("blobs", "gated_blobs", "broken_factory"):
+            extra += ("--allow-model", f"models_for_tests:{name}")
+    if "--allow-source" not in extra:
+        extra += ("--allow-source", tempfile.gettempdir())
     args = [sys.executable, "-m", "lazytiles", "worker", "--bootstrap", broker.bootstrap, "--jobs", streams.jobs,
             "--results", streams.results, "--dead-letter", streams.dlq, "--group", streams.group,
             "--workdir", str(workdir), "--workers", "1", "--timeout", "20", *extra]  # fmt: skip
@@ -133,6 +129,7 @@ def committed(broker, streams) -> int:
 
 def test_a_worker_runs_good_jobs_and_dead_letters_bad_ones(broker, streams, tif, tmp_path):
     bounds = [500_000 + 640, 6_000_000 - 2560, 500_000 + 2560, 6_000_000 - 640]  # pixels 64..256, in metres
+    port = closed_port()
     messages = [
         b"{this is not json",
         job("job-a", tif),
@@ -141,13 +138,14 @@ def test_a_worker_runs_good_jobs_and_dead_letters_bad_ones(broker, streams, tif,
         job("job-b", tif, size=128, overlap=0.5, bounds=bounds, bounds_crs="EPSG:32633", batch_size=2),
         json.dumps({"id": "no-model", "source": str(tif)}).encode(),
         job("broken", tif, model="models_for_tests:broken_factory"),
-        job("unreachable", tif, source=f"http://127.0.0.1:{closed_port()}/{{z}}/{{x}}/{{y}}.png", zoom=3),
+        job("unreachable", tif, source=f"http://127.0.0.1:{port}/{{z}}/{{x}}/{{y}}.png", zoom=3),
         job("job-c", tif, region=lonlat_square(96, 96, 160, 160)),
         job("job-a", tif, size=128),  # the same id again with other windows: its run store refuses
     ]
     broker.produce(streams.jobs, *messages)
     log = tmp_path / "worker.log"
-    proc = start_worker(broker, streams, tmp_path / "work", log, "--merged")
+    allow = ("--allow-source", tempfile.gettempdir(), "--allow-source", f"http://127.0.0.1:{port}/")
+    proc = start_worker(broker, streams, tmp_path / "work", log, "--merged", *allow)
     try:
         got = group_messages(broker.read_keys(streams.results, ["job-a:done", "job-b:done", "job-c:done"], timeout=60))
         dead = broker.read(streams.dlq, lambda ms: len(ms) >= 7, timeout=60)
@@ -178,7 +176,7 @@ def test_a_worker_runs_good_jobs_and_dead_letters_bad_ones(broker, streams, tif,
         reasons[doc["original"]["offset"]] = doc
     assert sorted(reasons) == [0, 2, 3, 5, 6, 7, 9]
     assert "not valid JSON" in reasons[0]["reason"] and reasons[0]["original"]["value"] == "{this is not json"
-    assert "no_such_module" in reasons[2]["reason"] and reasons[2]["error"] == "InvalidArgumentError"
+    assert "no_such_module" in reasons[2]["reason"] and reasons[2]["error"] == "JobRefused"
     assert "missing.tif" in reasons[3]["reason"] and reasons[3]["error"] == "SourceNotFoundError"
     assert "has no 'model' field" in reasons[5]["reason"] and reasons[5]["error"] == "JobError"
     assert "this factory always fails" in reasons[6]["reason"]
