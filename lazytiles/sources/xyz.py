@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import stat
 import re
 import threading
 from collections import Counter
@@ -65,6 +66,23 @@ def _check_zoom(zoom: Any) -> int:
     if isinstance(zoom, bool) or not isinstance(zoom, int | np.integer) or not 0 <= zoom <= MAX_ZOOM:
         raise InvalidArgumentError(f"zoom must be an integer from 0 to {MAX_ZOOM}, got {zoom!r}")
     return int(zoom)
+
+
+#: Most bytes one local tile file may have (remote tiles: ``HttpClient.max_body_bytes``).
+LOCAL_MAX_BYTES = 32 * 2**20
+
+
+def _read_file(path: str, limit: int) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them (else an OSError): a template
+    naming a device, a FIFO or a huge file cannot make a read last forever."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
+    with open(fd, "rb", buffering=0) as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "not a regular file")
+        body = f.read(limit + 1)
+    if len(body) > limit:
+        raise OSError(0, f"over {limit} bytes (max_body_bytes)")
+    return body
 
 
 def _parse_template(template: Any) -> list[str]:
@@ -136,6 +154,8 @@ class XYZSource(TileSource):
         Keep the raw bytes of every tile fetched over HTTP (and a note of absent ones) in this
         directory; later reads, in any process, come from disk, also offline (see
         :class:`~lazytiles.sources.diskcache.DiskCache`). Default: no disk cache. Local templates ignore it.
+    cache_dir_max_bytes
+        Most bytes the disk cache keeps; the least recently used tiles go first. Default: no limit.
     cache
         The :class:`~lazytiles.TileCache` of decoded tiles (default: the process-wide one).
 
@@ -176,6 +196,7 @@ class XYZSource(TileSource):
         subdomains: str | Sequence[str] = "abc",
         http: HttpClient | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        cache_dir_max_bytes: int | None = None,
         cache: TileCache | None = None,
     ) -> None:
         self._parts = _parse_template(template)
@@ -211,7 +232,9 @@ class XYZSource(TileSource):
         self.remote = template.lower().startswith(("http://", "https://"))
         self.http = (http or HttpClient()) if self.remote else http
         self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
-        self._disk = DiskCache(cache_dir) if cache_dir is not None and self.remote else None
+        self.cache_dir_max_bytes = cache_dir_max_bytes
+        disk = cache_dir is not None and self.remote
+        self._disk = DiskCache(cache_dir, max_bytes=cache_dir_max_bytes) if disk else None
         workers = self.http.max_connections if self.http is not None else min(8, os.cpu_count() or 1)
         self._pool = FetchPool(workers, "lazytiles-xyz")
         self._lock = threading.Lock()
@@ -271,11 +294,11 @@ class XYZSource(TileSource):
             self._count("requests")
             path = self._local_path(url)
             try:
-                body = Path(path).read_bytes()
+                body = _read_file(path, self.http.max_body_bytes if self.http is not None else LOCAL_MAX_BYTES)
             except (FileNotFoundError, NotADirectoryError):
                 return None
             except OSError as err:
-                raise TileFetchError(f"could not read tile file {path!r}: {err}") from err
+                raise TileFetchError(f"could not read tile file {path!r}: {err.strerror or err}") from None
             try:
                 return decode(body)
             except BodyError as err:
@@ -374,8 +397,9 @@ class XYZSource(TileSource):
         if k:
             low = XYZSource(
                 self.template, zoom=self.zoom - k, bands=self.bands, tile_size=self.tile_size, nodata=self.nodata,
-                subdomains=self.subdomains, http=self.http, cache_dir=self.cache_dir, cache=self.cache,
-            )  # fmt: skip
+                subdomains=self.subdomains, http=self.http, cache_dir=self.cache_dir,
+                cache_dir_max_bytes=self.cache_dir_max_bytes, cache=self.cache,
+            )
             f = 2**k
             c0, r0 = int(area.col_off) // f, int(area.row_off) // f
             c1 = -(-int(area.col_off + area.width) // f)
@@ -429,6 +453,7 @@ class XYZSource(TileSource):
                 subdomains=self.subdomains,
                 http=self.http,
                 cache_dir=self.cache_dir,
+                cache_dir_max_bytes=self.cache_dir_max_bytes,
                 cache=self.cache,
             ),
             (self.template,),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -532,3 +534,34 @@ def test_process_prefetch_over_http_gives_the_serial_windows(tile_server, xyz_tr
     assert len(got) == len(wins)
     for w, data in zip(wins, got):
         assert_array_equal(data, xyz_tree.pixels(w.window))
+
+
+def _first_window(src):
+    return lt.windows(src, 256, bounds=(-10, -10, 10, 10), bounds_crs="EPSG:4326")[0].window
+
+
+def test_a_local_template_never_quotes_what_it_read_and_never_reads_devices(tmp_path):
+    (tmp_path / "secret.txt").write_bytes(b"AWS_SECRET=AKIAEXAMPLE")
+    os.mkfifo(tmp_path / "fifo")
+    for template, why in (
+        (tmp_path / "secret.txt{q}", "not a PNG, JPEG or WebP image (22 bytes)"),  # {q} is '' at zoom 0
+        ("/dev/zero{q}", "not a regular file"),
+        (tmp_path / "fifo{q}", "not a regular file"),  # would block an open() without O_NONBLOCK
+    ):
+        src = lt.open(str(template), zoom=0, tile_size=256)
+        with pytest.raises(lt.TileFetchError, match=re.escape(why)) as info:
+            src.read(_first_window(src))
+        assert "AKIA" not in str(info.value)
+
+
+def test_a_local_tile_over_max_body_bytes_is_an_error(tmp_path):
+    (tmp_path / "big.png").write_bytes(b"\x89PNG" + bytes(4096))
+    src = lt.open(str(tmp_path / "big.png{q}"), zoom=0, tile_size=256, http=HttpClient(max_body_bytes=1024))
+    with pytest.raises(lt.TileFetchError, match=r"over 1024 bytes \(max_body_bytes\)"):
+        src.read(_first_window(src))
+
+
+def test_cache_dir_max_bytes_reaches_the_disk_cache_and_survives_pickling(tmp_path):
+    src = lt.open("http://127.0.0.1:9/{z}/{x}/{y}.png", zoom=3, tile_size=256, cache_dir=tmp_path, cache_dir_max_bytes=10_000)
+    again = pickle.loads(pickle.dumps(src))
+    assert src._disk.max_bytes == again._disk.max_bytes == 10_000
