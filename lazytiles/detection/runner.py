@@ -48,11 +48,12 @@ def _describe(value: Any) -> str:
 
 def _to_numpy(value: Any) -> np.ndarray:
     if isinstance(value, Tensor):
-        value = value.detach()
-        if value.dtype in (torch.bfloat16, torch.float16):
-            value = value.float()
-        return value.cpu().numpy()
-    return np.asarray(value)
+        tensor = value.detach()
+        if tensor.dtype in (torch.bfloat16, torch.float16):
+            tensor = tensor.float()
+        return tensor.cpu().numpy()
+    array: np.ndarray = np.asarray(value)
+    return array
 
 
 def _float32(values: np.ndarray) -> np.ndarray:
@@ -245,7 +246,8 @@ class ModelRunner:
         with torch.inference_mode():
             if self.cuda:
                 x = batch.to(self.device, non_blocking=True)
-                copied = torch.cuda.Event()
+                # torch.cuda.Event.__new__ has no annotations
+                copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
                 copied.record()
             else:
                 x = batch

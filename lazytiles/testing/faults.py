@@ -18,7 +18,11 @@ FAULT_KINDS = ("error", "throttle", "truncate", "hang", "garbage", "absent", "dr
 #: What a "garbage" fault sends instead of the file: bytes that are no image.
 GARBAGE = b"<html>not a tile</html>\n" + bytes(range(256)) * 4
 #: Options each kind gets unless :meth:`Faults.inject` is given others.
-DEFAULTS: dict[str, dict[str, Any]] = {"error": {"status": 500}, "throttle": {"retry_after": 1}, "absent": {"status": 404}}
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "error": {"status": 500},
+    "throttle": {"retry_after": 1},
+    "absent": {"status": 404},
+}
 
 
 @dataclass
@@ -99,10 +103,10 @@ class Faults:
         """The fault a request for ``path`` is due (counted as used), or None: serve it normally."""
         with self._fault_lock:
             for fault in self._faults:
-                if fault.pattern == "*" or fnmatch.fnmatchcase(path, fault.pattern):
-                    if fault.times is None or fault.used[path] < fault.times:
-                        fault.used[path] += 1
-                        return fault
+                matches = fault.pattern == "*" or fnmatch.fnmatchcase(path, fault.pattern)
+                if matches and (fault.times is None or fault.used[path] < fault.times):
+                    fault.used[path] += 1
+                    return fault
         return None
 
 
