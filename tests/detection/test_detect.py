@@ -244,8 +244,8 @@ class InverseBrightness(torch.nn.Module):
 
     def forward(self, x):
         mean = x.float().mean(dim=(1, 2, 3))
-        box = torch.tensor([0.0, 0.0, 8.0, 8.0])
-        return [{"boxes": (box / m)[None], "scores": m[None], "labels": torch.zeros(1, dtype=torch.int64)} for m in mean]
+        box, label = torch.tensor([0.0, 0.0, 8.0, 8.0]), torch.zeros(1, dtype=torch.int64)
+        return [{"boxes": (box / m)[None], "scores": m[None], "labels": label} for m in mean]
 
 
 def test_an_infinite_box_fails_naming_its_window_before_anything_of_its_batch_is_returned():

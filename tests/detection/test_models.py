@@ -196,15 +196,15 @@ def test_parse_outputs_names_what_came_back_and_what_is_expected(out, message):
 @pytest.mark.parametrize(
     ("out", "message"),
     [
-        (torch.tensor([0.5, float("nan")]), r"NaN in the scores of window 4 \(image 1 of the batch of windows \[3, 4\]\)"),
-        (torch.tensor([[0.0, 1.0], [float("-inf"), 0.0]]), r"inf in the class logits of window 4 "),
+        (torch.tensor([0.5, np.nan]), r"NaN in the scores of window 4 \(image 1 of the batch of windows \[3, 4\]\)"),
+        (torch.tensor([[0.0, 1.0], [-np.inf, 0.0]]), r"inf in the class logits of window 4 "),
         (np.array([1e300, 0.5]), r"inf in the scores of window 3 "),  # beyond float32
         ([{"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.zeros(1)},
-          {"boxes": torch.tensor([[0, float("nan"), float("inf"), 1]]), "scores": torch.ones(1), "labels": torch.zeros(1)}],
+          {"boxes": torch.tensor([[0, np.nan, np.inf, 1]]), "scores": torch.ones(1), "labels": torch.zeros(1)}],
          r"NaN and inf in the boxes of window 4 "),
-        ([{"boxes": torch.zeros(1, 4), "scores": torch.tensor([float("inf")]), "labels": torch.zeros(1)}] * 2,
+        ([{"boxes": torch.zeros(1, 4), "scores": torch.tensor([np.inf]), "labels": torch.zeros(1)}] * 2,
          r"inf in the scores of window 3 \(image 0"),
-        ([{"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.tensor([float("nan")])}] * 2,
+        ([{"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.tensor([np.nan])}] * 2,
          r"NaN in the labels of window 3 "),
     ],
 )  # fmt: skip

@@ -93,7 +93,8 @@ def raw_get(server: TileServer, target: str) -> tuple[int, bytes]:
 
 
 @pytest.mark.parametrize(
-    "target", ["/../secret.txt", "/d/../../secret.txt", "/%2e%2e/secret.txt", "/d/%2E%2E/%2e%2e/secret.txt", "/..%2fsecret.txt"]
+    "target",
+    ["/../secret.txt", "/d/../../secret.txt", "/%2e%2e/secret.txt", "/d/%2E%2E/%2e%2e/secret.txt", "/..%2fsecret.txt"],
 )
 def test_dot_dot_in_the_url_cannot_leave_the_directory(server, tmp_path, target):
     status, body = raw_get(server, target)
