@@ -69,7 +69,9 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    iou: np.ndarray = np.zeros_like(inter)
+    np.divide(inter, union, out=iou, where=union > 0)
+    return iou
 
 
 def match(
@@ -140,7 +142,10 @@ def _serving(directory: Path) -> Iterator[str]:
 
 
 def _table(scores: tuple[Score, ...]) -> list[str]:
-    head = f"  {'source':<8}{'windows':>8}{'time':>8}{'windows/s':>11}{'Mpx/s':>8}{'found':>7}{'expected':>10}{'extra':>7}{'min IoU':>9}"
+    head = (
+        f"  {'source':<8}{'windows':>8}{'time':>8}{'windows/s':>11}{'Mpx/s':>8}"
+        f"{'found':>7}{'expected':>10}{'extra':>7}{'min IoU':>9}"
+    )
     rows = [head]
     for s in scores:
         rows.append(
@@ -176,13 +181,13 @@ def run_demo(
     DemoReport
         ``report.ok`` is True when both sources found every object once and nothing else.
     """
+    from .detection.models import BlobDetector
     from .detection.sequence import detect
     from .display.jupyter import sequence_preview
     from .merging.streaming import merge
-    from .detection.models import BlobDetector
     from .runs.run import detect_region
-    from .testing.sample import make_sample
     from .sources import open as open_source
+    from .testing.sample import make_sample
     from .windowing.sequence import windows
 
     say = echo or (lambda line: None)
@@ -202,8 +207,13 @@ def run_demo(
         f"  scene: {size} x {size} px RGB at zoom {sample.zoom} (EPSG:3857), lon {west:.4f}..{east:.4f}, "
         f"lat {south:.4f}..{north:.4f}; {len(truth)} objects"
     )
-    zooms = sorted(int(p.name) for p in sample.tiles_dir.iterdir() if p.name.isdigit())
-    emit(f"  wrote {sample.cog.name} (COG with overviews) and {sample.tiles_dir.name}/{{z}}/{{x}}/{{y}}.png (zoom {zooms[0]}..{zooms[-1]})")
+    tiles_dir = sample.tiles_dir
+    assert tiles_dir is not None  # make_sample writes tiles unless given tiles=False
+    zooms = sorted(int(p.name) for p in tiles_dir.iterdir() if p.name.isdigit())
+    emit(
+        f"  wrote {sample.cog.name} (COG with overviews) and {tiles_dir.name}/{{z}}/{{x}}/{{y}}.png "
+        f"(zoom {zooms[0]}..{zooms[-1]})"
+    )
     model = BlobDetector()
     scores = []
 
@@ -218,7 +228,7 @@ def run_demo(
     scores.append(score("COG", found_cog, cog_wins, truth, time.perf_counter() - t))
 
     # 2. the same pixels as XYZ tiles over HTTP from a loopback server, merged in memory
-    with _serving(sample.tiles_dir) as template:
+    with _serving(tiles_dir) as template:
         xyz = open_source(template, zoom=sample.zoom)
         xyz_wins = windows(xyz, SIZE, overlap=OVERLAP, bounds=sample.bounds, bounds_crs="EPSG:3857")
         t = time.perf_counter()

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 #: Rows shown by ``Detections._repr_html_``.
 HTML_ROWS = 10
+#: The per-box arrays of a Detections, named like its constructor's parameters.
+COLUMNS = ("boxes", "scores", "labels", "window_index", "partial")
 
 
 def as_boxes(boxes: Any, what: str = "boxes") -> np.ndarray:
@@ -106,6 +108,8 @@ def _sealed(arr: np.ndarray) -> np.ndarray:
 class Detections:
     """Objects found in a source: an immutable value (read-only arrays, no attribute assignment).
 
+    Equal when every array, the transform and the CRS are; unhashable, as it defines ``==`` only.
+
     Attributes
     ----------
     boxes
@@ -124,7 +128,14 @@ class Detections:
         The source's georeferencing: ``transform * (x, y)`` is a map coordinate in ``crs``.
     """
 
-    __slots__ = ("boxes", "scores", "labels", "window_index", "partial", "transform", "crs")
+    __slots__ = (*COLUMNS, "transform", "crs")
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    window_index: np.ndarray
+    partial: np.ndarray
+    transform: Affine
+    crs: CRS | None
 
     def __init__(
         self,
@@ -184,15 +195,8 @@ class Detections:
         return self._take(idx)
 
     def _take(self, idx: np.ndarray) -> Detections:
-        return Detections(
-            _sealed(self.boxes[idx]),
-            _sealed(self.scores[idx]),
-            _sealed(self.labels[idx]),
-            _sealed(self.window_index[idx]),
-            partial=_sealed(self.partial[idx]),
-            transform=self.transform,
-            crs=self.crs,
-        )
+        columns = {name: _sealed(getattr(self, name)[idx]) for name in COLUMNS}
+        return Detections(**columns, transform=self.transform, crs=self.crs)
 
     @classmethod
     def empty(cls, *, transform: Affine | None = None, crs: CRS | None = None) -> Detections:
@@ -208,16 +212,8 @@ class Detections:
         for d in items:
             if not isinstance(d, Detections):
                 raise InvalidArgumentError(f"can only concatenate Detections, got {type(d).__name__}")
-        first = items[0]
-        return cls(
-            _sealed(np.concatenate([d.boxes for d in items])),
-            _sealed(np.concatenate([d.scores for d in items])),
-            _sealed(np.concatenate([d.labels for d in items])),
-            _sealed(np.concatenate([d.window_index for d in items])),
-            partial=_sealed(np.concatenate([d.partial for d in items])),
-            transform=first.transform,
-            crs=first.crs,
-        )
+        columns = {name: _sealed(np.concatenate([getattr(d, name) for d in items])) for name in COLUMNS}
+        return cls(**columns, transform=items[0].transform, crs=items[0].crs)
 
     # -- georeferencing --------------------------------------------------------------------------------
 
@@ -245,10 +241,9 @@ class Detections:
         b = self.boxes
         t = np.linspace(0.0, 1.0, densify + 2)[:-1]  # along an edge, excluding its end corner
         x0, y0, x1, y1 = (b[:, k : k + 1] for k in range(4))
-        xs = np.concatenate([x0 + (x1 - x0) * t, np.broadcast_to(x1, (len(b), len(t))), x1 - (x1 - x0) * t,
-                             np.broadcast_to(x0, (len(b), len(t)))], axis=1)  # fmt: skip
-        ys = np.concatenate([np.broadcast_to(y0, (len(b), len(t))), y0 + (y1 - y0) * t,
-                             np.broadcast_to(y1, (len(b), len(t))), y1 - (y1 - y0) * t], axis=1)  # fmt: skip
+        one = np.ones_like(t)  # x * one: x repeated along an edge, exactly
+        xs = np.concatenate([x0 + (x1 - x0) * t, x1 * one, x1 - (x1 - x0) * t, x0 * one], axis=1)
+        ys = np.concatenate([y0 * one, y0 + (y1 - y0) * t, y1 * one, y1 - (y1 - y0) * t], axis=1)
         a = self.transform
         mx, my = a.a * xs + a.b * ys + a.c, a.d * xs + a.e * ys + a.f
         if target is not None and target != self.crs and len(b):
@@ -287,7 +282,8 @@ class Detections:
         ring = self.outlines(crs, densify=densify)
         if not len(ring):
             return np.empty(0, dtype=object)
-        return shapely.polygons(np.concatenate([ring, ring[:, :1]], axis=1))
+        polygons: np.ndarray = shapely.polygons(np.concatenate([ring, ring[:, :1]], axis=1))
+        return polygons
 
     def _columns(self) -> dict[str, np.ndarray]:
         return {
@@ -323,7 +319,8 @@ class Detections:
         cols, features = self._columns(), []
         for i, coords in enumerate(ring.tolist()):
             geometry = {"type": "Polygon", "coordinates": [coords + coords[:1]]}
-            properties = {name: values[i].item() for name, values in cols.items()}  # score, label, window_index, partial
+            # score, label, window_index, partial
+            properties = {name: values[i].item() for name, values in cols.items()}
             features.append({"type": "Feature", "geometry": geometry, "properties": properties})
         with open(path, "w", encoding="utf-8") as f:
             json.dump({"type": "FeatureCollection", "features": features}, f)
@@ -402,8 +399,8 @@ class Detections:
         >>> lt.Detections([[10, 10, 30, 20]], [0.9], [2]).show().size
         (26, 16)
         """
-        from .display.picture import _shrink, draw_boxes, to_image
         from .display.jupyter import show
+        from .display.picture import _shrink, draw_boxes, to_image
 
         if background is None or isinstance(background, np.ndarray):
             if background is None:
@@ -431,17 +428,8 @@ class Detections:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Detections):
             return NotImplemented
-        return (
-            np.array_equal(self.boxes, other.boxes)
-            and np.array_equal(self.scores, other.scores)
-            and np.array_equal(self.labels, other.labels)
-            and np.array_equal(self.window_index, other.window_index)
-            and np.array_equal(self.partial, other.partial)
-            and self.transform == other.transform
-            and self.crs == other.crs
-        )
-
-    __hash__ = None  # type: ignore[assignment]
+        same = all(np.array_equal(getattr(self, name), getattr(other, name)) for name in COLUMNS)
+        return same and self.transform == other.transform and self.crs == other.crs
 
     def __getstate__(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}

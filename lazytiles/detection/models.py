@@ -138,7 +138,7 @@ class BlobDetector(nn.Module):
         counts = torch.bincount(image_of, minlength=n).tolist()
         return [
             {"boxes": bx, "scores": sc, "labels": lab}
-            for bx, sc, lab in zip(boxes.split(counts), scores.split(counts), classes.split(counts))
+            for bx, sc, lab in zip(*(torch.split(values, counts) for values in (boxes, scores, classes)))
         ]
 
 
@@ -247,7 +247,8 @@ def _load_file(path: str) -> Any:
             warnings.simplefilter("ignore", DeprecationWarning)
             if path.lower().endswith(".pt2"):
                 return torch.export.load(path).module()
-            return torch.jit.load(path, map_location="cpu")
+            # torch.jit.load has no annotations
+            return torch.jit.load(path, map_location="cpu")  # type: ignore[no-untyped-call]
     except (RuntimeError, ValueError, OSError) as err:
         raise InvalidArgumentError(
             f"model file {path!r} could not be loaded as TorchScript ({err}); save it with "

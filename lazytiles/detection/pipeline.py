@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +48,7 @@ class _Pipeline:
         workers = options["workers"]
         self._indices = np.asarray(wins.indices)
         self._depth = max(2, math.ceil(2 * workers / self._bs))  # batches read ahead of the model
-        self._out: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=2)
+        self._out: queue.Queue[list[_Slot] | BaseException | None] = queue.Queue(maxsize=2)  # None: the end
         self._stop = threading.Event()
         self._items: Any = wins
         self._ordered: Iterator[tuple[int, Any, BaseException | None]] | None = None
@@ -78,10 +78,10 @@ class _Pipeline:
 
     def next(self) -> list[_Slot] | None:
         """The next batch of outcomes, None at the end; re-raises a worker's error here."""
-        kind, payload = self._out.get()
-        if kind == "error":
-            raise payload
-        return payload
+        batch = self._out.get()
+        if isinstance(batch, BaseException):
+            raise batch
+        return batch
 
     def close(self) -> None:
         """Stop, and join every thread (reads in progress finish; queued ones are cancelled)."""
@@ -97,7 +97,7 @@ class _Pipeline:
             self._pool.shutdown(wait=True, cancel_futures=True)
         if self._items is not self._wins:
             self._items.close()
-        if self._ordered is not None:
+        if isinstance(self._ordered, Generator):
             self._ordered.close()
         if not self._end:
             self._end = time.perf_counter()
@@ -110,7 +110,7 @@ class _Pipeline:
 
     # -- model thread ------------------------------------------------------------------------------
 
-    def _put(self, item: tuple[str, Any]) -> bool:
+    def _put(self, item: list[_Slot] | BaseException | None) -> bool:
         while not self._stop.is_set():
             try:
                 self._out.put(item, timeout=0.1)
@@ -178,11 +178,11 @@ class _Pipeline:
                 self._free.append((tensor, buffer))
                 self._times["batches"] += 1
                 self._times["windows"] += len(slots)
-                if not self._put(("batch", slots)):
+                if not self._put(slots):
                     return
-            self._put(("done", None))
+            self._put(None)
         except BaseException as err:  # broad only to hand the error to the caller's thread
-            self._put(("error", err))
+            self._put(err)
         finally:
             for _, _, _, futures in pending:
                 for f in futures:

@@ -29,6 +29,15 @@ def _floats(value: Any, what: str) -> tuple[float, ...] | None:
     return tuple(float(v) for v in items)
 
 
+def _bands(value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    bands: tuple[Any, ...] = (value,) if isinstance(value, int | np.integer) else tuple(value)
+    if not bands or not all(isinstance(b, int | np.integer) and not isinstance(b, bool) and b >= 0 for b in bands):
+        raise InvalidArgumentError(f"bands must be 0-based band indices, e.g. (0, 1, 2), got {value!r}")
+    return tuple(int(b) for b in bands)
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How window pixels become the model's float input: band selection, then ``(x * scale - mean) / std``.
@@ -65,20 +74,16 @@ class Preprocess:
     dtype: FloatDtype = "float32"
 
     def __post_init__(self) -> None:
-        if self.scale is not None and not (isinstance(self.scale, numbers.Real) and math.isfinite(self.scale)):
+        scale = self.scale
+        if scale is not None and not (
+            isinstance(scale, int | float | np.integer | np.floating) and math.isfinite(scale)
+        ):
             raise InvalidArgumentError(f"scale must be a finite number or None, got {self.scale!r}")
         object.__setattr__(self, "mean", _floats(self.mean, "mean"))
         object.__setattr__(self, "std", _floats(self.std, "std"))
         if self.std is not None and min(self.std) <= 0:
             raise InvalidArgumentError(f"std must be positive, got {self.std!r}")
-        if self.bands is not None:
-            bands = (self.bands,) if isinstance(self.bands, numbers.Integral) else tuple(self.bands)
-            valid = all(isinstance(b, numbers.Integral) and not isinstance(b, bool) and b >= 0 for b in bands)
-            if not bands or not valid:
-                raise InvalidArgumentError(
-                    f"bands must be 0-based band indices, e.g. (0, 1, 2), got {self.bands!r}"
-                )
-            object.__setattr__(self, "bands", tuple(int(b) for b in bands))
+        object.__setattr__(self, "bands", _bands(self.bands))
         if self.dtype not in ("float32", "float16", "bfloat16", "float64"):
             raise InvalidArgumentError(
                 f"dtype must be 'float32', 'float16', 'bfloat16' or 'float64', got {self.dtype!r}"

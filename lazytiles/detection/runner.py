@@ -48,17 +48,40 @@ def _describe(value: Any) -> str:
 
 def _to_numpy(value: Any) -> np.ndarray:
     if isinstance(value, Tensor):
-        value = value.detach()
-        if value.dtype in (torch.bfloat16, torch.float16):
-            value = value.float()
-        return value.cpu().numpy()
-    return np.asarray(value)
+        tensor = value.detach()
+        if tensor.dtype in (torch.bfloat16, torch.float16):
+            tensor = tensor.float()
+        return tensor.cpu().numpy()
+    array: np.ndarray = np.asarray(value)
+    return array
+
+
+def _float32(values: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # a score beyond float32 becomes inf, which _check_finite reports
+        return values.astype(np.float32)
+
+
+def _check_finite(what: str, values: np.ndarray, windows: Sequence[int], first: int = 0) -> None:
+    """Raise :class:`~lazytiles.ModelOutputError` naming the window of the first image (axis 0 of ``values``,
+    image ``first`` of the batch onwards) whose ``what`` has a NaN or an infinity."""
+    if values.dtype.kind not in "fc" or np.isfinite(values).all():
+        return
+    row = np.isfinite(values.reshape(len(values), -1)).all(axis=1).argmin()
+    found = [name for name, test in (("NaN", np.isnan), ("inf", np.isinf)) if test(values[row]).any()]
+    image = first + int(row)
+    raise ModelOutputError(
+        f"the model returned {' and '.join(found)} in the {what} of window {windows[image]} (image {image} of the "
+        f"batch of windows {_span(windows)}); boxes, scores and logits must be finite numbers: check the model's "
+        "weights and the preprocessing of its input"
+    )
 
 
 def parse_outputs(out: Any, n: int, windows: Sequence[int]) -> list[ImageResult]:
     """Check a model's output for a batch of ``n`` images and convert it to numpy, per image.
 
-    Raises :class:`~lazytiles.ModelOutputError` naming what came back and what is expected.
+    Raises :class:`~lazytiles.ModelOutputError` naming what came back and what is expected, or, when
+    a box, score or logit is NaN or infinite, naming the window; either way before any image's result
+    of the batch is returned.
     """
     where = f"for the batch of windows {_span(windows)}"
     if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Mapping) and isinstance(out[1], list):
@@ -68,8 +91,11 @@ def parse_outputs(out: Any, n: int, windows: Sequence[int]) -> list[ImageResult]
         if scores.ndim == 2 and scores.shape[1] == 1:
             scores = scores[:, 0]
         if scores.ndim == 1 and len(scores) == n:
-            return [(None, scores[i : i + 1].astype(np.float32), np.zeros(1, np.int64)) for i in range(n)]
+            scores = _float32(scores)
+            _check_finite("scores", scores, windows)
+            return [(None, scores[i : i + 1], np.zeros(1, np.int64)) for i in range(n)]
         if scores.ndim == 2 and len(scores) == n and scores.shape[1] > 1:
+            _check_finite("class logits", scores, windows)
             logits = scores.astype(np.float64)
             prob = np.exp(logits - logits.max(axis=1, keepdims=True))
             prob /= prob.sum(axis=1, keepdims=True)
@@ -99,7 +125,10 @@ def parse_outputs(out: Any, n: int, windows: Sequence[int]) -> list[ImageResult]
                 f"the model returned, for image {i} {where}, boxes of shape {tuple(boxes.shape)}, scores of shape "
                 f"{tuple(scores.shape)} and labels of shape {tuple(labels.shape)}; {EXPECTED}"
             )
-        results.append((boxes.astype(np.float64), scores.astype(np.float32), labels.astype(np.int64)))
+        boxes, scores = boxes.astype(np.float64), _float32(scores)
+        for what, values in (("boxes", boxes), ("scores", scores), ("labels", labels)):
+            _check_finite(what, values[None], windows, i)
+        results.append((boxes, scores, labels.astype(np.int64)))
     return results
 
 
@@ -217,7 +246,8 @@ class ModelRunner:
         with torch.inference_mode():
             if self.cuda:
                 x = batch.to(self.device, non_blocking=True)
-                copied = torch.cuda.Event()
+                # torch.cuda.Event.__new__ has no annotations
+                copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
                 copied.record()
             else:
                 x = batch

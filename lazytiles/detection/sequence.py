@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
@@ -24,6 +23,8 @@ from .pipeline import _Pipeline
 from .preprocess import Preprocess
 
 if TYPE_CHECKING:
+    import torch
+
     from .runner import ImageResult, ModelRunner
 
 #: One window's outcome in a streaming pass: (window index, detections or None, error message or None).
@@ -42,11 +43,11 @@ class _Shared:
     def runner(self, wins: WindowSequence) -> ModelRunner:
         with self._lock:
             if self._runner is None:
-                from .runner import ModelRunner
                 from .models import load_model
+                from .runner import ModelRunner
 
-                if self.model is None:
-                    self.model = load_model(self.spec)  # type: ignore[arg-type]
+                if self.spec is not None and self.model is None:
+                    self.model = load_model(self.spec)
                 src = wins.source
                 self._runner = ModelRunner(
                     self.model,
@@ -146,7 +147,7 @@ def detect(
             f"wins must be a lazytiles.WindowSequence (made by lt.windows), got {type(wins).__name__}"
         )
     for name, value, low in (("batch_size", batch_size, 1), ("workers", workers, 0)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
             raise InvalidArgumentError(f"{name} must be an integer >= {low}, got {value!r}")
     if method not in ("thread", "process"):
         raise InvalidArgumentError(f"method must be 'thread' or 'process', got {method!r}")
@@ -160,7 +161,7 @@ def detect(
         )
     if isinstance(preprocess, Preprocess):
         preprocess.affine(wins.source.dtype, len(preprocess.bands or range(wins.source.count)))  # checks lengths
-    if not isinstance(score_threshold, numbers.Real) or math.isnan(score_threshold):
+    if not isinstance(score_threshold, int | float | np.integer | np.floating) or math.isnan(score_threshold):
         raise InvalidArgumentError(f"score_threshold must be a number, got {score_threshold!r}")
     device = _device(device)
     options = dict(
@@ -175,7 +176,7 @@ def detect(
     return DetectionSequence(_Shared(model, spec, options), wins)
 
 
-def _device(device: Any) -> Any:
+def _device(device: Any) -> torch.device:
     import torch
 
     try:
@@ -225,7 +226,11 @@ class DetectionSequence(Sequence[Detections]):
     def __len__(self) -> int:
         return len(self._wins)
 
-    def __getitem__(self, key: Any) -> Any:
+    @overload
+    def __getitem__(self, key: int | np.integer) -> Detections: ...
+    @overload
+    def __getitem__(self, key: slice | list[int] | tuple[int, ...] | np.ndarray) -> DetectionSequence: ...
+    def __getitem__(self, key: Any) -> Detections | DetectionSequence:
         if isinstance(key, slice | list | tuple | np.ndarray):
             return DetectionSequence(self._shared, self._wins[key])
         w = self._wins[key]  # reads the window; raises IndexError / TypeError as a list would
@@ -262,9 +267,12 @@ class DetectionSequence(Sequence[Detections]):
     def __iter__(self) -> Iterator[Detections]:
         with contextlib.closing(self._stream(())) as stream:  # a break or GC here stops the pipeline now
             for _, dets, _ in stream:
-                yield dets  # type: ignore[misc]
+                assert dets is not None  # nothing is tolerated: a window that cannot be read raised
+                yield dets
 
-    def outcomes(self, *, tolerate: tuple[type[BaseException], ...] = (TileFetchError,)) -> Iterator[Outcome]:
+    def outcomes(
+        self, *, tolerate: tuple[type[BaseException], ...] = (TileFetchError,)
+    ) -> Generator[Outcome, None, None]:
         """Stream ``(window index, Detections | None, error message | None)`` per window, in order.
 
         Like iterating, but a window that raises one of ``tolerate`` (default: tiles that cannot be
@@ -289,7 +297,7 @@ class DetectionSequence(Sequence[Detections]):
         ``model_busy`` (their ratio), ``wait_seconds`` (the model thread waiting for windows)."""
         return dict(self._shared.last_pass)
 
-    def _stream(self, tolerate: tuple[type[BaseException], ...]) -> Iterator[Outcome]:
+    def _stream(self, tolerate: tuple[type[BaseException], ...]) -> Generator[Outcome, None, None]:
         if not len(self._wins):
             return
         from tqdm.auto import tqdm
@@ -301,7 +309,7 @@ class DetectionSequence(Sequence[Detections]):
             pipe.start()
             while (batch := pipe.next()) is not None:
                 for index, window, result, error in batch:
-                    if error is not None:
+                    if result is None:  # the window could not be read
                         yield index, None, error
                     else:
                         yield index, self._to_detections(index, window, result), None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.process
 import os
 import pickle
 import secrets
@@ -16,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import LazyTilesError, WorkerError
 
@@ -24,6 +25,8 @@ from ..errors import LazyTilesError, WorkerError
 SHM_MIN_BYTES = 64 * 2**10
 #: Seconds ``close()`` waits for a worker to finish its item before a process is terminated.
 CLOSE_TIMEOUT = 5.0
+
+StartMethod = Literal["fork", "spawn", "forkserver"]
 
 
 @dataclass
@@ -74,7 +77,7 @@ class _RemoteTraceback(Exception):
 # -- process workers -------------------------------------------------------------------------------
 
 
-def _default_start_method() -> str:
+def _default_start_method() -> StartMethod:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
@@ -90,21 +93,25 @@ class _ProcessWorker:
     the next one).
     """
 
-    def __init__(self, number: int, payload: bytes, start_method: str | None, on_exit: Callable[[], None]) -> None:
+    def __init__(
+        self, number: int, payload: bytes, start_method: StartMethod | None, on_exit: Callable[[], None]
+    ) -> None:
         self._number = number
         self._payload = payload
         self._start_method = start_method
         self._on_exit = on_exit
-        self.proc: Any = None
+        self.proc: multiprocessing.process.BaseProcess | None = None
         self._conn: multiprocessing.connection.Connection | None = None
         self._shm: SharedMemory | None = None  # created and unlinked by this (parent) side
         self._shm_news = False  # the process has not attached the current segment yet
         self._lock = threading.Lock()
 
-    def _start(self) -> None:
+    def _start(self) -> tuple[multiprocessing.process.BaseProcess, multiprocessing.connection.Connection]:
         ctx = multiprocessing.get_context(self._start_method or _default_start_method())
         parent, child = ctx.Pipe(duplex=True)
-        proc = ctx.Process(
+        # typeshed types get_context(str) as a BaseContext, which lacks Process; every real context has it
+        process: type[multiprocessing.process.BaseProcess] = ctx.Process  # type: ignore[attr-defined]
+        proc = process(
             target=_process_main,
             args=(child, self._payload),
             name=f"lazytiles-prefetch-{self._number}",
@@ -115,11 +122,10 @@ class _ProcessWorker:
         with self._lock:
             self.proc, self._conn = proc, parent
             self._shm_news = self._shm is not None
+        return proc, parent
 
     def compute(self, index: int) -> tuple[Any, _Failure | None]:
-        if self.proc is None:
-            self._start()
-        proc, conn = self.proc, self._conn
+        proc, conn = (self.proc, self._conn) if self.proc is not None and self._conn is not None else self._start()
         where = f"prefetch worker process {proc.pid}"
         try:
             conn.send((index, self._shm.name if self._shm_news and self._shm else None))
@@ -141,10 +147,11 @@ class _ProcessWorker:
         kind = reply[0]
         if kind == "shm":
             _, header, sizes = reply
-            assert self._shm is not None
+            shm = self._shm
+            assert shm is not None and shm.buf is not None  # made here, and closed after the process stops
             buffers, offset = [], 0
             for size in sizes:
-                buffers.append(bytearray(self._shm.buf[offset : offset + size]))  # copied out: slot reused
+                buffers.append(bytearray(shm.buf[offset : offset + size]))  # copied out: slot reused
                 offset += _aligned(size)
             return pickle.loads(header, buffers=buffers), None
         if kind == "pipe":
@@ -263,8 +270,9 @@ def _compute_and_encode(
         return _encode(item, shm)
     except BaseException as err:
         return _error_reply(
-            err, f"the item ({type(item).__name__}) could not be pickled to send it back; return plain "
-            "data (arrays, numbers, dataclasses) or use method='thread': "
+            err,
+            f"the item ({type(item).__name__}) could not be pickled to send it back; return plain "
+            "data (arrays, numbers, dataclasses) or use method='thread': ",
         )
 
 
@@ -275,7 +283,7 @@ def _encode(item: Any, shm: SharedMemory | None) -> tuple[Any, ...]:
     need = sum(_aligned(r.nbytes) for r in raws)
     if need < SHM_MIN_BYTES:
         return ("pipe", header, [bytes(r) for r in raws], 0)
-    if shm is None or shm.size < need:
+    if shm is None or shm.buf is None or shm.size < need:
         return ("pipe", header, [bytes(r) for r in raws], need)  # the parent makes a segment this big
     offset, sizes = 0, []
     for r in raws:
@@ -286,8 +294,9 @@ def _encode(item: Any, shm: SharedMemory | None) -> tuple[Any, ...]:
 
 
 def _error_reply(err: BaseException, prefix: str = "") -> tuple[Any, ...]:
+    exc_pickle: bytes | None
     try:
-        exc_pickle: bytes | None = pickle.dumps(err)
+        exc_pickle = pickle.dumps(err)
         pickle.loads(exc_pickle)  # some exceptions pickle but cannot be rebuilt
     except Exception:
         exc_pickle = None

@@ -24,23 +24,33 @@ its pipe; the parent copies the buffers out before the segment is reused.
 from __future__ import annotations
 
 import atexit
-import multiprocessing.util  # noqa: F401  (its atexit hook must be registered before ours, so ours runs first)
+import importlib
 import os
 import pickle
 import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from ..errors import InvalidArgumentError, WorkerError
 from ..windowing.index import Positions
-from .processes import CLOSE_TIMEOUT, _Failure, _ProcessWorker
+from .processes import CLOSE_TIMEOUT, StartMethod, _Failure, _ProcessWorker
 
 Method = Literal["thread", "process"]
 METHODS = ("thread", "process")
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Indexable(Protocol[T_co]):
+    """What :func:`lazytiles.prefetch` takes: ``len()`` and ``[i]`` (a sequence, ``seqtools.smap(...)``)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int, /) -> T_co: ...
+
 
 #: Most indexing threads whose access pattern is tracked at once.
 MAX_INDEX_STREAMS = 16
@@ -59,7 +69,7 @@ class _Options:
     method: Method
     ahead: int
     progress: bool
-    start_method: str | None
+    start_method: StartMethod | None
 
 
 class _Stream:
@@ -116,7 +126,7 @@ _engines: weakref.WeakSet[_Engine] = weakref.WeakSet()
 class _Engine:
     """The scheduler shared by a prefetched sequence and its views, and its workers."""
 
-    def __init__(self, seq: Sequence[Any], options: _Options) -> None:
+    def __init__(self, seq: Indexable[Any], options: _Options) -> None:
         self.seq = seq
         self.options = options
         self.n = len(seq)
@@ -337,9 +347,7 @@ class _Engine:
                 worker = _ProcessWorker(k, self._payload, self.options.start_method, self._count_restart)
                 self._procs.append(worker)
                 target = worker.compute
-            thread = threading.Thread(
-                target=self._serve, args=(target,), name=f"lazytiles-prefetch-{k}", daemon=True
-            )
+            thread = threading.Thread(target=self._serve, args=(target,), name=f"lazytiles-prefetch-{k}", daemon=True)
             self._threads.append(thread)
             thread.start()
 
@@ -389,10 +397,15 @@ class _Engine:
         _engines.discard(self)
 
 
-@atexit.register
 def _close_all() -> None:
     for engine in list(_engines):
         engine.close(timeout=1.0)
+
+
+# atexit runs the last-registered hook first; importing multiprocessing.util registers the hook that
+# joins worker processes (if nothing imported it yet), so ours, registered after it, closes them first
+importlib.import_module("multiprocessing.util")
+atexit.register(_close_all)
 
 
 def _reset_all_after_fork() -> None:  # a forked child has none of its parent's threads

@@ -11,24 +11,26 @@ from __future__ import annotations
 import multiprocessing
 import weakref
 from collections.abc import Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..windowing.index import Positions, select
-from .scheduler import METHODS, Method, _Engine, _Options
+from .processes import StartMethod
+from .scheduler import METHODS, Indexable, Method, _Engine, _Options
 
 T = TypeVar("T")
 
+
 def prefetch(
-    seq: Sequence[T],
+    seq: Indexable[T],
     workers: int = 4,
     method: Method = "thread",
     ahead: int | None = None,
     *,
     progress: bool = True,
-    start_method: str | None = None,
+    start_method: StartMethod | None = None,
 ) -> Prefetched[T]:
     """The same items as ``seq``, computed ahead of an in-order consumer by worker threads or processes.
 
@@ -129,7 +131,7 @@ class Prefetched(Sequence[T]):
         self._positions = range(self._engine.n) if positions is None else positions
 
     @property
-    def sequence(self) -> Sequence[T]:
+    def sequence(self) -> Indexable[T]:
         """The sequence whose items are prefetched (all of it, also for a view)."""
         return self._engine.seq
 
@@ -153,10 +155,15 @@ class Prefetched(Sequence[T]):
     def __len__(self) -> int:
         return len(self._positions)
 
-    def __getitem__(self, key: Any) -> Any:
+    @overload
+    def __getitem__(self, key: int | np.integer) -> T: ...
+    @overload
+    def __getitem__(self, key: slice | list[int] | tuple[int, ...] | np.ndarray) -> Prefetched[T]: ...
+    def __getitem__(self, key: Any) -> T | Prefetched[T]:
         picked = select(self._positions, key, "item")
         if isinstance(picked, int):
-            return self._engine.get(picked, None)
+            item: T = self._engine.get(picked, None)
+            return item
         return Prefetched(self._handle, picked)
 
     def __iter__(self) -> Iterator[T]:
@@ -208,7 +215,12 @@ class Prefetched(Sequence[T]):
 
 
 def _restore(
-    seq: Sequence[Any], workers: int, method: Method, ahead: int, progress: bool, start_method: str | None,
+    seq: Indexable[Any],
+    workers: int,
+    method: Method,
+    ahead: int,
+    progress: bool,
+    start_method: StartMethod | None,
     positions: Positions | None,
 ) -> Prefetched[Any]:
     root = prefetch(seq, workers, method, ahead, progress=progress, start_method=start_method)

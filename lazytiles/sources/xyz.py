@@ -170,7 +170,7 @@ class XYZSource(TileSource):
     Examples
     --------
     >>> import tempfile, numpy as np, lazytiles as lt
-    >>> from lazytiles.testing.tileserver import write_xyz_tiles
+    >>> from lazytiles.testing.xyztiles import write_xyz_tiles
     >>> tiles = tempfile.mkdtemp()
     >>> image = np.random.default_rng(0).integers(0, 255, (3, 512, 768), dtype=np.uint8)
     >>> cover = write_xyz_tiles(image, tiles, zoom=12, top_left_tile=(2200, 1343))

@@ -1,7 +1,7 @@
 """The messages of lazytiles streams: region jobs in, detections out; pure JSON, no I/O.
 
-**Jobs** are what a ``lazytiles worker`` takes from a topic. A job names a source, the model to run and the window parameters, in the words of the
-``lazytiles detect`` command::
+**Jobs** are what a ``lazytiles worker`` takes from a topic. A job names a source, the model to run
+and the window parameters, in the words of the ``lazytiles detect`` command::
 
     {"id": "field-7", "source": "https://host/{z}/{x}/{y}.png", "zoom": 17,
      "bounds": [13.40, 52.50, 13.42, 52.52], "bounds_crs": "EPSG:4326",
@@ -150,7 +150,7 @@ def parse_job(message: bytes | str | dict[str, Any]) -> Job:
     >>> parse_job('{"id": "a1", "source": "scene.tif"}')
     Traceback (most recent call last):
     ...
-    lazytiles.streams.messages.JobError: job 'a1' has no 'model' field; give 'pkg.module:factory' or the path of a TorchScript file
+    lazytiles.streams.messages.JobError: job 'a1' has no 'model' field; give 'pkg.module:factory' or ...
     """
     if isinstance(message, bytes | bytearray | memoryview):
         try:
@@ -161,7 +161,9 @@ def parse_job(message: bytes | str | dict[str, Any]) -> Job:
         try:
             fields = json.loads(message)
         except json.JSONDecodeError as err:
-            raise JobError(f"job message is not valid JSON ({err.msg} at character {err.pos}); send a JSON object") from None
+            raise JobError(
+                f"job message is not valid JSON ({err.msg} at character {err.pos}); send a JSON object"
+            ) from None
         except (ValueError, RecursionError) as err:  # a number of thousands of digits, deep nesting
             kind = "nested too deeply" if isinstance(err, RecursionError) else "not valid JSON"
             raise JobError(f"job message is {kind} ({type(err).__name__}); send a plain JSON object") from None
@@ -171,55 +173,59 @@ def parse_job(message: bytes | str | dict[str, Any]) -> Job:
         raise JobError(f"a job must be a JSON object with 'id', 'source' and 'model', got {type(fields).__name__}")
 
     job_id = fields.get("id")
-    if not isinstance(job_id, str) or not job_id.strip() or len(job_id) > 200 or ":" in job_id or not job_id.isprintable():
+    if (
+        not isinstance(job_id, str)
+        or not job_id.strip()
+        or len(job_id) > 200
+        or ":" in job_id
+        or not job_id.isprintable()
+    ):
         raise JobError(f"job 'id' must be {FIELDS['id']}, got {_shown(job_id)}")
     where = f"job {job_id!r}"
     unknown = sorted(set(fields) - set(FIELDS))
     if unknown:
-        names = ", ".join(_shown(name, 40) for name in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        names = ", ".join(_shown(name, 40) for name in unknown[:5]) + more
         raise JobError(f"{where} has unknown field(s) {names}; known fields: {', '.join(FIELDS)}")
     for name in REQUIRED[1:]:
         if name not in fields or fields[name] is None:
             raise JobError(f"{where} has no {name!r} field; give {FIELDS[name]}")
 
-    def text(name: str) -> str | None:
+    def text(name: str) -> str:
         value = fields.get(name)
-        if value is None:
-            return None
         if not isinstance(value, str) or not value.strip():
             raise JobError(f"{where}: {name!r} must be {FIELDS[name]}, got {_shown(value)}")
         return value
 
-    def integer(name: str, default: int | None, low: int) -> int | None:
-        value = fields.get(name, default)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    def integer(name: str, low: int) -> int | None:  # None: absent or null, so the default
+        value = fields.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise JobError(f"{where}: {name!r} must be {FIELDS[name]} (>= {low}), got {_shown(value)}")
         return value
 
-    size: Any = fields.get("size", 512)
-    if isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in size):
-        size = (size[0], size[1])
+    size: int | tuple[int, int]
+    pair = fields.get("size")
+    if isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+        size = (pair[0], pair[1])
         if min(size) < 1:
-            raise JobError(f"{where}: 'size' must be {FIELDS['size']}, got {_shown(list(size))}")
+            raise JobError(f"{where}: 'size' must be {FIELDS['size']}, got {_shown(pair)}")
     else:
-        size = integer("size", 512, 1)
+        size = integer("size", 1) or 512
 
     overlap = fields.get("overlap", 0.25)
     if isinstance(overlap, bool) or not isinstance(overlap, int | float) or not 0 <= overlap < 1:
         raise JobError(f"{where}: 'overlap' must be {FIELDS['overlap']}, got {_shown(overlap)}")
 
-    bounds = fields.get("bounds")
-    if bounds is not None:
-        ok = (
-            isinstance(bounds, list)
-            and len(bounds) == 4
-            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in bounds)
-        )
-        if not ok or not (bounds[0] < bounds[2] and bounds[1] < bounds[3]):
-            raise JobError(f"{where}: 'bounds' must be {FIELDS['bounds']} with left < right and bottom < top, got {_shown(bounds)}")
-        bounds = tuple(float(v) for v in bounds)
+    bounds: tuple[float, float, float, float] | None = None
+    given = fields.get("bounds")
+    if given is not None:
+        ok = isinstance(given, list) and len(given) == 4
+        ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in given)
+        if not ok or not (given[0] < given[2] and given[1] < given[3]):
+            raise JobError(
+                f"{where}: 'bounds' must be {FIELDS['bounds']} with left < right and bottom < top, got {_shown(given)}"
+            )
+        bounds = (float(given[0]), float(given[1]), float(given[2]), float(given[3]))
 
     region = fields.get("region")
     region_json = None
@@ -230,15 +236,15 @@ def parse_job(message: bytes | str | dict[str, Any]) -> Job:
 
     return Job(
         id=job_id,
-        source=text("source"),  # type: ignore[arg-type]
-        model=text("model"),  # type: ignore[arg-type]
-        zoom=integer("zoom", None, 0),
-        bounds=bounds,  # type: ignore[arg-type]
-        bounds_crs=text("bounds_crs"),
+        source=text("source"),
+        model=text("model"),
+        zoom=integer("zoom", 0),
+        bounds=bounds,
+        bounds_crs=None if fields.get("bounds_crs") is None else text("bounds_crs"),
         region_json=region_json,
         size=size,
         overlap=float(overlap),
-        batch_size=integer("batch_size", 8, 1),  # type: ignore[arg-type]
+        batch_size=integer("batch_size", 1) or 8,
     )
 
 
@@ -256,10 +262,6 @@ def _shown(value: Any, limit: int = 80) -> str:
 def _dumps(value: Any) -> bytes:
     """Canonical JSON: the same value always gives the same bytes (duplicates compare equal)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
-
-
-def _crs_text(crs: CRS | None) -> str | None:
-    return None if crs is None else crs.to_string()
 
 
 def features(dets: Detections) -> list[dict[str, Any]]:
@@ -287,7 +289,7 @@ def features(dets: Detections) -> list[dict[str, Any]]:
             ring = [[float(a), float(b)] for a, b in zip(lon[i], lat[i])]
             if area[i] < 0:  # a south-up or mirrored grid turns the ring around
                 ring.reverse()
-            rings[i] = {"type": "Polygon", "coordinates": [ring + [ring[0]]]}
+            rings[i] = {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
     return [
         {
             "type": "Feature",
@@ -306,7 +308,8 @@ def features(dets: Detections) -> list[dict[str, Any]]:
 
 def _collection(dets: Detections, meta: dict[str, Any]) -> bytes:
     t = dets.transform
-    meta = {**meta, "crs": _crs_text(dets.crs), "transform": [t.a, t.b, t.c, t.d, t.e, t.f]}
+    crs = None if dets.crs is None else dets.crs.to_string()
+    meta = {**meta, "crs": crs, "transform": [t.a, t.b, t.c, t.d, t.e, t.f]}
     return _dumps({"type": "FeatureCollection", "features": features(dets), "lazytiles": meta})
 
 
@@ -355,8 +358,7 @@ def object_messages(
     n = len(merged)
     out = []
     for k in range(n):
-        meta = {"kind": "object", "run_id": run_id, "object_index": k, "objects": n, "source": source,
-                "recipe": dict(recipe)}
+        meta = dict(kind="object", run_id=run_id, object_index=k, objects=n, source=source, recipe=dict(recipe))
         out.append((f"{run_id}:merged:{k}".encode(), _collection(merged[k], meta)))
     return out
 
@@ -368,14 +370,8 @@ def done_message(
     FeatureCollection whose ``lazytiles`` member counts the run's ``windows``, lists the ``failed``
     ones with their reasons, counts those ``missing`` (not run yet: a run published part-way) and,
     for merged publishing, the ``objects`` sent."""
-    meta = {
-        "kind": "done",
-        "run_id": run_id,
-        "windows": int(windows),
-        "failed": {str(k): str(v) for k, v in sorted(failed.items())},
-        "missing": int(missing),
-        "objects": objects,
-    }
+    reasons = {str(k): str(v) for k, v in sorted(failed.items())}
+    meta = dict(kind="done", run_id=run_id, windows=int(windows), failed=reasons, missing=int(missing), objects=objects)
     return f"{run_id}:done".encode(), _dumps({"type": "FeatureCollection", "features": [], "lazytiles": meta})
 
 
@@ -405,23 +401,15 @@ def dead_letter_message(
     (True, 300000, True)
     """
     value = b"" if value is None else bytes(value)
-    original: dict[str, Any] = {
-        "topic": topic,
-        "partition": partition,
-        "offset": offset,
-        "key": None,
-        "sha256": hashlib.sha256(value).hexdigest(),
-        "bytes": len(value),
-        "truncated": False,
-    }
+    original: dict[str, Any] = dict(topic=topic, partition=partition, offset=offset, key=None, truncated=False)
+    original.update(sha256=hashlib.sha256(value).hexdigest(), bytes=len(value))
     if key is not None:
         key = bytes(key)[:1024]
         original["key"] = key.decode("utf-8", "backslashreplace")
-    text = None
     try:
-        text = value.decode("utf-8")
+        text: str | None = value.decode("utf-8")
     except UnicodeDecodeError:
-        pass
+        text = None
     if text is not None and len(json.dumps(text)) <= DEAD_LETTER_KEEP:
         original["value"] = text
     else:

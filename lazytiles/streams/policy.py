@@ -154,7 +154,8 @@ class Policy:
             pre = urlsplit(prefix)
             if not pre.scheme.startswith("http"):
                 continue
-            if (parts.scheme.lower(), host, _port(parts)) != (pre.scheme.lower(), (pre.hostname or "").lower(), _port(pre)):
+            origin = (pre.scheme.lower(), (pre.hostname or "").lower(), _port(pre))
+            if (parts.scheme.lower(), host, _port(parts)) != origin:
                 continue
             if not parts.path.startswith(pre.path or "/") or "/../" in parts.path:
                 continue

@@ -21,7 +21,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from affine import Affine
@@ -29,6 +29,9 @@ from rasterio.crs import CRS
 
 from ..errors import InvalidArgumentError
 from ..grid import Bounds, mercator_bounds, mercator_to_lnglat
+
+if TYPE_CHECKING:
+    from ..detections import Detections
 
 #: Zoom level of the sample's pixels.
 ZOOM = 16
@@ -85,7 +88,7 @@ class Sample:
         """The tiles' URL template on a server whose root is :attr:`tiles_dir`, e.g. ``http://127.0.0.1:8000``."""
         return base_url.rstrip("/") + "/{z}/{x}/{y}.png"
 
-    def truth(self) -> Any:
+    def truth(self) -> Detections:
         """The true objects as ``lt.Detections`` (score 1) in the COG's pixel grid."""
         from ..detections import Detections
 
@@ -97,7 +100,7 @@ def _ground(size: int, rng: np.random.Generator) -> np.ndarray:
     from PIL import Image
 
     coarse = rng.uniform(0, 1, (max(2, size // 96), max(2, size // 96))).astype(np.float32)
-    smooth = np.asarray(
+    smooth: np.ndarray = np.asarray(
         Image.fromarray(coarse, mode="F").resize((size, size), resample=Image.Resampling.BICUBIC),
         dtype=np.float32,
     )
@@ -139,7 +142,9 @@ def _place(size: int, count: int, rng: np.random.Generator) -> list[tuple[int, i
     )
 
 
-def sample_scene(size: int = 2048, *, objects: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sample_scene(
+    size: int = 2048, *, objects: int | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The sample's pixels and its true objects, made in memory (no files).
 
     Parameters
@@ -196,7 +201,9 @@ def write_cog(path: str | os.PathLike[str], pixels: np.ndarray, transform: Affin
 
     path = Path(path)
     bands, height, width = pixels.shape
-    profile = dict(driver="GTiff", height=height, width=width, count=bands, dtype=pixels.dtype, crs=crs, transform=transform)
+    profile = dict(
+        driver="GTiff", height=height, width=width, count=bands, dtype=pixels.dtype, crs=crs, transform=transform
+    )
     with MemoryFile() as mem:
         with mem.open(**profile) as ds:
             ds.write(pixels)
@@ -247,7 +254,9 @@ def write_tiles(
         _, h, w = level.shape
         whole = np.pad(level, ((0, 0), (0, -h % 256), (0, -w % 256)))
         # fast, lossless PNG: the sample is written on every demo run
-        write_xyz_tiles(whole, directory, zoom=z, top_left_tile=(origin_tile[0] // f, origin_tile[1] // f), compress_level=1)
+        write_xyz_tiles(
+            whole, directory, zoom=z, top_left_tile=(origin_tile[0] // f, origin_tile[1] // f), compress_level=1
+        )
     return directory
 
 
@@ -288,7 +297,9 @@ def make_sample(
     """
     directory = Path(directory)
     if tiles and (isinstance(size, int) and size % 256):
-        raise InvalidArgumentError(f"size must be a multiple of 256 to write XYZ tiles, got {size!r}; or pass tiles=False")
+        raise InvalidArgumentError(
+            f"size must be a multiple of 256 to write XYZ tiles, got {size!r}; or pass tiles=False"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     pixels, boxes, labels = sample_scene(size, objects=objects, seed=seed)
     transform = sample_transform()
@@ -308,4 +319,14 @@ def make_sample(
     )
 
 
-__all__ = ["COLOURS", "ORIGIN_TILE", "ZOOM", "Sample", "make_sample", "sample_scene", "sample_transform", "write_cog", "write_tiles"]
+__all__ = [
+    "COLOURS",
+    "ORIGIN_TILE",
+    "ZOOM",
+    "Sample",
+    "make_sample",
+    "sample_scene",
+    "sample_transform",
+    "write_cog",
+    "write_tiles",
+]

@@ -2,18 +2,19 @@
 
 :class:`TileServer` serves a directory over HTTP/1.1 with keep-alive and byte ranges (``Range``,
 ``206 Partial Content``, ``HEAD``, ``Accept-Ranges``: what GDAL's ``/vsicurl/`` needs to read a COG),
-and injects faults on request: latency, HTTP errors, 429 with ``Retry-After``, truncated bodies,
-hanging connections, garbage bytes and absent tiles. It counts requests per path. Files that do not
-exist answer 404, so a directory of tiles is a tile service whose coverage ends where the files do.
-``python -m lazytiles.testing.tileserver DIR`` runs one in its own process (:func:`main`).
-
-:func:`write_xyz_tiles` (from :mod:`lazytiles.testing.xyztiles`, importable here too) writes an image aligned to
+and injects faults on request (:mod:`lazytiles.testing.faults`): latency, HTTP errors, 429 with
+``Retry-After``, truncated bodies, hanging connections, garbage bytes and absent tiles. It counts
+requests per path. Files that do not exist answer 404, so a directory of tiles is a tile service whose
+coverage ends where the files do; a path that leads outside the directory (``..``, a symlink) answers
+403. Files are streamed in chunks. ``python -m lazytiles.testing.tileserver DIR`` runs one in its own
+process (:func:`main`). :func:`lazytiles.testing.xyztiles.write_xyz_tiles` writes an image aligned to
 the web-mercator grid as ``{z}/{x}/{y}.png`` tiles.
 
 Examples
 --------
 >>> import tempfile, numpy as np, lazytiles as lt
->>> from lazytiles.testing.tileserver import TileServer, write_xyz_tiles
+>>> from lazytiles.testing.tileserver import TileServer
+>>> from lazytiles.testing.xyztiles import write_xyz_tiles
 >>> image = np.random.default_rng(0).integers(0, 255, (3, 512, 512), dtype=np.uint8)
 >>> tiles = tempfile.mkdtemp()
 >>> cover = write_xyz_tiles(image, tiles, zoom=10, top_left_tile=(550, 335))
@@ -29,11 +30,9 @@ Examples
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import mimetypes
 import os
-import posixpath
 import re
 import signal
 import socket
@@ -41,49 +40,32 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ..errors import InvalidArgumentError
-from .xyztiles import XYZCoverage, write_xyz_tiles
+from .faults import GARBAGE, Fault, Faults
 
-FAULT_KINDS = ("error", "throttle", "truncate", "hang", "garbage", "absent", "drop")
-#: What a "garbage" fault sends instead of the file: bytes that are no image.
-GARBAGE = b"<html>not a tile</html>\n" + bytes(range(256)) * 4
-
-
-@dataclass
-class _Fault:
-    kind: str
-    pattern: str
-    times: int | None  # per matching path; None: every request
-    options: dict[str, Any]
-    used: Counter[str] = field(default_factory=Counter)
+#: Bytes read from a file and written to the socket at a time.
+CHUNK = 64 * 1024
 
 
-class TileServer:
-    """Serve ``directory`` on 127.0.0.1 from a background thread, with switchable faults.
+class TileServer(Faults):
+    """Serve ``directory`` on 127.0.0.1 from a background thread, with switchable faults (:class:`Faults`).
 
     Parameters
     ----------
     directory
-        The files to serve; ``/a/b.png`` is ``directory/a/b.png``. Nothing outside it is reachable.
+        The files to serve; ``/a/b.png`` is ``directory/a/b.png``. Nothing outside it is reachable:
+        the requested path is resolved (``..``, symlinks) and refused with 403 when it leaves it.
     host, port
         Where to listen (default: 127.0.0.1 and a free port).
     latency
         Seconds each request waits before it is answered (settable at any time).
     hang_timeout
         Longest a hung request is held (see :meth:`hang`).
-
-    Notes
-    -----
-    Faults are set per path pattern (``fnmatch`` on the URL path, ``"*"`` for all) and apply to the
-    first ``times`` requests of *each* matching path (``times=None``: every request), earliest rule
-    first; a path with no fault left is served normally. So ``server.fail(times=2)`` makes every tile
-    fail twice, then work: a client with 2 retries must still read everything exactly.
     """
 
     def __init__(
@@ -95,6 +77,7 @@ class TileServer:
         latency: float = 0.0,
         hang_timeout: float = 30.0,
     ) -> None:
+        super().__init__()
         self.directory = Path(directory).resolve()
         if not self.directory.is_dir():
             raise InvalidArgumentError(f"directory {os.fspath(directory)!r} is not a directory; pass the tile root")
@@ -102,13 +85,11 @@ class TileServer:
         self.latency = float(latency)
         self.hang_timeout = float(hang_timeout)
         self._lock = threading.Lock()
-        self._faults: list[_Fault] = []
         self._hits: Counter[str] = Counter()
         self._times: defaultdict[str, list[float]] = defaultdict(list)
         self._headers: dict[str, str] = {}
         self._in_flight = self._peak = 0
         self._clients: set[tuple[Any, ...]] = set()
-        self._release = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -213,75 +194,18 @@ class TileServer:
             self._peak = self._in_flight
             self._clients.clear()
 
-    # -- faults ------------------------------------------------------------------------------------
-
-    def inject(self, kind: str, path: str = "*", *, times: int | None = 1, **options: Any) -> None:
-        """Make the first ``times`` requests of each path matching ``path`` fail as ``kind``.
-
-        Kinds: ``error`` (``status=500``), ``throttle`` (429, ``retry_after=1`` seconds), ``truncate``
-        (half the body, then the connection closes), ``hang`` (held until :meth:`release`, the
-        ``hang_timeout`` or :meth:`stop`, then closed without an answer), ``garbage`` (200 with bytes
-        that are no image), ``absent`` (``status=404`` or 204 even where the file exists), ``drop``
-        (connection closed at once). The helpers :meth:`fail`, :meth:`throttle`, ... call this.
-        """
-        if kind not in FAULT_KINDS:
-            raise InvalidArgumentError(f"fault kind must be one of {', '.join(FAULT_KINDS)}, got {kind!r}")
-        if times is not None and (isinstance(times, bool) or not isinstance(times, int) or times < 1):
-            raise InvalidArgumentError(f"times must be a positive int, or None for every request, got {times!r}")
-        defaults: dict[str, dict[str, Any]] = {"error": {"status": 500}, "throttle": {"retry_after": 1}, "absent": {"status": 404}}
-        opts = {**defaults.get(kind, {}), **options}
-        with self._lock:
-            self._faults.append(_Fault(kind, path, times, opts))
-
-    def fail(self, path: str = "*", *, times: int | None = 1, status: int = 500) -> None:
-        """Answer HTTP ``status`` (default 500)."""
-        self.inject("error", path, times=times, status=status)
-
-    def throttle(self, path: str = "*", *, times: int | None = 1, retry_after: float = 1) -> None:
-        """Answer 429 Too Many Requests with ``Retry-After: retry_after`` (seconds)."""
-        self.inject("throttle", path, times=times, retry_after=retry_after)
-
-    def truncate(self, path: str = "*", *, times: int | None = 1) -> None:
-        """Send the full ``Content-Length`` but half the body, then close the connection."""
-        self.inject("truncate", path, times=times)
-
-    def hang(self, path: str = "*", *, times: int | None = 1) -> None:
-        """Accept the request and never answer (until :meth:`release`, ``hang_timeout`` or :meth:`stop`)."""
-        self.inject("hang", path, times=times)
-
-    def garbage(self, path: str = "*", *, times: int | None = 1) -> None:
-        """Answer 200 with bytes that are not an image."""
-        self.inject("garbage", path, times=times)
-
-    def absent(self, path: str = "*", *, times: int | None = None, status: int = 404) -> None:
-        """Answer 404 (or 204) as if the tile did not exist; every time by default."""
-        self.inject("absent", path, times=times, status=status)
-
-    def release(self) -> None:
-        """Let every hung request go (each closes without an answer); later hangs are not held."""
-        self._release.set()
-
-    def clear_faults(self) -> None:
-        """Remove every fault and re-arm :meth:`hang`."""
-        with self._lock:
-            self._faults.clear()
-        self._release.clear()
-
-    def _take_fault(self, path: str) -> _Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.pattern == "*" or fnmatch.fnmatchcase(path, fault.pattern):
-                    if fault.times is None or fault.used[path] < fault.times:
-                        fault.used[path] += 1
-                        return fault
-        return None
-
-    def _resolve(self, path: str) -> Path | None:
-        rel = posixpath.normpath("/" + unquote(path)).lstrip("/")  # "/.." cannot climb above "/"
+    def _resolve(self, path: str) -> Path | int:
+        """The file a URL path names, or the status refusing it: 403 outside the directory, 404 no file."""
+        rel = unquote(path).lstrip("/")
         if not rel or "\x00" in rel:
-            return None
-        file = self.directory / rel
-        return file if file.is_file() else None
+            return 404
+        try:
+            file = (self.directory / rel).resolve()  # "..", and symlinks, wherever they point
+            if not file.is_relative_to(self.directory):
+                return 403
+            return file if file.is_file() else 404
+        except (OSError, RuntimeError):  # a symlink loop, a name too long
+            return 404
 
     def __repr__(self) -> str:
         state = f"serving at {self.url}" if self._server is not None else "stopped"
@@ -341,16 +265,32 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._serve(head=True)
 
-    def _send(self, status: int, body: bytes, ctype: str = "text/plain", head: bool = False, **headers: str) -> None:
+    def _start(self, status: int, length: int, ctype: str, **headers: str) -> None:
+        """Send the status line and headers (``Content_Range`` is sent as ``Content-Range``)."""
         self.send_response(status)
         if status != 204:
             self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(length))
         for name, value in headers.items():
             self.send_header(name.replace("_", "-"), value)
         self.end_headers()
+
+    def _send(self, status: int, body: bytes, ctype: str = "text/plain", head: bool = False, **headers: str) -> None:
+        self._start(status, len(body), ctype, **headers)
         if not head and status != 204:
             self.wfile.write(body)
+
+    def _stream(self, file: Path, start: int, length: int) -> None:
+        """Write ``length`` bytes of ``file`` from ``start``, :data:`CHUNK` bytes at a time."""
+        with open(file, "rb") as f:
+            f.seek(start)
+            while length > 0:
+                chunk = f.read(min(CHUNK, length))
+                if not chunk:  # the file shrank meanwhile: the client sees a short body
+                    self.close_connection = True
+                    return
+                self.wfile.write(chunk)
+                length -= len(chunk)
 
     def _serve(self, head: bool) -> None:
         owner = self.server.owner
@@ -364,12 +304,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, owner: TileServer, path: str, head: bool) -> None:
         if owner.latency > 0:
             time.sleep(owner.latency)  # the simulated network, not a synchronisation
-        fault = owner._take_fault(path)
+        fault = owner.take_fault(path)
         if fault is not None and self._fault(fault, path, head):
             return
         file = owner._resolve(path)
-        if file is None:
-            self._send(404, b"no such tile\n", head=head)
+        if isinstance(file, int):
+            self._send(file, b"outside the served directory\n" if file == 403 else b"no such tile\n", head=head)
             return
         size = file.stat().st_size
         start, end = 0, size - 1
@@ -388,14 +328,13 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 status = 206
                 extra["Content_Range"] = f"bytes {start}-{end}/{size}"
-        with open(file, "rb") as f:
-            f.seek(start)
-            body = f.read(end - start + 1)
-        self._send(status, body, _content_type(file), head, **extra)
+        self._start(status, end - start + 1, _content_type(file), **extra)
+        if not head:
+            self._stream(file, start, end - start + 1)
 
-    def _fault(self, fault: _Fault, path: str, head: bool) -> bool:
+    def _fault(self, fault: Fault, path: str, head: bool) -> bool:
         """Answer with ``fault``; False when it needs a file that is not there (then serve normally)."""
-        kind, opts = fault.kind, fault.options
+        kind, opts, owner = fault.kind, fault.options, self.server.owner
         if kind == "error":
             self._send(opts["status"], b"injected failure\n", head=head)
         elif kind == "throttle":
@@ -407,21 +346,18 @@ class _Handler(BaseHTTPRequestHandler):
         elif kind == "garbage":
             self._send(200, GARBAGE, "image/png", head)
         elif kind == "hang":
-            self.server.owner._release.wait(self.server.owner.hang_timeout)
+            owner._release.wait(owner.hang_timeout)
             self.close_connection = True  # give up without a word
         elif kind == "drop":
             self.close_connection = True
         elif kind == "truncate":
-            file = self.server.owner._resolve(path)
-            if file is None:
+            file = owner._resolve(path)
+            if isinstance(file, int):
                 return False
-            body = file.read_bytes()  # the full Content-Length, half the body, then the connection closes
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Content-Type", _content_type(file))
-            self.end_headers()
+            size = file.stat().st_size  # the full Content-Length, half the body, then the connection closes
+            self._start(200, size, _content_type(file))
             if not head:
-                self.wfile.write(body[: len(body) // 2])
+                self._stream(file, 0, size // 2)
             self.close_connection = True
         return True
 
@@ -456,4 +392,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["FAULT_KINDS", "GARBAGE", "TileServer", "XYZCoverage", "main", "write_xyz_tiles"]
+__all__ = ["CHUNK", "TileServer", "main"]

@@ -67,7 +67,7 @@ class XYZCoverage:
         if not isinstance(tile, tuple) or len(tile) != 2:
             return False
         x, y = tile
-        return self.x <= x < self.x + self.cols and self.y <= y < self.y + self.rows
+        return bool(self.x <= x < self.x + self.cols and self.y <= y < self.y + self.rows)
 
     def __len__(self) -> int:
         return self.cols * self.rows
@@ -112,12 +112,13 @@ def write_xyz_tiles(
     bands, height, width = image.shape
     if height % tile_size or width % tile_size or not height:
         raise InvalidArgumentError(
-            f"array of {height}x{width} px is not whole {tile_size}-px tiles; crop or pad it to multiples of {tile_size}"
+            f"array of {height}x{width} px is not whole {tile_size}-px tiles; "
+            f"crop or pad it to multiples of {tile_size}"
         )
     x0, y0 = top_left_tile
     rows, cols = height // tile_size, width // tile_size
     n = 2**zoom
-    if not (0 <= x0 and x0 + cols <= n and 0 <= y0 and y0 + rows <= n):
+    if not (x0 >= 0 and x0 + cols <= n and y0 >= 0 and y0 + rows <= n):
         raise InvalidArgumentError(
             f"{cols}x{rows} tiles from top_left_tile={top_left_tile} do not fit the {n}x{n} tiles of zoom {zoom}"
         )

@@ -239,6 +239,29 @@ def test_a_wrong_output_fails_on_the_first_batch_with_both_shapes_named(scene):
         next(iter(lt.detect(dict_model, wins, batch_size=8, progress=False)))
 
 
+class InverseBrightness(torch.nn.Module):
+    """One box per window, scaled by 1 / the window's mean brightness: a black window gets an infinite box."""
+
+    def forward(self, x):
+        mean = x.float().mean(dim=(1, 2, 3))
+        box, label = torch.tensor([0.0, 0.0, 8.0, 8.0]), torch.zeros(1, dtype=torch.int64)
+        return [{"boxes": (box / m)[None], "scores": m[None], "labels": label} for m in mean]
+
+
+def test_an_infinite_box_fails_naming_its_window_before_anything_of_its_batch_is_returned():
+    image = np.full((3, 512, 512), 100, np.uint8)
+    image[:, 128:256, 384:512] = 0  # window 7 of the 4 x 4 is black
+    wins = lt.windows(lt.ArraySource(image, tile_shape=128), size=128)
+    returned = []
+    message = r"inf in the boxes of window 7 \(image 3 of the batch of windows \[4, 5, 6, 7\]\); .* must be finite"
+    with pytest.raises(lt.ModelOutputError, match=message):
+        for d in lt.detect(InverseBrightness(), wins, batch_size=4, progress=False):
+            returned.extend(d.window_index.tolist())
+    assert returned == [0, 1, 2, 3] and not lazytiles_threads()
+    with pytest.raises(lt.ModelOutputError, match=r"window 7 "):
+        lt.detect(InverseBrightness(), wins, progress=False)[7]
+
+
 def test_break_and_garbage_collection_stop_every_worker(scene):
     src, _ = scene
     dets = lt.detect(BlobDetector(), lt.windows(src, size=64), batch_size=2, workers=3, progress=False)

@@ -193,6 +193,26 @@ def test_parse_outputs_names_what_came_back_and_what_is_expected(out, message):
     assert isinstance(info.value, TypeError)
 
 
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        (torch.tensor([0.5, np.nan]), r"NaN in the scores of window 4 \(image 1 of the batch of windows \[3, 4\]\)"),
+        (torch.tensor([[0.0, 1.0], [-np.inf, 0.0]]), r"inf in the class logits of window 4 "),
+        (np.array([1e300, 0.5]), r"inf in the scores of window 3 "),  # beyond float32
+        ([{"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.zeros(1)},
+          {"boxes": torch.tensor([[0, np.nan, np.inf, 1]]), "scores": torch.ones(1), "labels": torch.zeros(1)}],
+         r"NaN and inf in the boxes of window 4 "),
+        ([{"boxes": torch.zeros(1, 4), "scores": torch.tensor([np.inf]), "labels": torch.zeros(1)}] * 2,
+         r"inf in the scores of window 3 \(image 0"),
+        ([{"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.tensor([np.nan])}] * 2,
+         r"NaN in the labels of window 3 "),
+    ],
+)  # fmt: skip
+def test_non_finite_outputs_name_the_window_and_what_was_not_finite(out, message):
+    with pytest.raises(lt.ModelOutputError, match=message + r".*must be finite numbers"):
+        parse_outputs(out, 2, [3, 4])
+
+
 def test_runner_preprocessing_defaults_and_bands():
     def runner(dtype, preprocess, count=3):
         return ModelRunner(lambda x: x, device=torch.device("cpu"), preprocess=preprocess, count=count,

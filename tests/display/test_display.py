@@ -229,7 +229,7 @@ def test_region_preview_draws_merged_detections_in_place(tmp_path):
 
 def xyz_pair(tmp_path, *, lower: bool):
     """1024 x 1024 px of value 200 as zoom-12 tiles; with ``lower``, zoom 11 tiles of value 77 over it."""
-    from lazytiles.testing.tileserver import write_xyz_tiles
+    from lazytiles.testing.xyztiles import write_xyz_tiles
 
     image = np.full((3, 1024, 1024), 200, np.uint8)
     cover = write_xyz_tiles(image, tmp_path, zoom=12, top_left_tile=(2200, 1344))

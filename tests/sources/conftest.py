@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lazytiles.testing.tileserver import TileServer, XYZCoverage, write_xyz_tiles
+from lazytiles.testing.tileserver import TileServer
+from lazytiles.testing.xyztiles import XYZCoverage, write_xyz_tiles
 
 #: Zoom and upper-left tile (x, y) of the test tiles: somewhere in Europe at about 38 m per pixel.
 ZOOM = 12

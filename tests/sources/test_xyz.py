@@ -25,7 +25,8 @@ from rasterio.windows import Window
 import lazytiles as lt
 from lazytiles.sources.http import HttpClient
 from lazytiles.sources.xyz import XYZSource
-from lazytiles.testing.tileserver import TileServer, write_xyz_tiles
+from lazytiles.testing.tileserver import TileServer
+from lazytiles.testing.xyztiles import write_xyz_tiles
 
 from .conftest import ORIGIN, ZOOM, position_image
 

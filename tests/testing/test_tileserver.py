@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,9 @@ from PIL import Image
 from rasterio.windows import Window
 
 import lazytiles as lt
-from lazytiles.testing.tileserver import GARBAGE, TileServer, write_xyz_tiles
+from lazytiles.testing.faults import GARBAGE
+from lazytiles.testing.tileserver import CHUNK, TileServer
+from lazytiles.testing.xyztiles import write_xyz_tiles
 
 DATA = bytes(range(256)) * 8  # 2048 bytes, each names its offset modulo 256
 
@@ -78,9 +81,51 @@ def test_head_sends_the_headers_without_the_body(server):
     assert status == 200 and body == b"" and headers["Content-Length"] == str(len(DATA))
 
 
-@pytest.mark.parametrize("path", ["/../secret.txt", "/d/../../secret.txt", "/%2e%2e/secret.txt", "/nothing.png", "/"])
-def test_nothing_outside_the_root_or_missing_is_served(server, path):
+def raw_get(server: TileServer, target: str) -> tuple[int, bytes]:
+    """GET ``target`` exactly as written (http clients would normalise ``..``): the status and the body."""
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/../secret.txt", "/d/../../secret.txt", "/%2e%2e/secret.txt", "/d/%2E%2E/%2e%2e/secret.txt", "/..%2fsecret.txt"],
+)
+def test_dot_dot_in_the_url_cannot_leave_the_directory(server, tmp_path, target):
+    status, body = raw_get(server, target)
+    assert status == 403 and b"outside the root" not in body
+
+
+def test_a_symlink_pointing_out_of_the_directory_is_refused(server, tmp_path):
+    (server.directory / "d" / "link.txt").symlink_to(tmp_path / "secret.txt")
+    (server.directory / "out").symlink_to(tmp_path, target_is_directory=True)
+    (server.directory / "inside.bin").symlink_to(server.directory / "d" / "data.bin")
+    for target in ("/d/link.txt", "/out/secret.txt"):
+        status, body = raw_get(server, target)
+        assert status == 403 and b"outside the root" not in body, target
+    assert raw_get(server, "/inside.bin") == (200, DATA)  # links that end inside are served
+    assert raw_get(server, "/out/root/d/data.bin") == (200, DATA)
+    server.truncate(times=1)  # a fault that needs the file does not read through the link either
+    assert raw_get(server, "/d/link.txt")[0] == 403
+
+
+@pytest.mark.parametrize("path", ["/nothing.png", "/", "/d", "/d/data.bin/x"])
+def test_missing_files_answer_404(server, path):
     assert request(server, path)[0] == 404
+
+
+def test_large_files_and_ranges_of_them_are_streamed_whole(server):
+    big = np.random.default_rng(0).integers(0, 256, 5 * CHUNK + 123, dtype=np.uint8).tobytes()
+    (server.directory / "big.bin").write_bytes(big)
+    status, headers, body = request(server, "/big.bin")
+    assert status == 200 and body == big and headers["Content-Length"] == str(len(big))
+    status, _, body = request(server, "/big.bin", Range=f"bytes={CHUNK - 7}-{3 * CHUNK + 9}")
+    assert status == 206 and body == big[CHUNK - 7 : 3 * CHUNK + 10]
 
 
 def test_one_connection_serves_many_requests(server):
