@@ -163,7 +163,7 @@ def detect(
         preprocess.affine(wins.source.dtype, len(preprocess.bands or range(wins.source.count)))  # checks lengths
     if not isinstance(score_threshold, int | float | np.integer | np.floating) or math.isnan(score_threshold):
         raise InvalidArgumentError(f"score_threshold must be a number, got {score_threshold!r}")
-    device = _device(device)
+    device = check_device(device)
     options = dict(
         batch_size=int(batch_size),
         device=device,
@@ -176,7 +176,8 @@ def detect(
     return DetectionSequence(_Shared(model, spec, options), wins)
 
 
-def _device(device: Any) -> torch.device:
+def check_device(device: Any) -> torch.device:
+    """``device`` as a ``torch.device`` this process can use, or an error saying what to pass."""
     import torch
 
     try:

@@ -28,13 +28,10 @@ import json
 import logging
 import math
 import os
-import stat
-import re
 import threading
 from collections import Counter
 from collections.abc import Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -48,74 +45,15 @@ from ..grid import mercator_transform, quadkey
 from ..mosaic import assemble
 from .base import FetchPool, TileSource
 from .diskcache import DiskCache
+from .templates import LOCAL_MAX_BYTES, check_zoom, parse_template, read_file
 from .http import BodyError, HttpClient, redact
 from .tileimage import MODES, decode_tile, image_size
 
 log = logging.getLogger(__name__)
 
 OnMissing = Literal["nodata", "raise"]
-#: Deepest zoom accepted: 2**30 tiles a side (sub-centimetre pixels).
-MAX_ZOOM = 30
 #: Tile size assumed when it is not given and the probe tile is absent.
 DEFAULT_TILE_SIZE = 256
-_FIELD = re.compile(r"\{([^{}]*)\}")
-_KNOWN_FIELDS = ("z", "x", "y", "-y", "q", "s")
-
-
-def _check_zoom(zoom: Any) -> int:
-    if isinstance(zoom, bool) or not isinstance(zoom, int | np.integer) or not 0 <= zoom <= MAX_ZOOM:
-        raise InvalidArgumentError(f"zoom must be an integer from 0 to {MAX_ZOOM}, got {zoom!r}")
-    return int(zoom)
-
-
-#: Most bytes one local tile file may have (remote tiles: ``HttpClient.max_body_bytes``).
-LOCAL_MAX_BYTES = 32 * 2**20
-
-
-def _read_file(path: str, limit: int) -> bytes:
-    """The bytes of the regular file ``path``, at most ``limit`` of them (else an OSError): a template
-    naming a device, a FIFO or a huge file cannot make a read last forever."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
-    with open(fd, "rb", buffering=0) as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(0, "not a regular file")
-        body = f.read(limit + 1)
-    if len(body) > limit:
-        raise OSError(0, f"over {limit} bytes (max_body_bytes)")
-    return body
-
-
-def _parse_template(template: Any) -> list[str]:
-    """The template split into literal text (even positions) and field names (odd positions)."""
-    if not isinstance(template, str):
-        raise InvalidArgumentError(
-            f"template must be a URL or path with {{z}}, {{x}} and {{y}}, got {type(template).__name__} {template!r}"
-        )
-    parts = _FIELD.split(template)
-    fields = set(parts[1::2])
-    shown = redact(template)
-    unknown = sorted(fields - set(_KNOWN_FIELDS))
-    if unknown:
-        raise InvalidArgumentError(
-            f"template {shown!r} has unknown field{'s' * (len(unknown) > 1)} "
-            f"{', '.join('{' + f + '}' for f in unknown)}; tile templates use {{z}}, {{x}}, {{y}}, "
-            "{-y} (TMS rows), {q} (quadkey) and {s} (subdomain)"
-        )
-    xy = "x" in fields and ("y" in fields or "-y" in fields)
-    if not (xy or "q" in fields) or (xy and "z" not in fields):
-        raise InvalidArgumentError(
-            f"template {shown!r} must hold {{z}}, {{x}} and {{y}} (or {{-y}}), or a {{q}} quadkey, "
-            "e.g. 'https://tile.example.org/{z}/{x}/{y}.png'"
-        )
-    if "{" in "".join(parts[0::2]) or "}" in "".join(parts[0::2]):
-        raise InvalidArgumentError(f"template {shown!r} has an unmatched '{{' or '}}'; fields look like {{z}}")
-    scheme = template.split("://", 1)[0].lower() if "://" in template else ""
-    if scheme not in ("", "http", "https", "file"):
-        raise InvalidArgumentError(
-            f"template {shown!r} uses {scheme}://; XYZ tiles are read over http://, https:// or from local "
-            "paths (for s3:// or gs:// rasters use lt.open on the raster itself)"
-        )
-    return parts
 
 
 class XYZSource(TileSource):
@@ -199,9 +137,9 @@ class XYZSource(TileSource):
         cache_dir_max_bytes: int | None = None,
         cache: TileCache | None = None,
     ) -> None:
-        self._parts = _parse_template(template)
+        self._parts = parse_template(template)
         self.template = template
-        self.zoom = _check_zoom(zoom)
+        self.zoom = check_zoom(zoom)
         if isinstance(bands, bool) or not isinstance(bands, int | np.integer) or int(bands) not in MODES:
             raise InvalidArgumentError(
                 f"bands must be 1 (grey), 2 (grey, alpha), 3 (RGB) or 4 (RGBA), got {bands!r}"
@@ -294,7 +232,7 @@ class XYZSource(TileSource):
             self._count("requests")
             path = self._local_path(url)
             try:
-                body = _read_file(path, self.http.max_body_bytes if self.http is not None else LOCAL_MAX_BYTES)
+                body = read_file(path, self.http.max_body_bytes if self.http is not None else LOCAL_MAX_BYTES)
             except (FileNotFoundError, NotADirectoryError):
                 return None
             except OSError as err:
@@ -463,4 +401,4 @@ class XYZSource(TileSource):
         return f"XYZSource({redact(self.template)!r}, zoom={self.zoom}, tile_size={self.tile_size}, bands={self.bands})"
 
 
-__all__ = ["MAX_ZOOM", "XYZSource"]
+__all__ = ["XYZSource"]

@@ -376,9 +376,9 @@ def worker(
         raise InvalidArgumentError(str(err)) from None
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise InvalidArgumentError(f"workers={workers!r} must be an integer >= 0 (0: read in the model's thread)")
-    from ..detection.sequence import _device
+    from ..detection.sequence import check_device
 
-    _device(device)  # a device this host has, checked before the first job rather than failing every job
+    check_device(device)  # a device this host has, checked before the first job rather than failing every job
     for name, value in (("jobs", jobs), ("results", results), ("dead_letter", dead_letter), ("group", group)):
         if not isinstance(value, str) or not value:
             raise InvalidArgumentError(f"{name} must be a non-empty name, got {value!r}")
