@@ -18,6 +18,7 @@ from rasterio.windows import Window
 from ..cache import TileCache, TileKey
 from ..errors import InvalidArgumentError, SourceNotFoundError, SourceOpenError, TileFetchError
 from .array import _tile_shape
+from .http import redact
 from .base import FetchPool, TileSource, _out_shape, _to_source
 
 #: Tile shape used when a file's blocks make poor tiles (strips, tiny or huge blocks).
@@ -176,7 +177,7 @@ class RasterSource(TileSource):
         _cap_gdal_block_cache(gdal_cache_bytes)
         if not _is_remote(self.path) and not Path(self.path).exists():
             raise SourceNotFoundError(
-                f"no such file: {self.path!r}; check the path (relative paths are from {os.getcwd()!r})"
+                f"no such file: {redact(self.path)!r}; check the path (relative paths are from {os.getcwd()!r})"
             )
         ds = self._dataset()
         self.crs = ds.crs
@@ -188,7 +189,7 @@ class RasterSource(TileSource):
         bands = tuple(int(b) for b in bands)
         if not bands or any(b not in all_bands for b in bands):
             raise InvalidArgumentError(
-                f"bands={bands!r} are not all bands of {self.path!r}, which has bands {all_bands}; "
+                f"bands={bands!r} are not all bands of {redact(self.path)!r}, which has bands {all_bands}; "
                 "band indexes start at 1 as in rasterio"
             )
         self.bands = bands
@@ -196,7 +197,7 @@ class RasterSource(TileSource):
         dtypes = {ds.dtypes[b - 1] for b in bands}
         if len(dtypes) > 1:
             raise SourceOpenError(
-                f"{self.path!r} has bands of several dtypes {sorted(dtypes)}; pick bands of one dtype with bands=..."
+                f"{redact(self.path)!r} has bands of several dtypes {sorted(dtypes)}; pick bands of one dtype with bands=..."
             )
         self.dtype = np.dtype(dtypes.pop())
         self.nodata = ds.nodata if nodata is None else nodata
@@ -220,7 +221,7 @@ class RasterSource(TileSource):
             except RasterioIOError as err:
                 _drop_gdal_chain(err)
                 raise SourceOpenError(
-                    f"rasterio could not open {self.path!r} as a raster: {err}; check that it is a "
+                    f"rasterio could not open {redact(self.path)!r} as a raster: {redact(str(err))}; check that it is a "
                     "GeoTIFF, COG, VRT or another format GDAL reads, and that any URL is reachable"
                 ) from err
             local.pid = os.getpid()
@@ -229,7 +230,7 @@ class RasterSource(TileSource):
     @property
     def token(self) -> str:
         return (
-            f"raster:{self.path}|bands={','.join(map(str, self.bands))}|tile={self.tile_shape[0]}x"
+            f"raster:{redact(self.path)}|bands={','.join(map(str, self.bands))}|tile={self.tile_shape[0]}x"
             f"{self.tile_shape[1]}"
         )
 
@@ -248,7 +249,7 @@ class RasterSource(TileSource):
         except (RasterioIOError, OSError) as err:
             self._count("failures")
             _drop_gdal_chain(err)
-            raise TileFetchError(f"tile {key} ({w!r}) of {self.path!r} could not be read: {err}") from err
+            raise TileFetchError(f"tile {key} ({w!r}) of {redact(self.path)!r} could not be read: {redact(str(err))}") from err
 
     def _overview(self, area: Window, max_size: int) -> tuple[np.ndarray, Affine]:
         """GDAL reads ``area`` from the file's overview level that fits; no tile cache involved."""
@@ -279,6 +280,6 @@ class RasterSource(TileSource):
     def __repr__(self) -> str:
         crs = None if self.crs is None else self.crs.to_string()
         return (
-            f"RasterSource({self.path!r})  # {self.count}x{self.height}x{self.width} {self.dtype.name}, "
+            f"RasterSource({redact(self.path)!r})  # {self.count}x{self.height}x{self.width} {self.dtype.name}, "
             f"crs={crs}, tiles {self.tile_shape[0]}x{self.tile_shape[1]}"
         )

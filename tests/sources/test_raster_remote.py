@@ -164,3 +164,11 @@ def test_local_readahead_decodes_on_a_pool_that_ends_with_its_source(cog):
     for t in pool:
         t.join(timeout=10)
     assert not any(t.is_alive() for t in pool)
+
+
+def test_credentials_in_a_raster_url_never_show(tmp_path):
+    url = "/vsicurl/http://user:hunter2@127.0.0.1:9/scene.tif?api_key=SECRET123&x=1"
+    with pytest.raises(lt.SourceOpenError) as info:
+        lt.RasterSource(url)
+    text = str(info.value)
+    assert "hunter2" not in text and "SECRET123" not in text and "***" in text
