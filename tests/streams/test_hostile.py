@@ -8,6 +8,8 @@ on any topic may carry the planted secret; the good job's results must be comple
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -124,3 +126,22 @@ def test_a_job_that_kills_its_worker_is_dead_lettered_after_max_attempts(broker,
     doc = json.loads(dead.value())
     assert doc["original"]["offset"] == 0 and "--max-attempts 2" in doc["reason"]
     check_job(got, "after", windows_of(tif))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--device", "cuda:7"), "device='cuda:7'"),
+        (("--device", "nonsense"), "is not a torch device"),
+        (("--workers", "-1"), "workers=-1"),
+        (("--allow-source", ""), "--allow-source"),
+    ],
+)
+def test_a_misconfigured_worker_stops_before_taking_a_job(tmp_path, flags, message):
+    """Checked before subscribing: no broker is needed to see it, and no job is dead-lettered by it."""
+    args = [sys.executable, "-m", "lazytiles", "worker", "--bootstrap", f"127.0.0.1:{closed_port()}",
+            "--jobs", "j", "--results", "r", "--dead-letter", "d", "--workdir", str(tmp_path / "work"), *flags]  # fmt: skip
+    if "--allow-source" not in flags:
+        args += ["--allow-source", str(tmp_path)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode != 0 and message in done.stderr, done.stderr
