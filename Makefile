@@ -5,7 +5,7 @@ VENV   := .venv
 PIP    := $(VENV)/bin/python -m pip
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test install
+.PHONY: demo test install lint
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,5 +16,11 @@ install: $(VENV)/bin/python
 demo: install
 	$(VENV)/bin/lazytiles demo
 
-test: install
+# ruff (lint, format) and strict mypy, configured in ruff.toml and mypy.ini; then the tests
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
 	$(VENV)/bin/python -m pytest
