@@ -22,7 +22,8 @@ from ..errors import CRSError, InvalidArgumentError
 from ..merging.cells import MERGED, RECORD, CellGrid, cell_grid, merged_detections, merged_records, settle_cell
 from ..merging.cells import window_records
 from ..merging.rule import MergeRule
-from ..runs.lifecycle import SharedRun, write_output
+from ..runs.files import write_output
+from ..runs.lifecycle import SharedRun
 from ..runs.recipe import DetectOptions
 from ..windowing.sequence import WindowSequence
 from .shards import _check_shard, shard_ranges

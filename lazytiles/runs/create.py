@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import uuid
 from pathlib import Path
 
+from .files import temp_beside
 from .lock import FileLock
 from .tables import StoreHeader, create_tables
 from ..errors import RunStoreError
@@ -37,9 +37,8 @@ def build_store(path: Path, header: StoreHeader, *, replace: bool = False) -> Fi
                 f"found {leftover!r} without its database {str(path)!r}: it is left from a store that was "
                 "deleted and would corrupt a new one; delete it, then run again"
             )
-    tmp = parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp.gpkg"
     try:
-        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        tmp = temp_beside(path, suffix=".gpkg", mode=0o644)  # SQLite's mode for new databases
     except OSError as err:
         raise RunStoreError(
             f"cannot create run store {str(path)!r}: cannot write in {str(parent)!r} ({err.strerror}); "

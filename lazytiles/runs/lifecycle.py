@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .files import classify, lock_store
+from .files import classify, lock_store, write_output
 from .recipe import DetectOptions, check_recipe, run_recipe
 from .store import RunStore, StoredDetections, WindowResult
 from .tables import StoreHeader
@@ -369,17 +369,4 @@ class SharedRun:
             store.write_merged(found, rule)
 
 
-def write_output(path: Path, write: Callable[[Path], Any], what: str, *, after: str = "") -> None:
-    """Write a file beside ``path`` with ``write(tmp)`` and move it into place: a failed or retried
-    writer never leaves half a file. ``what`` names the file in the error."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise RunStoreError(f"cannot write {what} {str(path)!r}: {err}{after}") from err
-
-
-__all__ = ["Recorder", "RunLifecycle", "SharedRun", "check_bool", "check_path", "write_output"]
+__all__ = ["Recorder", "RunLifecycle", "SharedRun", "check_bool", "check_path"]

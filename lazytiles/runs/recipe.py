@@ -4,6 +4,11 @@
 windows and those options into flat JSON values, stored once in the run store
 (:mod:`lazytiles.runs.store`) or carried by a Kafka result; :func:`check_recipe` compares a stored
 recipe with a new one and names the first difference, with a hint at what changed.
+
+A recipe holds no secrets: credentials in URLs (userinfo, ``api_key=``, ``token=``, signatures) are
+masked (:func:`masked`), so they are not part of a run's identity either: a run resumed with another
+key for the same tiles is the same run. Nor does the lazytiles patch version change a recipe: a store
+made by 0.1.0 resumes under 0.1.1; another minor or major version is another recipe.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +29,7 @@ from ..detection.preprocess import Preprocess
 from ..detection.sequence import DetectionSequence, detect
 from ..errors import RecipeMismatchError
 from ..merging.window_table import WindowTable
+from ..sources.http import redact
 from ..windowing.sequence import WindowSequence
 
 
@@ -65,12 +72,28 @@ class DetectOptions:
         return {"batch_size": self.batch_size, "device": str(self.device), "workers": self.workers}
 
 
+def masked(value: Any) -> Any:
+    """``value`` (JSON values: text, lists, dicts) with credentials in URLs masked in every string
+    (:func:`lazytiles.sources.http.redact`).
+
+    >>> masked({"source": "xyz:https://t.example/{z}/{x}/{y}.png?api_key=s3cret", "n": [1, "u:p@x"]})
+    {'source': 'xyz:https://t.example/{z}/{x}/{y}.png?api_key=***', 'n': [1, 'u:p@x']}
+    """
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {masked(k): masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [masked(v) for v in value]
+    return value
+
+
 def _source_identity(src: Any) -> str:
     token = str(src.token)
     path = getattr(src, "path", None)
     if isinstance(path, str) and os.path.exists(path):  # the same file from another working directory
         token = token.replace(path, os.path.realpath(path), 1)
-    return token
+    return redact(token)
 
 
 def _preprocess_identity(preprocess: Any) -> str:
@@ -94,6 +117,7 @@ def run_recipe(
     of every window's index and pixel window, which covers bounds, region and edge rule), the model
     (:func:`lazytiles.detection.models.describe_model`), the preprocessing, the score threshold and the
     lazytiles version. Batch size, device and workers are not in it: they change speed, not results.
+    Credentials in the source's URL are masked (see the module's docstring).
     ``table`` is ``wins``' :class:`~lazytiles.merging.window_table.WindowTable`, when made already.
     """
     from .. import __version__
@@ -124,11 +148,11 @@ def run_recipe(
             recipe[f"model.{key}"] = value
     recipe["preprocess"] = _preprocess_identity(options.preprocess)
     recipe["score_threshold"] = float(options.score_threshold)
-    return json.loads(json.dumps(recipe))
+    return masked(json.loads(json.dumps(recipe)))
 
 
 _HINTS = {
-    "lazytiles.version": "the store was made by another lazytiles version",
+    "lazytiles.version": "the store was made by another minor or major lazytiles version",
     "source": "another source (an lt.ArraySource gets a random identity unless made with token=...)",
     "windows.sha256": "other windows: same size, stride and count, so the bounds, region or edge rule changed",
     "model": "another model (other weights, settings or class)",
@@ -138,15 +162,29 @@ _HINTS = {
 
 def _short(value: Any, limit: int = 100) -> str:
     text = json.dumps(value)
-    return text if len(text) <= limit else f"{text[: limit // 2 - 2]}...{text[-(limit // 2 - 1):]}"
+    return text if len(text) <= limit else f"{text[: limit // 2 - 2]}...{text[-(limit // 2 - 1) :]}"
+
+
+_RELEASE = re.compile(r"(\d+)\.(\d+)")
+
+
+def _compared(key: str, value: Any) -> str:
+    """What of a recipe's value is compared: JSON, credentials masked; of the lazytiles version, only
+    major.minor (a patch release changes no result)."""
+    if key == "lazytiles.version" and isinstance(value, str) and (m := _RELEASE.match(value)):
+        return f"{m[1]}.{m[2]}"
+    return json.dumps(masked(value), sort_keys=True)
 
 
 def check_recipe(path: Path, stored: dict[str, Any], given: dict[str, Any]) -> None:
-    """Raise :class:`RecipeMismatchError` naming the first parameter where ``given`` differs."""
+    """Raise :class:`RecipeMismatchError` naming the first parameter where ``given`` differs from
+    ``stored`` in what changes results (see the module's docstring)."""
+    stored, given = masked(stored), masked(given)
     keys = list(stored) + [k for k in given if k not in stored]
     order = {k: i for i, k in enumerate(given)}
     differ = sorted(
-        (k for k in keys if json.dumps(stored.get(k)) != json.dumps(given.get(k))), key=lambda k: order.get(k, len(order))
+        (k for k in keys if _compared(k, stored.get(k)) != _compared(k, given.get(k))),
+        key=lambda k: order.get(k, len(order)),
     )
     if not differ:
         return
@@ -161,4 +199,4 @@ def check_recipe(path: Path, stored: dict[str, Any], given: dict[str, Any]) -> N
     )
 
 
-__all__ = ["DetectOptions", "check_recipe", "run_recipe"]
+__all__ = ["DetectOptions", "check_recipe", "masked", "run_recipe"]

@@ -6,10 +6,11 @@ killed process loses at most the batch in flight, and running the same call agai
 windows still missing (and those that failed). At the end the stored detections are merged with
 ``lt.merge`` and written to the store's ``detections`` layer, which QGIS opens directly.
 
-The store remembers the run's *recipe* — the source, the windows, the model, the preprocessing, the
-lazytiles version, see :mod:`lazytiles.runs.recipe` — and resuming with a different one is an error naming
-what differs (:class:`~lazytiles.RecipeMismatchError`). Merge parameters are not part of it: the raw detections do
-not depend on them, so a resumed run, or :meth:`Run.merge` on a finished one, merges with any.
+The store remembers the run's *recipe* — the source (credentials in its URL masked), the windows, the model,
+the preprocessing, the lazytiles minor version, see :mod:`lazytiles.runs.recipe` — and resuming with a
+different one is an error naming what differs (:class:`~lazytiles.RecipeMismatchError`). Merge parameters
+are not part of it: the raw detections do not depend on them, so a resumed run, or :meth:`Run.merge` on a
+finished one, merges with any.
 """
 
 from __future__ import annotations
@@ -74,9 +75,10 @@ def detect_region(
     out
         The run store, a GeoPackage file (created if missing; its directory must exist).
     resume
-        Continue the run in an existing ``out`` (default). Its recipe — source, windows, model,
-        preprocessing, score threshold, lazytiles version — must match; windows done are skipped,
-        windows that failed are tried again. False: an existing ``out`` is an error.
+        Continue the run in an existing ``out`` (default). Its recipe — source (but for credentials in
+        its URL), windows, model, preprocessing, score threshold, lazytiles major.minor version — must
+        match; windows done are skipped, windows that failed are tried again. False: an existing
+        ``out`` is an error.
     force_new
         Replace an existing ``out`` with a new run (a run store, or a file that is not a readable
         database; never another GeoPackage).
@@ -105,7 +107,8 @@ def detect_region(
         Another process is writing ``out``.
     RunStoreError
         ``out`` cannot be created or written (missing or read-only directory), is damaged, or is
-        not a run store. Nothing is overwritten.
+        not a run store; the message names the file and what is wrong. Nothing is overwritten, and
+        no lock is left held.
 
     Examples
     --------

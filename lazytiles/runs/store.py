@@ -15,6 +15,8 @@ A run store is a GeoPackage (an SQLite database that QGIS, GDAL and pyogrio open
 ``lazytiles_run`` and ``lazytiles_sessions``
     The run's recipe (source, windows, model, lazytiles version) as JSON, the windows it covers, the
     merge parameters of the ``detections`` layer, and one row per process that worked on the run.
+    No record holds a credential: URLs in the recipe, session options, session endings and window
+    errors are masked (:func:`lazytiles.sources.http.redact`).
 
 Why it is durable: a window's raw boxes and its ``done`` row are written in the same SQLite
 transaction as the other windows of its batch, so after a kill a window is recorded completely or not
@@ -29,7 +31,9 @@ commit.
 
 Why nothing is overwritten: a new store is built under a temporary name beside ``out`` and linked into
 place only when complete; an existing file is replaced only by ``force_new=True``, and never when it is
-a GeoPackage or SQLite database that is not a run store.
+a GeoPackage or SQLite database that is not a run store. Opening a store reads and type-checks its
+``lazytiles_run`` rows and tables; whatever fails closes it and releases its lock before the
+:class:`~lazytiles.RunStoreError` naming the file and what is wrong.
 
 Everything, the GeoPackage tables included, is written with Python's ``sqlite3``: GDAL links its own
 SQLite, and two copies of SQLite with one file open in one process can break each other's locks.
@@ -54,7 +58,7 @@ import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
 
-from .files import connect, lock_store, select_among, store_error, verify
+from .files import connect, lock_store, read_rows, select_among, store_error, verify
 from .lock import FileLock
 from .gpkg import set_extent
 from .create import build_store
@@ -65,19 +69,19 @@ from .tables import (
     MERGED_LAYER,
     RAW_FIELDS,
     RAW_LAYER,
-    STORE_SCHEMA,
     StoreHeader,
     columns,
     merged_rows,
     now,
     raw_rows,
-    unpack,
 )
+from .recipe import masked
 from .stored import StoredDetections
 from ..detections import Detections
 from ..errors import RunLockedError, RunStoreError
 from ..merging.rule import MergeRule
 from ..merging.window_table import WindowTable
+from ..sources.http import redact
 
 log = logging.getLogger(__name__)
 
@@ -102,41 +106,27 @@ class RunStore:
     :meth:`resume` and :meth:`read`; :func:`lazytiles.open_run` wraps a read-only one."""
 
     def __init__(self, path: Path, con: sqlite3.Connection, lock: FileLock | None) -> None:
+        """Read the store's ``lazytiles_run`` rows through ``con``; on any error, close ``con`` and
+        release ``lock``, then raise :class:`~lazytiles.RunStoreError` naming the file and what is wrong."""
         self.path = path
         self._con = con
         self._lock = lock
         self._writing = False
         self._db_lock = threading.Lock()
-        try:
-            values = dict(con.execute("SELECT key, value FROM lazytiles_run"))
-            schema = json.loads(values["schema"])
-        except (sqlite3.Error, KeyError, TypeError, ValueError) as err:
-            self._close_quietly()
-            if "no such table: lazytiles_run" not in str(err):
-                raise store_error(path, err, "read as a lazytiles run store") from err
-            if path.stat().st_size == 0:
-                raise store_error(path, RuntimeError("the file is empty"), "read as a lazytiles run store") from None
-            raise RunStoreError(
-                f"{str(path)!r} is an SQLite database (a GeoPackage?) but not a lazytiles run store; nothing was "
-                "changed, and force_new=True will not replace it either; choose another out= path"
-            ) from None
-        if schema > STORE_SCHEMA:
-            self._close_quietly()
-            raise RunStoreError(
-                f"run store {str(path)!r} has layout version {schema}, newer than this lazytiles reads "
-                f"({STORE_SCHEMA}); upgrade lazytiles to open it"
-            )
-        self.recipe: dict[str, Any] = json.loads(values["recipe"])
-        self.created: str = json.loads(values["created"])
-        self.windows = WindowTable(unpack(values["windows"]), unpack(values["pixel_windows"]))
-        georef = json.loads(values["georef"])
-        self.transform = Affine(*georef["transform"])
-        self.crs = None if georef["crs"] is None else CRS.from_wkt(georef["crs"])
-        self.srs_id = int(georef["srs_id"])
-        merge = json.loads(values.get("merge") or "null")
-        self.merge_rule = None if merge is None else MergeRule(**merge)
-        self.merged_info: dict[str, Any] | None = json.loads(values.get("merged") or "null")
         self._session: int | None = None
+        try:
+            rows = read_rows(path, con)
+        except BaseException:
+            self._close_quietly()  # a store that cannot be opened keeps no lock
+            raise
+        self.recipe: dict[str, Any] = rows.header.recipe
+        self.created: str = rows.header.created
+        self.windows: WindowTable = rows.header.windows
+        self.transform: Affine = rows.header.transform
+        self.crs: CRS | None = rows.header.crs
+        self.srs_id = rows.srs_id
+        self.merge_rule: MergeRule | None = rows.merge_rule
+        self.merged_info: dict[str, Any] | None = rows.merged_info
 
     # -- opening ---------------------------------------------------------------------------------
 
@@ -195,10 +185,12 @@ class RunStore:
     def _open_locked(cls, path: Path, lock: FileLock) -> RunStore:
         try:
             con = connect(path, readonly=False)
-        except sqlite3.Error as err:
+        except BaseException as err:
             lock.release()
-            raise store_error(path, err, "opened") from err
-        return cls(path, con, lock)
+            if isinstance(err, sqlite3.Error):
+                raise store_error(path, err, "opened") from err
+            raise
+        return cls(path, con, lock)  # releases the lock if the store cannot be read
 
     def start_writing(self) -> None:
         """The first write: WAL mode, ``synchronous=NORMAL``, and sessions of dead writers marked
@@ -240,23 +232,32 @@ class RunStore:
     # -- writing -----------------------------------------------------------------------------------
 
     def begin_session(self, options: dict[str, Any], version: str) -> int:
-        """Record that this process starts working on the run; returns the session id."""
-        with self._db_lock:
-            cur = self._con.execute(
-                "INSERT INTO lazytiles_sessions (started, status, pid, host, lazytiles_version, options) "
-                "VALUES (?, 'running', ?, ?, ?, ?)",
-                (now(), os.getpid(), socket.gethostname(), version, json.dumps(options, sort_keys=True)),
-            )
-            self._session = int(cur.lastrowid)
+        """Record that this process starts working on the run (``options``: how, credentials in URLs
+        masked); returns the session id."""
+        options_text = json.dumps(masked(options), sort_keys=True)
+        try:
+            with self._db_lock:
+                cur = self._con.execute(
+                    "INSERT INTO lazytiles_sessions (started, status, pid, host, lazytiles_version, options) "
+                    "VALUES (?, 'running', ?, ?, ?, ?)",
+                    (now(), os.getpid(), socket.gethostname(), version, options_text),
+                )
+                self._session = int(cur.lastrowid)  # type: ignore[arg-type]
+        except sqlite3.Error as err:
+            raise RunStoreError(f"cannot write to run store {str(self.path)!r}: {err}") from err
         return self._session
 
     def end_session(self, status: str) -> None:
-        with self._db_lock:
-            if self._session is not None:
-                self._con.execute(
-                    "UPDATE lazytiles_sessions SET ended = ?, status = ? WHERE session = ?",
-                    (now(), status, self._session),
-                )
+        """Record how this process's session ended (credentials in URLs of ``status`` masked)."""
+        try:
+            with self._db_lock:
+                if self._session is not None:
+                    self._con.execute(
+                        "UPDATE lazytiles_sessions SET ended = ?, status = ? WHERE session = ?",
+                        (now(), redact(status), self._session),
+                    )
+        except sqlite3.Error as err:
+            raise RunStoreError(f"cannot write to run store {str(self.path)!r}: {err}") from err
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -296,7 +297,7 @@ class RunStore:
                             "failed" if r.detections is None else "done",
                             0 if r.detections is None else len(r.detections),
                             previous.get(r.index, 0) + 1,
-                            r.error,
+                            None if r.error is None else redact(r.error),
                             *(r.window or (None,) * 4),
                             session,
                             finished,

@@ -8,7 +8,9 @@ rows it selects back into numpy columns.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+import math
 import sqlite3
 import zlib
 from collections.abc import Sequence
@@ -22,6 +24,8 @@ from rasterio.crs import CRS
 
 from .gpkg import create_geopackage, polygon_blobs, register_table
 from ..detections import Detections
+from ..errors import LazyTilesError
+from ..merging.rule import MergeRule
 from ..merging.window_table import WindowTable
 
 #: Version of the tables' layout; a store with a higher one was made by a newer lazytiles.
@@ -115,6 +119,133 @@ def create_tables(con: sqlite3.Connection, header: StoreHeader) -> None:
     con.executemany("INSERT INTO lazytiles_run (key, value) VALUES (?, ?)", rows.items())
 
 
+# -- reading the run's rows back ---------------------------------------------------------------------------
+
+#: The columns each table must have (a store may have more, written by a newer lazytiles).
+TABLE_COLUMNS = {
+    "lazytiles_run": ("key", "value"),
+    "lazytiles_windows": ("window_index", "status", "boxes", "attempts", "error", "col_off", "row_off", "width",
+                          "height", "session", "finished"),
+    "lazytiles_sessions": ("session", "started", "ended", "status", "pid", "host", "lazytiles_version", "options",
+                           "windows_done", "windows_failed"),
+    RAW_LAYER: ("fid", "geom", *RAW_FIELDS),
+    MERGED_LAYER: ("fid", "geom", *MERGED_FIELDS),
+}  # fmt: skip
+
+
+class StoreFormatError(ValueError):
+    """A run store's tables or ``lazytiles_run`` rows are not what lazytiles wrote (internal: the store
+    raises :class:`~lazytiles.RunStoreError` naming the file)."""
+
+
+@dataclass(frozen=True)
+class RunRows:
+    """The ``lazytiles_run`` rows of a store, read back and type-checked."""
+
+    header: StoreHeader
+    srs_id: int
+    merge_rule: MergeRule | None
+    merged_info: dict[str, Any] | None
+
+
+def check_tables(con: sqlite3.Connection) -> None:
+    """Raise :class:`StoreFormatError` naming the first table, or columns, of :data:`TABLE_COLUMNS` missing."""
+    for table, wanted in TABLE_COLUMNS.items():
+        have = {row[1] for row in con.execute(f'PRAGMA table_info("{table}")')}
+        if not have:
+            raise StoreFormatError(f"its table {table} is missing")
+        lacking = [c for c in wanted if c not in have]
+        if lacking:
+            raise StoreFormatError(f"its table {table} lacks the column{'s' * (len(lacking) > 1)} {', '.join(lacking)}")
+
+
+def read_run_rows(values: dict[str, Any]) -> RunRows:
+    """The rows :func:`create_tables` and the merge wrote to ``lazytiles_run`` (``{key: value}``, the
+    layout version checked by the caller), each parsed and type-checked; :class:`StoreFormatError`
+    names the first row that is missing or wrong."""
+    recipe = _json(values, "recipe", dict)
+    if not all(isinstance(k, str) for k in recipe):
+        raise StoreFormatError("the row 'recipe' has keys that are not strings")
+    georef = _json(values, "georef", dict)
+    transform = georef.get("transform")
+    if not (isinstance(transform, list) and len(transform) == 6 and all(_finite(v) for v in transform)):
+        raise StoreFormatError(f"the row 'georef' has transform {_shown(transform)}, not 6 finite numbers")
+    crs_wkt, srs_id = georef.get("crs"), georef.get("srs_id")
+    if crs_wkt is not None and not isinstance(crs_wkt, str):
+        raise StoreFormatError(f"the row 'georef' has crs {_shown(crs_wkt)}, not WKT text or null")
+    if not _integer(srs_id):
+        raise StoreFormatError(f"the row 'georef' has srs_id {_shown(srs_id)}, not an integer")
+    try:
+        crs = None if crs_wkt is None else CRS.from_wkt(crs_wkt)
+    except Exception as err:  # rasterio's CRSError, or GDAL's own
+        raise StoreFormatError(f"the row 'georef' has a crs GDAL cannot read ({err})") from None
+    indices, rects = _packed(values, "windows"), _packed(values, "pixel_windows")
+    if len(rects) != 4 * len(indices):
+        raise StoreFormatError(
+            f"the rows 'windows' and 'pixel_windows' hold {len(indices)} windows but {len(rects)} numbers"
+        )
+    header = StoreHeader(recipe, WindowTable(indices, rects), Affine(*transform), crs, _json(values, "created", str))
+    merge = _json(values, "merge", dict, optional=True)
+    try:
+        rule = None if merge is None else MergeRule(**merge)
+    except (TypeError, LazyTilesError) as err:
+        raise StoreFormatError(f"the row 'merge' is not a merge rule ({err})") from None
+    merged = _json(values, "merged", dict, optional=True)
+    if merged is not None and not (isinstance(merged.get("params"), dict) and _integer(merged.get("count"))):
+        raise StoreFormatError("the row 'merged' lacks the merge's params and count")
+    return RunRows(header, int(srs_id), rule, merged)
+
+
+def read_schema(values: dict[str, Any]) -> int:
+    """The layout version of a store's ``lazytiles_run`` rows; :class:`StoreFormatError` if it is not one."""
+    schema = _json(values, "schema", int)
+    if not _integer(schema) or schema < 1:
+        raise StoreFormatError(f"the row 'schema' is {_shown(schema)}, not a layout version")
+    return int(schema)
+
+
+def _json(values: dict[str, Any], key: str, kind: type, *, optional: bool = False) -> Any:
+    """The JSON value of row ``key``, of type ``kind`` (None allowed when ``optional``)."""
+    if key not in values:
+        if optional:
+            return None
+        raise StoreFormatError(f"the row {key!r} is missing from its table lazytiles_run")
+    text = values[key]
+    if not isinstance(text, str):
+        raise StoreFormatError(f"the row {key!r} holds {type(text).__name__} {_shown(text)}, not JSON text")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise StoreFormatError(f"the row {key!r} is not valid JSON ({err})") from None
+    if (value is None and optional) or (isinstance(value, kind) and not isinstance(value, bool)):
+        return value
+    shown = f"{type(value).__name__} {_shown(value)}"
+    raise StoreFormatError(f"the row {key!r} holds {shown} where a {kind.__name__} belongs")
+
+
+def _packed(values: dict[str, Any], key: str) -> np.ndarray:
+    text = values.get(key)
+    if not isinstance(text, str):
+        raise StoreFormatError(f"the row {key!r} is missing from its table lazytiles_run, or not text")
+    try:
+        return unpack(text)
+    except (binascii.Error, zlib.error, ValueError) as err:
+        raise StoreFormatError(f"the row {key!r} is not a packed array ({err})") from None
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def pack(array: np.ndarray) -> str:
     """An integer array as text for ``lazytiles_run``: little-endian int64, zlib, base64.
 
@@ -162,5 +293,6 @@ def columns(rows: list[tuple[Any, ...]], names: Sequence[str]) -> dict[str, np.n
 
 __all__ = [
     "FIELD_TYPES", "INSERT_MERGED", "INSERT_RAW", "MERGED_FIELDS", "MERGED_LAYER", "RAW_FIELDS", "RAW_LAYER",
-    "STORE_SCHEMA", "StoreHeader", "columns", "create_tables", "merged_rows", "now", "pack", "raw_rows", "unpack",
+    "STORE_SCHEMA", "TABLE_COLUMNS", "RunRows", "StoreFormatError", "StoreHeader", "check_tables", "columns",
+    "create_tables", "merged_rows", "now", "pack", "raw_rows", "read_run_rows", "read_schema", "unpack",
 ]  # fmt: skip
