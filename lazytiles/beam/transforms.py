@@ -18,13 +18,14 @@ import numpy as np
 from apache_beam.utils.shared import Shared
 
 from ..detections import Detections
-from ..errors import CRSError, InvalidArgumentError
+from ..errors import CRSError, InvalidArgumentError, LazyTilesError, WorkerError
 from ..merging.cells import MERGED, RECORD, CellGrid, cell_grid, merged_detections, merged_records, settle_cell
 from ..merging.cells import window_records
 from ..merging.rule import MergeRule
 from ..runs.files import write_output
 from ..runs.lifecycle import SharedRun
 from ..runs.recipe import DetectOptions
+from ..sources.http import redact
 from ..windowing.sequence import WindowSequence
 from .shards import _check_shard, shard_ranges
 
@@ -32,6 +33,12 @@ log = logging.getLogger(__name__)
 
 #: Tags of :class:`DetectWindows`' outputs.
 DETECTIONS, DEAD_LETTER = "detections", "dead_letter"
+
+#: What reading a window may raise and still make it a dead letter rather than fail its bundle: any
+#: error while its tiles are fetched, decoded and assembled (TileFetchError and TileMissingError, a
+#: SourceOpenError where a worker cannot reopen the source, GDAL's errors, undecodable images). Only
+#: reads are tolerated this way: an error of the model or its preprocessing fails the bundle.
+READ_ERRORS: tuple[type[BaseException], ...] = (Exception,)
 
 # -- values that travel ----------------------------------------------------------------------------------
 
@@ -53,7 +60,8 @@ class WindowDetections:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A window whose tiles could not be read, after the source's retries: where it is and why."""
+    """A window that could not be read (its tiles, after the source's retries; a source that could not be
+    reopened; an image that does not decode): where it is and why (credentials in URLs masked)."""
 
     index: int
     position: int
@@ -90,18 +98,29 @@ class _DetectShard(beam.DoFn):
 
     def process(self, shard):  # no annotations: Beam would read them as type hints
         start, stop = _check_shard(shard, len(self._wins))
-        for k, (index, found, error) in enumerate(self._dets[start:stop].outcomes()):
-            position = start + k
-            w = self._wins.pixel_window(position)
-            rect = (int(w.col_off), int(w.row_off), int(w.width), int(w.height))
-            if error is None:
-                self._windows.inc()
-                self._boxes.inc(len(found))
-                yield WindowDetections(position, int(index), rect, found)
-            else:
-                self._failed.inc()
-                log.warning("window %d (position %d) goes to the dead letters: %s", index, position, error)
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(int(index), position, rect, error))
+        position = start
+        try:
+            for index, found, error in self._dets[start:stop].outcomes(tolerate=READ_ERRORS):
+                w = self._wins.pixel_window(position)
+                rect = (int(w.col_off), int(w.row_off), int(w.width), int(w.height))
+                if error is None:
+                    self._windows.inc()
+                    self._boxes.inc(len(found))
+                    yield WindowDetections(position, int(index), rect, found)
+                else:
+                    reason = redact(error)
+                    self._failed.inc()
+                    log.warning("window %d (position %d) goes to the dead letters: %s", index, position, reason)
+                    yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(int(index), position, rect, reason))
+                position += 1
+        except LazyTilesError:
+            raise  # the model's errors name their windows
+        except Exception as err:  # the model or its preprocessing, on the batch after the last window out
+            batch = self._wins.indices[position : min(stop, position + self._options.batch_size)]
+            raise WorkerError(
+                f"detecting the windows {_span(batch)} (positions {position}.. of shard {start}..{stop}) failed: "
+                f"{type(err).__name__}: {redact(str(err))}"
+            ) from err
 
 
 class DetectWindows(beam.PTransform):
@@ -129,7 +148,8 @@ class DetectWindows(beam.PTransform):
     -------
     apache_beam.pvalue.DoOutputsTuple
         ``.detections``: one :class:`WindowDetections` per window read; ``.dead_letter``: one
-        :class:`DeadLetter` per window whose tiles could not be read (the job goes on).
+        :class:`DeadLetter` per window that could not be read (any error while reading it, see
+        :data:`READ_ERRORS`; the job goes on). An error of the model fails the bundle, naming its windows.
 
     Examples
     --------
@@ -179,6 +199,11 @@ class DetectWindows(beam.PTransform):
         return pcoll | "Detect" >> beam.ParDo(
             _DetectShard(self._wins, self._model, self._options, self._shared)
         ).with_outputs(DEAD_LETTER, main=DETECTIONS)
+
+
+def _span(indices: Any) -> str:
+    items = [int(i) for i in indices]
+    return str(items) if len(items) <= 6 else f"[{items[0]}, {items[1]}, ..., {items[-1]}] ({len(items)} windows)"
 
 
 def _parse_device(device: Any) -> None:
