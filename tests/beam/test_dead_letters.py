@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 import uuid
 import warnings
 from pathlib import Path
@@ -85,7 +86,22 @@ def assert_like_local(wins: lt.WindowSequence, dead: dict, ok: dict, tolerate: t
 # -- a tile server with a damaged and a missing tile --------------------------------------------------------
 
 
+#: Seconds an HTTP attempt may take; each client's deadline thread lingers that long after its last request.
+DEADLINE = 10.0
+
+
+@pytest.fixture
+def http_threads_joined():
+    """Wait, after the test, for the HTTP clients' deadline threads to end (at most ``DEADLINE``
+    seconds after the last request), so that later tests find no lazytiles thread running."""
+    yield
+    for thread in threading.enumerate():
+        if thread.name == "lazytiles-http-deadlines":
+            thread.join(DEADLINE + 20)
+
+
 @pytest.mark.timeout(300)
+@pytest.mark.usefixtures("http_threads_joined")
 def test_a_damaged_and_a_missing_tile_on_a_tile_server_are_dead_letters_and_a_resume_retries_them(tmp_path):
     tiles = tmp_path / "tiles"
     cover = write_xyz_tiles(scene(), tiles, zoom=ZOOM, top_left_tile=TOP_LEFT)
@@ -99,7 +115,7 @@ def test_a_damaged_and_a_missing_tile_on_a_tile_server_are_dead_letters_and_a_re
 
         def windows() -> lt.WindowSequence:
             src = lt.open(server.template() + "?api_key=SECRET", zoom=ZOOM, tile_size=256, on_missing="raise",
-                          http=HttpClient(retries=0), cache=lt.TileCache())  # fmt: skip
+                          http=HttpClient(retries=0, deadline=DEADLINE), cache=lt.TileCache())  # fmt: skip
             return lt.windows(src, size=128, overlap=0.25, bounds=cover.bounds, bounds_crs="EPSG:3857")
 
         wins = windows()
