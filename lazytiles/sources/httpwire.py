@@ -114,6 +114,8 @@ class Watchdog:
         finally:
             _local.deadline = None
             deadline.finish()
+            with self._cond:  # the thread forgets it now, and ends when no attempt is left
+                self._cond.notify()
 
     def _run(self) -> None:
         with self._cond:
