@@ -57,10 +57,18 @@ def write_cog(directory: Path, size: int, seed: int = 0, block: int = 512) -> Pa
     field_tone = rng.integers(-35, 36, (size // 300 + 2, size // 260 + 2, 3))
     plain = directory / "plain.tif"
     profile = dict(
-        driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32633",
-        transform=from_origin(500_000, 6_000_000, 1.0, 1.0), tiled=True, blockxsize=block,
-        blockysize=block, compress="deflate",
-    )  # fmt: skip
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=from_origin(500_000, 6_000_000, 1.0, 1.0),
+        tiled=True,
+        blockxsize=block,
+        blockysize=block,
+        compress="deflate",
+    )
     with rasterio.open(plain, "w", **profile) as ds:
         x = np.arange(size, dtype=np.float32)[None, :]
         for top in range(0, size, block):

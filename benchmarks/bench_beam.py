@@ -45,12 +45,12 @@ sys.path.insert(0, str(ROOT))
 # Beam's worker processes import lazytiles too
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
-import apache_beam as beam  # noqa: E402
+import apache_beam as beam
 
-import lazytiles as lt  # noqa: E402
-from lazytiles import beam as lb  # noqa: E402
-from lazytiles.merging.cells import RECORD, CellGrid, merge_in_cells  # noqa: E402
-from lazytiles.testing.sample import make_sample  # noqa: E402
+import lazytiles as lt
+from lazytiles import beam as lb
+from lazytiles.merging.cells import RECORD, CellGrid, merge_in_cells
+from lazytiles.testing.sample import make_sample
 
 MODEL = "lazytiles.detection.models:blob_detector"
 TWO_WORKERS = ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small scene, one repeat: a smoke test")
     parser.add_argument("--size", type=int, default=None, help="scene width and height in pixels (multiple of 256)")
-    parser.add_argument("--window", type=int, default=None, help="window size in pixels (default 512; 256 with --quick)")
+    parser.add_argument(
+        "--window", type=int, default=None, help="window size in pixels (default 512; 256 with --quick)"
+    )
     parser.add_argument("--repeat", type=int, default=None, help="alternating runs of each case (default 3)")
     args = parser.parse_args(argv)
     size = args.size or (1024 if args.quick else 8192)
@@ -132,19 +134,24 @@ def main(argv: list[str] | None = None) -> int:
                 if found is not None:
                     results[name] = found
 
-        worker_start, _ = timed(lambda: subprocess.run(
-            [sys.executable, "-c", "import lazytiles.beam, lazytiles.detection.models"], check=True, capture_output=True))  # fmt: skip
-        reference = results["local, in memory"]
-        same = all(
-            r == reference and np.array_equal(r.partial, reference.partial) for r in results.values()
+        worker_start, _ = timed(
+            lambda: subprocess.run(
+                [sys.executable, "-c", "import lazytiles.beam, lazytiles.detection.models"],
+                check=True,
+                capture_output=True,
+            )
         )
+        reference = results["local, in memory"]
+        same = all(r == reference and np.array_equal(r.partial, reference.partial) for r in results.values())
         print(f"\n{'case':<22} {'best s':>8} {'median s':>9} {'/ durable':>10}")
         durable = min(seconds["local, durable"])
         for name, values in seconds.items():
             print(f"{name:<22} {min(values):8.2f} {statistics.median(values):9.2f} {min(values) / durable:10.2f}")
         for workers, startup in (("1 worker", "start-up, 1 worker"), ("2 workers", "start-up, 2 workers")):
             extra = min(seconds[f"beam, {workers}"]) - min(seconds[startup]) - durable
-            print(f"beam, {workers}: overhead after start-up {extra:+.2f} s, {1000 * extra / len(wins):+.1f} ms per window")
+            print(
+                f"beam, {workers}: overhead after start-up {extra:+.2f} s, {1000 * extra / len(wins):+.1f} ms per window"
+            )
         print(f"a worker process's imports (torch, lazytiles, Beam), once per worker: {worker_start:.2f} s")
         print(f"same merged detections in every case: {'yes' if same else 'NO'} ({len(reference)} objects)")
 
@@ -160,15 +167,19 @@ def main(argv: list[str] | None = None) -> int:
         sizes = np.concatenate([d.boxes[:, 2:] - d.boxes[:, :2] for d in per_window if len(d)])
         mean_side = float(sizes.mean())
         print(f"\nmerge shuffle ({raw} raw boxes, mean side {mean_side:.0f} px; {RECORD.itemsize} bytes a record):")
-        print(f"{'cell px':<8} {'level':>5} {'cells':>6} {'records':>8} {'/ raw':>6} {'KiB':>7} {'merged':>7} {'paper':>6}")
+        print(
+            f"{'cell px':<8} {'level':>5} {'cells':>6} {'records':>8} {'/ raw':>6} {'KiB':>7} {'merged':>7} {'paper':>6}"
+        )
         for cell in (window * 2, window * 4):
             stats = shuffle(per_window, wins, cell, 4)
             grid = CellGrid.for_area(wins.area, cell=cell, fanin=4, margin=1.0)
             for s in stats:
                 side = grid.side(s["level"])
                 paper = (1 + (mean_side + 2 * grid.halo) / side) ** 2 if s["level"] == 0 else float("nan")
-                print(f"{cell:<8} {s['level']:5d} {s['cells']:6d} {s['records']:8d} {s['records'] / raw:6.3f} "
-                      f"{s['records'] * RECORD.itemsize / 1024:7.1f} {s['merged']:7d} {paper:6.3f}")  # fmt: skip
+                print(
+                    f"{cell:<8} {s['level']:5d} {s['cells']:6d} {s['records']:8d} {s['records'] / raw:6.3f} "
+                    f"{s['records'] * RECORD.itemsize / 1024:7.1f} {s['merged']:7d} {paper:6.3f}"
+                )
         return 0 if same else 1
 
 

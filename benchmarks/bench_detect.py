@@ -47,8 +47,8 @@ from rasterio.windows import Window as PixelWindow
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import lazytiles as lt  # noqa: E402
-from lazytiles.detection.models import BlobDetector  # noqa: E402
+import lazytiles as lt
+from lazytiles.detection.models import BlobDetector
 
 WORKERS = 2  # DataLoader workers
 DETECT_OPTIONS: dict[str, Any] = {}  # lt.detect's own defaults unless --workers says otherwise
@@ -64,8 +64,15 @@ def write_scene(directory: Path, size: int, seed: int = 0) -> Path:
             h, w = (int(v) for v in rng.integers(6, 45, 2))
             image[int(rng.integers(0, 3)), r : r + h, c : c + w] = 220
     plain = directory / "scene_plain.tif"
-    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32633",
-                   transform=rasterio.transform.from_origin(500_000, 6_000_000, 1, 1))  # fmt: skip
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=rasterio.transform.from_origin(500_000, 6_000_000, 1, 1),
+    )
     with rasterio.open(plain, "w", **profile) as ds:
         ds.write(image)
     path = directory / "scene.tif"
@@ -289,8 +296,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['case']:<28} | {len(wins) / seconds:9.2f} | {baseline / seconds:7.2f}x | {'':>10}")
         if durable:
             same_merge = all(row["found"] == durable[0]["found"] for row in durable)
-            print(f"durable and in-memory runs merge to the same boxes: {'yes' if same_merge else 'NO'} "
-                  f"({len(durable[0]['found'])} objects)")  # fmt: skip
+            print(
+                f"durable and in-memory runs merge to the same boxes: {'yes' if same_merge else 'NO'} "
+                f"({len(durable[0]['found'])} objects)"
+            )
         reference = results["naive loop"]
         same = all(found == reference for found in results.values())
         boxes = sum(map(len, reference.values()))

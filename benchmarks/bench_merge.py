@@ -33,9 +33,9 @@ import shapely
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import lazytiles as lt  # noqa: E402
-from lazytiles.detections import partial_flags  # noqa: E402
-from lazytiles.merging.streaming import Merger  # noqa: E402
+import lazytiles as lt
+from lazytiles.detections import partial_flags
+from lazytiles.merging.streaming import Merger
 
 CELL = 40  # one object per CELL x CELL px cell (90 % of the cells)
 SIZE, OVERLAP = 512, 0.25
@@ -242,8 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         return merger.result()
 
     streamed, t_stream = timed(stream)
-    print(f"# lt.merge: {len(merged)} objects; stream equals batch: {same(streamed, merged)}; "
-          f"stream held at most {held} boxes of {n}")
+    print(
+        f"# lt.merge: {len(merged)} objects; stream equals batch: {same(streamed, merged)}; "
+        f"stream held at most {held} boxes of {n}"
+    )
     found_once, dup, false = accuracy(merged, truth)
     print(f"# vs truth (IoU >= 0.5): {found_once}/{len(truth)} found once, {dup} duplicated, {false} boxes unmatched")
 

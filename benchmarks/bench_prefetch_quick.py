@@ -38,8 +38,16 @@ CASES = {
 def write_scene(path: Path, size: int) -> Path:
     """A textured scene (smooth gradients plus noise: DEFLATE compresses it about 2:1), written by strips."""
     profile = dict(
-        driver="GTiff", width=size, height=size, count=3, dtype="uint8", tiled=True,
-        blockxsize=512, blockysize=512, compress="deflate", crs="EPSG:3857",
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=3,
+        dtype="uint8",
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+        crs="EPSG:3857",
         transform=rasterio.transform.from_origin(0, size, 1, 1),
     )
     rng = np.random.default_rng(0)
@@ -75,8 +83,12 @@ def run_case(path: str, name: str) -> dict:
             cpu += _cpu_seconds(pid)
         seq.close()
     return dict(
-        windows=count, seconds=seconds, checksum=checksum, cpu_seconds=cpu,
-        rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, worker_rss_mb=worker_rss,
+        windows=count,
+        seconds=seconds,
+        checksum=checksum,
+        cpu_seconds=cpu,
+        rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        worker_rss_mb=worker_rss,
     )
 
 
@@ -98,7 +110,6 @@ def _peak_rss_mb(pid: int) -> float:
 
 def progress_cost(n: int = 200_000) -> float:
     """Seconds per item that progress=True adds to iterating a prefetched list."""
-    import lazytiles as lt
 
     import contextlib
 
@@ -149,23 +160,29 @@ def main() -> None:
             f"scene: {size} x {size} x 3 uint8, DEFLATE, 512-px blocks, {path.stat().st_size / 2**20:.0f} MiB "
             f"on disk (written in {time.perf_counter() - start:.1f} s); windows 512 px, stride 256"
         )
-        print(f"{'case':32} | {'windows':>7} | {'seconds':>7} | {'windows/s':>9} | {'ratio':>5} | "
-              f"{'CPU s':>5} | {'peak RSS MB':>11} | {'worker RSS MB':>13}")
+        print(
+            f"{'case':32} | {'windows':>7} | {'seconds':>7} | {'windows/s':>9} | {'ratio':>5} | "
+            f"{'CPU s':>5} | {'peak RSS MB':>11} | {'worker RSS MB':>13}"
+        )
         results = {}
         for name in CASES:
             runs = []
             for _ in range(1 if args.quick else args.repeat):
                 done = subprocess.run(
                     [sys.executable, __file__, "--case", name, "--path", str(path)],
-                    capture_output=True, text=True, check=True,
+                    capture_output=True,
+                    text=True,
+                    check=True,
                 )
                 runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
             r = results[name] = min(runs, key=lambda run: run["seconds"])
             rate = r["windows"] / r["seconds"]
             ratio = rate / (results["serial"]["windows"] / results["serial"]["seconds"])
             child = f"{r['worker_rss_mb']:.0f}" if r["worker_rss_mb"] else "-"
-            print(f"{name:32} | {r['windows']:7d} | {r['seconds']:7.2f} | {rate:9.1f} | {ratio:5.2f} | "
-                  f"{r['cpu_seconds']:5.2f} | {r['rss_mb']:11.0f} | {child:>13}")
+            print(
+                f"{name:32} | {r['windows']:7d} | {r['seconds']:7.2f} | {rate:9.1f} | {ratio:5.2f} | "
+                f"{r['cpu_seconds']:5.2f} | {r['rss_mb']:11.0f} | {child:>13}"
+            )
         sums = {r["checksum"] for r in results.values()}
         if len(sums) != 1:
             raise SystemExit(f"cases disagree on the pixels: checksums {sums}")

@@ -45,7 +45,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-from _measure import checksum, own_peak_rss_mb, window_offsets, write_cog  # noqa: E402
+
+from _measure import checksum, own_peak_rss_mb, window_offsets, write_cog
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
@@ -101,9 +102,9 @@ def write_vrt(cog: Path, repeat: int) -> Path:
     bands = []
     for b in (1, 2, 3):
         sources = "".join(
-            f"<SimpleSource><SourceFilename relativeToVRT=\"1\">{names[c]}</SourceFilename>"
-            f"<SourceBand>{b}</SourceBand><SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{w}\" ySize=\"{h}\"/>"
-            f"<DstRect xOff=\"{c * w}\" yOff=\"{r * h}\" xSize=\"{w}\" ySize=\"{h}\"/></SimpleSource>\n"
+            f'<SimpleSource><SourceFilename relativeToVRT="1">{names[c]}</SourceFilename>'
+            f'<SourceBand>{b}</SourceBand><SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
+            f'<DstRect xOff="{c * w}" yOff="{r * h}" xSize="{w}" ySize="{h}"/></SimpleSource>\n'
             for r in range(repeat)
             for c in range(repeat)
         )
@@ -119,11 +120,7 @@ def write_vrt(cog: Path, repeat: int) -> Path:
     return path
 
 
-
-
 # -- one case, in its own process ------------------------------------------------------------------
-
-
 
 
 def run_case(case: str, cog: str, limit: int | None = None) -> dict[str, Any]:
@@ -171,9 +168,14 @@ def run_case(case: str, cog: str, limit: int | None = None) -> dict[str, Any]:
                 for w in pre:
                     total += checksum(w.data)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    return {"case": case, "seconds": seconds, "cpu": cpu, "windows": n, "checksum": total, "self_rss_mb": own_peak_rss_mb()}
-
-
+    return {
+        "case": case,
+        "seconds": seconds,
+        "cpu": cpu,
+        "windows": n,
+        "checksum": total,
+        "self_rss_mb": own_peak_rss_mb(),
+    }
 
 
 def run_vrt(vrt: str, n_windows: int, every: int) -> dict[str, Any]:
@@ -193,9 +195,14 @@ def run_vrt(vrt: str, n_windows: int, every: int) -> dict[str, Any]:
             series.append((k, me.memory_info().rss / 1e6, src.cache.stats()["nbytes"] / 1e6))
     seconds = time.perf_counter() - start
     return {
-        "windows": min(n_windows, len(wins)), "total_windows": len(wins), "strip": wins.plan.strip,
-        "columns": len(wins.plan.cols), "seconds": seconds, "series": series, "tiles_read": src.stats()["tiles_read"],
-    }  # fmt: skip
+        "windows": min(n_windows, len(wins)),
+        "total_windows": len(wins),
+        "strip": wins.plan.strip,
+        "columns": len(wins.plan.cols),
+        "seconds": seconds,
+        "series": series,
+        "tiles_read": src.stats()["tiles_read"],
+    }
 
 
 def in_subprocess(args: list[str]) -> tuple[dict[str, Any], float]:
@@ -260,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vrt-repeat", type=int, default=16, help="VRT side in COG sides (default 16)")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ", ".join(CASES))
     parser.add_argument("--no-vrt", action="store_true", help="skip the VRT memory run")
-    parser.add_argument("--repeat", type=int, default=None, help="runs per case, interleaved; the fastest counts (default 3, quick 1)")
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="runs per case, interleaved; the fastest counts (default 3, quick 1)"
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case, print JSON
     parser.add_argument("--vrt", help=argparse.SUPPRESS)
     parser.add_argument("--cog", help=argparse.SUPPRESS)
@@ -314,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
             result, peak = in_subprocess(["--vrt", str(vrt), "--vrt-windows", str(vrt_windows), "--every", str(every)])
             print_vrt(result, peak, size * args.vrt_repeat)
             if "naive-64MB" in cases:  # a tile row no longer fits in GDAL's 64 MB: blocks are decoded again
-                naive, naive_peak = in_subprocess(["--case", "naive-64MB", "--cog", str(vrt), "--limit", str(vrt_windows)])
+                naive, naive_peak = in_subprocess(
+                    ["--case", "naive-64MB", "--cog", str(vrt), "--limit", str(vrt_windows)]
+                )
                 ours, theirs = result["windows"] / result["seconds"], naive["windows"] / naive["seconds"]
                 print(
                     f"# same {naive['windows']} VRT windows: lazytiles {ours:.1f} windows/s, naive rasterio "
@@ -335,7 +346,9 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
         return None if r is None else r["windows"] / r["seconds"]
 
     naive, floor = rate("naive-64MB"), rate("floor")
-    print(f"{'case':40} | {'windows/s':>9} | {'vs naive-64MB':>13} | {'vs floor':>8} | {'CPU s':>6} | peak RSS MB (own)")
+    print(
+        f"{'case':40} | {'windows/s':>9} | {'vs naive-64MB':>13} | {'vs floor':>8} | {'CPU s':>6} | peak RSS MB (own)"
+    )
     print(f"{'-' * 40}-|-{'-' * 9}-|-{'-' * 13}-|-{'-' * 8}-|-{'-' * 6}-|-{'-' * 18}")
     for case, r in results.items():
         wps = r["windows"] / r["seconds"]
@@ -361,8 +374,10 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
             f"({results['floor']['cpu'] / cpu:.2f}x)"
         )
     if serial:
-        print(f"# lazytiles (one consumer) peak RSS {serial['peak_mb']:.0f} MB (target <= 400 MB): "
-              f"{'met' if serial['peak_mb'] <= 400 else 'NOT met'}")  # fmt: skip
+        print(
+            f"# lazytiles (one consumer) peak RSS {serial['peak_mb']:.0f} MB (target <= 400 MB): "
+            f"{'met' if serial['peak_mb'] <= 400 else 'NOT met'}"
+        )
 
 
 def print_vrt(result: dict[str, Any], peak: float, side: int) -> None:
@@ -376,8 +391,10 @@ def print_vrt(result: dict[str, Any], peak: float, side: int) -> None:
         print(f"{k:8d} | {rss:7.0f} | {cached:7.0f}")
     steady = [rss for k, rss, _ in result["series"][len(result["series"]) // 2 :]]
     flat = max(steady) - min(steady) <= 0.1 * max(steady) if steady else False
-    print(f"# VRT peak RSS {peak:.0f} MB (target <= 500 MB): {'met' if peak <= 500 else 'NOT met'}; "
-          f"second half {'flat' if flat else 'NOT flat'}")  # fmt: skip
+    print(
+        f"# VRT peak RSS {peak:.0f} MB (target <= 500 MB): {'met' if peak <= 500 else 'NOT met'}; "
+        f"second half {'flat' if flat else 'NOT flat'}"
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-import lazytiles as lt  # noqa: E402
-from bench_detect import BusyDetector, calibrate, write_scene  # noqa: E402
+from bench_detect import BusyDetector, calibrate, write_scene
+
+import lazytiles as lt
 
 
 class StoreTimer:
@@ -55,8 +56,19 @@ class StoreTimer:
     run's recipe: the work that durability adds, measured directly, which a busy machine blurs far less
     than end-to-end times."""
 
-    METHODS = ("create", "resume", "start_writing", "begin_session", "commit", "raw", "done", "failed",
-               "write_merged", "end_session", "close")  # fmt: skip
+    METHODS = (
+        "create",
+        "resume",
+        "start_writing",
+        "begin_session",
+        "commit",
+        "raw",
+        "done",
+        "failed",
+        "write_merged",
+        "end_session",
+        "close",
+    )
 
     def __init__(self) -> None:
         self.wall = self.cpu = 0.0
@@ -151,9 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def durable(k: int) -> lt.Detections:
             timer.reset()
-            found = lt.detect_region(
-                model, wins(), out=directory / f"run{k}.gpkg", batch_size=batch, progress=False
-            )
+            found = lt.detect_region(model, wins(), out=directory / f"run{k}.gpkg", batch_size=batch, progress=False)
             store_costs.append(timer.reset())
             return found
 
@@ -198,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{best / base_best:5.3f} / {median / base_median:5.3f} | {cpu:14.2f} | {cpu / base_cpu:16.3f}"
             )
         reference = results["in memory: merge(detect(...))"]
-        same = all(found == reference and np.array_equal(found.partial, reference.partial) for found in results.values())
+        same = all(
+            found == reference and np.array_equal(found.partial, reference.partial) for found in results.values()
+        )
         ratio_best = min(seconds["durable: detect_region(out=)"]) / base_best
         ratio_median = statistics.median(seconds["durable: detect_region(out=)"]) / base_median
         paired = statistics.median(

@@ -33,7 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from _measure import checksum, cpu_seconds, own_peak_rss_mb, window_offsets, write_cog  # noqa: E402
+
+from _measure import checksum, cpu_seconds, own_peak_rss_mb, window_offsets, write_cog
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
@@ -47,14 +48,6 @@ LABELS = {
     "lazytiles": "lazytiles (read-ahead, 16 threads)",
 }
 SIZE, STRIDE, BLOCK = 512, 256, 512
-
-
-
-
-
-
-
-
 
 
 def run_case(case: str, url: str) -> dict[str, Any]:
@@ -88,16 +81,24 @@ def run_case(case: str, url: str) -> dict[str, Any]:
             total += checksum(w.data)
         n = len(wins)
     seconds = time.perf_counter() - start
-    return {"case": case, "seconds": seconds, "windows": n, "checksum": total, "cpu_s": cpu_seconds() - cpu0,
-            "rss_mb": own_peak_rss_mb()}  # fmt: skip
+    return {
+        "case": case,
+        "seconds": seconds,
+        "windows": n,
+        "checksum": total,
+        "cpu_s": cpu_seconds() - cpu0,
+        "rss_mb": own_peak_rss_mb(),
+    }
 
 
 def run_served(directory: Path, latency: float, case: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     server = subprocess.Popen(
         [sys.executable, "-m", "lazytiles.testing.tileserver", str(directory), "--latency", str(latency)],
-        stdout=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert server.stdout is not None
     url = server.stdout.readline().strip() + "/scene_cog.tif"
     try:
@@ -118,8 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=None, help="COG side in pixels (default 8192, quick 2048)")
     parser.add_argument("--latency", type=float, default=None, help="seconds per request (default 0.02)")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ", ".join(CASES))
-    parser.add_argument("--repeat", type=int, default=None, help="runs per case, interleaved; the fastest is "
-                        "reported (default 3, quick 1)")  # fmt: skip
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="runs per case, interleaved; the fastest is reported (default 3, quick 1)",
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -162,11 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     for case, r in results.items():
         rate = r["windows"] / r["seconds"]
         vs = f"{rate / naive_rate:.2f}x" if naive_rate else "-"
-        print(f"{LABELS[case]:36} | {rate:9.1f} | {vs:>8} | {r['requests']:8d} | {r['cpu_s']:5.2f} | {r['rss_mb']:6.0f}")
+        print(
+            f"{LABELS[case]:36} | {rate:9.1f} | {vs:>8} | {r['requests']:8d} | {r['cpu_s']:5.2f} | {r['rss_mb']:6.0f}"
+        )
     lazy = results.get("lazytiles")
     if lazy and naive_rate:
         ratio = lazy["windows"] / lazy["seconds"] / naive_rate
-        print(f"# lazytiles vs naive rasterio /vsicurl/: {ratio:.2f}x (target >= 2x): {'met' if ratio >= 2 else 'NOT met'}")
+        print(
+            f"# lazytiles vs naive rasterio /vsicurl/: {ratio:.2f}x (target >= 2x): {'met' if ratio >= 2 else 'NOT met'}"
+        )
     print(f"# same pixels in every case: {len(sums) == 1}")
     return 0 if len(sums) == 1 else 1
 

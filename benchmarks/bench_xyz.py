@@ -40,7 +40,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-from _measure import checksum, cpu_seconds, own_peak_rss_mb  # noqa: E402
+
+from _measure import checksum, cpu_seconds, own_peak_rss_mb
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
@@ -94,8 +95,6 @@ def window_offsets(tiles: int) -> list[tuple[int, int]]:
     return [(r0 + r, c0 + c) for r in steps for c in steps]
 
 
-
-
 # -- the baselines' tile code ------------------------------------------------------------------------
 
 
@@ -119,7 +118,9 @@ def assemble(r0: int, c0: int, tile: Any) -> Any:
             t = tile(tx, ty)
             ra, rb = max(r0, ty * TILE), min(r0 + SIZE, (ty + 1) * TILE)
             ca, cb = max(c0, tx * TILE), min(c0 + SIZE, (tx + 1) * TILE)
-            out[:, ra - r0 : rb - r0, ca - c0 : cb - c0] = t[:, ra - ty * TILE : rb - ty * TILE, ca - tx * TILE : cb - tx * TILE]
+            out[:, ra - r0 : rb - r0, ca - c0 : cb - c0] = t[
+                :, ra - ty * TILE : rb - ty * TILE, ca - tx * TILE : cb - tx * TILE
+            ]
     return out
 
 
@@ -139,8 +140,16 @@ def run_case(case: str, url: str, tiles: int, baseline_windows: int, data_dir: s
             for body in bodies:
                 decode_png(body)
             seconds, cpu = min(seconds, time.perf_counter() - start), min(cpu, cpu_seconds() - cpu0)
-        return {"case": case, "seconds": seconds, "windows": len(offsets), "tiles": len(bodies),
-                "sums": [], "requests": 0, "rss_mb": own_peak_rss_mb(), "cpu_s": cpu}  # fmt: skip
+        return {
+            "case": case,
+            "seconds": seconds,
+            "windows": len(offsets),
+            "tiles": len(bodies),
+            "sums": [],
+            "requests": 0,
+            "rss_mb": own_peak_rss_mb(),
+            "cpu_s": cpu,
+        }
     if case == "lazytiles":
         import lazytiles as lt
         from lazytiles.grid import mercator_bounds
@@ -194,12 +203,16 @@ def run_case(case: str, url: str, tiles: int, baseline_windows: int, data_dir: s
                 for data in pool.map(lambda rc: assemble(rc[0], rc[1], tile), offsets):
                     sums.append(checksum(data))
             seconds = time.perf_counter() - start
-    return {"case": case, "seconds": seconds, "windows": len(offsets), "tiles": tiles * tiles, "sums": sums,
-            "requests": requests, "rss_mb": own_peak_rss_mb(), "cpu_s": cpu_seconds() - cpu0}  # fmt: skip
-
-
-
-
+    return {
+        "case": case,
+        "seconds": seconds,
+        "windows": len(offsets),
+        "tiles": tiles * tiles,
+        "sums": sums,
+        "requests": requests,
+        "rss_mb": own_peak_rss_mb(),
+        "cpu_s": cpu_seconds() - cpu0,
+    }
 
 
 def in_subprocess(args: list[str]) -> dict[str, Any]:
@@ -214,8 +227,10 @@ def start_server(directory: Path, latency: float) -> tuple[subprocess.Popen[str]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "lazytiles.testing.tileserver", str(directory), "--latency", str(latency)],
-        stdout=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert proc.stdout is not None
     return proc, proc.stdout.readline().strip()
 
@@ -248,8 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=None, help="seconds per request (default 0.02)")
     parser.add_argument("--baseline-windows", type=int, default=None, help="windows of the per-window case")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ", ".join(CASES))
-    parser.add_argument("--repeat", type=int, default=None, help="runs per case, interleaved; the fastest is "
-                        "reported (default 3, quick 1)")  # fmt: skip
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="runs per case, interleaved; the fastest is reported (default 3, quick 1)",
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -283,8 +302,11 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, dict[str, Any]] = {}
         for _ in range(repeat):  # interleaved, so a burst of load elsewhere hurts every case alike
             for c in cases:
-                r = run_served(Path(tmp), latency, ["--case", c, "--data", tmp, "--tiles", str(tiles),
-                                                    "--baseline-windows", str(baseline_windows)])  # fmt: skip
+                r = run_served(
+                    Path(tmp),
+                    latency,
+                    ["--case", c, "--data", tmp, "--tiles", str(tiles), "--baseline-windows", str(baseline_windows)],
+                )
                 if c not in results or r["seconds"] < results[c]["seconds"]:
                     results[c] = r
         print(f"# fastest of {repeat} interleaved run{'s' * (repeat > 1)} per case")
@@ -305,12 +327,16 @@ def report(results: dict[str, dict[str, Any]], n_tiles: int, latency: float) -> 
     if floor:
         decode_s = floor["seconds"]
         bound_rate = min(n_windows / network_s, n_windows / decode_s)
-        print(f"# bound: network {network_s:.2f} s ({n_tiles} tiles x {latency * 1000:.0f} ms / {CONNECTIONS} "
-              f"connections), PNG decode {decode_s:.2f} s (1 thread): {bound_rate:.0f} windows/s")  # fmt: skip
+        print(
+            f"# bound: network {network_s:.2f} s ({n_tiles} tiles x {latency * 1000:.0f} ms / {CONNECTIONS} "
+            f"connections), PNG decode {decode_s:.2f} s (1 thread): {bound_rate:.0f} windows/s"
+        )
     pool = results.get("dict-pool")
     pool_rate = pool["windows"] / pool["seconds"] if pool else None
-    print(f"{'case':38} | {'windows/s':>9} | {'req/tile':>8} | {'vs dict-pool':>12} | {'vs bound':>8} | "
-          f"{'CPU s':>5} | peak RSS MB")  # fmt: skip
+    print(
+        f"{'case':38} | {'windows/s':>9} | {'req/tile':>8} | {'vs dict-pool':>12} | {'vs bound':>8} | "
+        f"{'CPU s':>5} | peak RSS MB"
+    )
     print(f"{'-' * 38}-|-{'-' * 9}-|-{'-' * 8}-|-{'-' * 12}-|-{'-' * 8}-|-{'-' * 5}-|-{'-' * 11}")
     for case, r in results.items():
         rate = r["windows"] / r["seconds"]
@@ -322,20 +348,36 @@ def report(results: dict[str, dict[str, Any]], n_tiles: int, latency: float) -> 
             per_tile = f"{r['server_requests'] / n_tiles:.2f}"
         vs_pool = f"{rate / pool_rate:.2f}x" if pool_rate else "-"
         vs_bound = f"{rate / bound_rate:.2f}x" if bound_rate else "-"
-        print(f"{LABELS[case]:38} | {rate:9.1f} | {per_tile:>8} | {vs_pool:>12} | {vs_bound:>8} | "
-              f"{r['cpu_s']:5.2f} | {r['rss_mb']:6.0f}")  # fmt: skip
+        print(
+            f"{LABELS[case]:38} | {rate:9.1f} | {per_tile:>8} | {vs_pool:>12} | {vs_bound:>8} | "
+            f"{r['cpu_s']:5.2f} | {r['rss_mb']:6.0f}"
+        )
     if "per-window" in results:
         print("# * per-window: requests per tile a window touches (4 for these windows); no tile is shared")
     lazy = results.get("lazytiles")
     if lazy:
         rate = lazy["windows"] / lazy["seconds"]
         checks = [
-            ("requests per unique tile", f"{lazy['server_requests'] / n_tiles:.2f}", "1.00",
-             round(lazy["server_requests"] / n_tiles, 2) <= 1.0),
-            ("vs dict-cache pool", f"{rate / pool_rate:.2f}x" if pool_rate else "-", ">= 2.5x", bool(pool_rate) and rate >= 2.5 * pool_rate),
-            ("vs bound", f"{rate / bound_rate:.2f}x" if bound_rate else "-", ">= 0.8x", bool(bound_rate) and rate >= 0.8 * bound_rate),
+            (
+                "requests per unique tile",
+                f"{lazy['server_requests'] / n_tiles:.2f}",
+                "1.00",
+                round(lazy["server_requests"] / n_tiles, 2) <= 1.0,
+            ),
+            (
+                "vs dict-cache pool",
+                f"{rate / pool_rate:.2f}x" if pool_rate else "-",
+                ">= 2.5x",
+                bool(pool_rate) and rate >= 2.5 * pool_rate,
+            ),
+            (
+                "vs bound",
+                f"{rate / bound_rate:.2f}x" if bound_rate else "-",
+                ">= 0.8x",
+                bool(bound_rate) and rate >= 0.8 * bound_rate,
+            ),
             ("peak RSS", f"{lazy['rss_mb']:.0f} MB", "<= 500 MB", lazy["rss_mb"] <= 500),
-        ]  # fmt: skip
+        ]
         for name, value, target, ok in checks:
             print(f"# lazytiles {name}: {value} (target {target}): {'met' if ok else 'NOT met'}")
     print(f"# same pixels in every case: {same}")

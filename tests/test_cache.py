@@ -265,7 +265,12 @@ def test_stats_keys_and_clear():
     s = cache.stats()
     assert {"hits", "misses", "fetches", "evictions", "nbytes", "max_bytes"} <= set(s)
     assert (s["hits"], s["misses"], s["fetches"], s["evictions"], s["nbytes"], s["max_bytes"]) == (
-        0, 4, 4, 2, 200, 250,
+        0,
+        4,
+        4,
+        2,
+        200,
+        250,
     )
     cache.clear()
     assert len(cache) == 0

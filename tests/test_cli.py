@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from conftest import UTM_10M, write_tif
 from PIL import Image
 
-from conftest import UTM_10M, write_tif
 from lazytiles.cli import COMMANDS, RUNNERS, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,8 +123,20 @@ def test_windows_with_bounds_in_lon_lat_and_a_preview(tif, tmp_path, capsys):
     west, north = rasterio.warp.transform("EPSG:32633", "EPSG:4326", [UTM_10M.c + 10], [UTM_10M.f - 10])
     east, south = rasterio.warp.transform("EPSG:32633", "EPSG:4326", [UTM_10M.c + 2990], [UTM_10M.f - 2990])
     out = tmp_path / "grid.png"
-    argv = ["windows", str(tif), "--size", "128", "--stride", "128", "--bounds", *map(str, (west[0], south[0], east[0], north[0])),
-            "--bounds-crs", "EPSG:4326", "--preview", str(out)]  # fmt: skip
+    argv = [
+        "windows",
+        str(tif),
+        "--size",
+        "128",
+        "--stride",
+        "128",
+        "--bounds",
+        *map(str, (west[0], south[0], east[0], north[0])),
+        "--bounds-crs",
+        "EPSG:4326",
+        "--preview",
+        str(out),
+    ]
     assert main(argv) == 0
     report = rows(capsys.readouterr().out)
     assert report["windows"] == "9"  # 300 px -> windows at 0, 128, and 172 (shifted): 3 x 3
@@ -141,11 +153,17 @@ def test_windows_in_a_region_file(tif, tmp_path, capsys):
     x0, y0 = UTM_10M.c, UTM_10M.f
     triangle = [[x0, y0], [x0 + 6000, y0], [x0, y0 - 6000], [x0, y0]]
     region = tmp_path / "area.geojson"
-    region.write_text(json.dumps({
-        "type": "FeatureCollection",
-        "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32633"}},
-        "features": [{"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [triangle]}}],
-    }))  # fmt: skip
+    region.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32633"}},
+                "features": [
+                    {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [triangle]}}
+                ],
+            }
+        )
+    )
     assert main(["windows", str(tif), "--size", "256", "--stride", "256", "--region", str(region)]) == 0
     assert rows(capsys.readouterr().out)["windows"].startswith("6 (of a 3 x 3 grid")
 
@@ -179,8 +197,19 @@ def sample_cog(tmp_path: Path):
 def test_detect_writes_a_run_and_geojson_and_refuses_to_overwrite(sample_cog, tmp_path, capsys):
     pytest.importorskip("torch")
     out, geojson = tmp_path / "run.gpkg", tmp_path / "found.geojson"
-    argv = ["detect", str(sample_cog.cog), "--model", "lazytiles.detection.models:blob_detector", "--out", str(out),
-            "--size", "256", "--overlap", "0.25", "--no-progress"]  # fmt: skip
+    argv = [
+        "detect",
+        str(sample_cog.cog),
+        "--model",
+        "lazytiles.detection.models:blob_detector",
+        "--out",
+        str(out),
+        "--size",
+        "256",
+        "--overlap",
+        "0.25",
+        "--no-progress",
+    ]
     assert main([*argv, "--geojson", str(geojson)]) == 0
     report = rows(capsys.readouterr().out)
     assert report["objects"].startswith("6 (")

@@ -44,7 +44,9 @@ def rasters(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("mosaic")
     paths = {}
     for name, (dtype, bands, height, width, block, nodata) in RASTERS.items():
-        paths[name] = write_tif(folder / f"{name}.tif", position_coded(dtype, bands, height, width), block=block, nodata=nodata)
+        paths[name] = write_tif(
+            folder / f"{name}.tif", position_coded(dtype, bands, height, width), block=block, nodata=nodata
+        )
     return paths
 
 
@@ -129,7 +131,9 @@ def test_outside_pixels_are_nodata_or_zero():
 )
 def test_a_window_must_be_whole_pixels_with_a_positive_size(window):
     src = lt.ArraySource(np.zeros((1, 10, 10), np.uint8), tile_shape=4)
-    with pytest.raises(ValueError, match=r"must have integer offsets and positive integer sizes; round it first") as info:
+    with pytest.raises(
+        ValueError, match=r"must have integer offsets and positive integer sizes; round it first"
+    ) as info:
         src.read(window)
     assert isinstance(info.value, lt.InvalidArgumentError)
 

@@ -20,11 +20,11 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
+from conftest import CountingSource, tiles_touched
 
 import lazytiles as lt
-from conftest import CountingSource, tiles_touched
-from lazytiles.merging.cells import merged_detections
 from lazytiles.detection.models import BlobDetector
+from lazytiles.merging.cells import merged_detections
 from lazytiles.testing.sample import make_sample
 
 beam = pytest.importorskip("apache_beam")
@@ -206,8 +206,14 @@ def test_the_beam_job_gives_the_local_merge_exactly_for_every_shard_size(local, 
     wins, per_window, merged = local
     shard_of = {p: k for k, (a, b) in enumerate(lb.shard_ranges(wins, 7)) for p in range(a, b)}
     rects = wins.pixel_windows()
-    across = [{shard_of[p] for p, (c, r, w, h) in enumerate(rects.tolist()) if c < x1 and x0 < c + w and r < y1 and y0 < r + h}
-              for x0, y0, x1, y1 in sample.boxes]  # fmt: skip
+    across = [
+        {
+            shard_of[p]
+            for p, (c, r, w, h) in enumerate(rects.tolist())
+            if c < x1 and x0 < c + w and r < y1 and y0 < r + h
+        }
+        for x0, y0, x1, y1 in sample.boxes
+    ]
     assert sum(len(shards) > 1 for shards in across) > 60  # objects seen by two shards or more
     branches = {"one per window": (1, 17, 2), "7 windows": (7, 300, 3), "default": (None, None, 4)}
     with beam.Pipeline(options=lb.to_pipeline_options(["--runner=DirectRunner"])) as p:
@@ -249,9 +255,14 @@ def corrupt_tile(sample, x: int, y: int) -> tuple[Path, bytes]:
 def windows_over(wins: lt.WindowSequence, *, cols: tuple[int, int], rows: tuple[int, int]) -> list[int]:
     """Indices of the windows holding a pixel of the block ``cols`` x ``rows`` (scene pixels), by brute force."""
     area = wins.area
-    return [int(i) for i, (c, r, w, h) in zip(wins.indices, wins.pixel_windows().tolist())
-            if c - area.col_off < cols[1] and c - area.col_off + w > cols[0]
-            and r - area.row_off < rows[1] and r - area.row_off + h > rows[0]]  # fmt: skip
+    return [
+        int(i)
+        for i, (c, r, w, h) in zip(wins.indices, wins.pixel_windows().tolist())
+        if c - area.col_off < cols[1]
+        and c - area.col_off + w > cols[0]
+        and r - area.row_off < rows[1]
+        and r - area.row_off + h > rows[0]
+    ]
 
 
 def xyz_windows(sample) -> lt.WindowSequence:
@@ -273,8 +284,11 @@ def test_windows_whose_tiles_cannot_be_read_go_to_the_dead_letters(sample, tmp_p
             found = p | lb.DetectWindows(wins, MODEL, shard_size=10)
             _ = found.dead_letter | "Dump dead" >> beam.ParDo(Dump(tmp_path / "dead"))
             _ = found.detections | "Dump ok" >> beam.ParDo(Dump(tmp_path / "ok"))
-            _ = found.detections | lb.MergeDetections(wins) | lb.WriteDetections(
-                wins, geojson=tmp_path / "found.geojson", gpkg=tmp_path / "found.gpkg")  # fmt: skip
+            _ = (
+                found.detections
+                | lb.MergeDetections(wins)
+                | lb.WriteDetections(wins, geojson=tmp_path / "found.geojson", gpkg=tmp_path / "found.gpkg")
+            )
     finally:
         path.write_bytes(good)
     dead = sorted(load(tmp_path / "dead"), key=lambda d: d.index)
@@ -299,8 +313,15 @@ def test_a_durable_job_records_every_window_and_a_rerun_retries_only_the_failed(
     path, good = corrupt_tile(sample, 34168 + 2, 23440 + 1)
     try:
         with pytest.warns(lt.FailedWindowsWarning, match=r"12 of 121 windows could not be read"):
-            partial = lb.detect_region(MODEL, xyz_windows(sample), out, shard_size=30, cell_size=200, fanin=2,
-                                       pipeline_options=["--runner=DirectRunner"])  # fmt: skip
+            partial = lb.detect_region(
+                MODEL,
+                xyz_windows(sample),
+                out,
+                shard_size=30,
+                cell_size=200,
+                fanin=2,
+                pipeline_options=["--runner=DirectRunner"],
+            )
     finally:
         path.write_bytes(good)
     wins = xyz_windows(sample)
@@ -359,7 +380,9 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_import_lazytiles_does_not_import_beam():
-    done = run_python("import sys, lazytiles, lazytiles.cli, lazytiles.merging.cells; print('apache_beam' in sys.modules)")
+    done = run_python(
+        "import sys, lazytiles, lazytiles.cli, lazytiles.merging.cells; print('apache_beam' in sys.modules)"
+    )
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
 
 
@@ -371,7 +394,9 @@ def test_without_beam_the_error_names_the_extra():
         "except lt.MissingDependencyError as err:\n    print(isinstance(err, ImportError), err)\n"
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("True lazytiles.beam needs Apache Beam") and "pip install lazytiles[beam]" in done.stdout
+    assert (
+        done.stdout.startswith("True lazytiles.beam needs Apache Beam") and "pip install lazytiles[beam]" in done.stdout
+    )
 
 
 # -- the command line, with two worker processes -------------------------------------------------------------
@@ -383,7 +408,10 @@ def test_options_after_a_double_dash_need_the_beam_runner(sample, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["detect", str(sample.cog), "--model", MODEL, "--out", "x.gpkg", "--", "--runner=DirectRunner"])
     assert exit_.value.code == 2
-    assert "options after '--' (--runner=DirectRunner) are Beam's; they need 'detect --runner beam'" in capsys.readouterr().err
+    assert (
+        "options after '--' (--runner=DirectRunner) are Beam's; they need 'detect --runner beam'"
+        in capsys.readouterr().err
+    )
 
 
 @pytest.mark.slow
@@ -392,11 +420,37 @@ def test_the_command_runs_the_job_on_two_worker_processes(local, sample, tmp_pat
     _, _, merged = local
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     done = subprocess.run(
-        [sys.executable, "-m", "lazytiles", "detect", str(sample.cog), "--model", MODEL, "--out", "run.gpkg",
-         "--geojson", "found.geojson", "--size", "128", "--overlap", "0.25", "--batch-size", "4", "--runner", "beam",
-         "--", "--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=380,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "lazytiles",
+            "detect",
+            str(sample.cog),
+            "--model",
+            MODEL,
+            "--out",
+            "run.gpkg",
+            "--geojson",
+            "found.geojson",
+            "--size",
+            "128",
+            "--overlap",
+            "0.25",
+            "--batch-size",
+            "4",
+            "--runner",
+            "beam",
+            "--",
+            "--runner=DirectRunner",
+            "--direct_num_workers=2",
+            "--direct_running_mode=multi_processing",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=380,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"objects  {len(merged)} " in done.stdout and "run.gpkg, found.geojson" in done.stdout
     with lt.open_run(tmp_path / "run.gpkg") as run:

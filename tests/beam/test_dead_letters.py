@@ -114,8 +114,14 @@ def test_a_damaged_and_a_missing_tile_on_a_tile_server_are_dead_letters_and_a_re
     with TileServer(tiles) as server:
 
         def windows() -> lt.WindowSequence:
-            src = lt.open(server.template() + "?api_key=SECRET", zoom=ZOOM, tile_size=256, on_missing="raise",
-                          http=HttpClient(retries=0, deadline=DEADLINE), cache=lt.TileCache())  # fmt: skip
+            src = lt.open(
+                server.template() + "?api_key=SECRET",
+                zoom=ZOOM,
+                tile_size=256,
+                on_missing="raise",
+                http=HttpClient(retries=0, deadline=DEADLINE),
+                cache=lt.TileCache(),
+            )
             return lt.windows(src, size=128, overlap=0.25, bounds=cover.bounds, bounds_crs="EPSG:3857")
 
         wins = windows()

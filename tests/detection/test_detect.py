@@ -63,9 +63,11 @@ def expected_in_window(rects, window: PixelWindow, area: PixelWindow, min_area: 
         inner_left, inner_top = c0 > area.col_off, r0 > area.row_off
         inner_right, inner_bottom = c1 < area.col_off + area.width, r1 < area.row_off + area.height
         partial = (
-            (inner_left and cx0 <= c0 + 1) or (inner_right and cx1 >= c1 - 1)
-            or (inner_top and cy0 <= r0 + 1) or (inner_bottom and cy1 >= r1 - 1)
-        )  # fmt: skip
+            (inner_left and cx0 <= c0 + 1)
+            or (inner_right and cx1 >= c1 - 1)
+            or (inner_top and cy0 <= r0 + 1)
+            or (inner_bottom and cy1 >= r1 - 1)
+        )
         out.add((cx0, cy0, cx1, cy1, band, partial))
     return out
 
@@ -191,7 +193,9 @@ def test_a_bug_while_reading_surfaces_with_its_window_even_in_outcomes(scene):
     wins = lt.windows(Buggy(src.array, tile_shape=128), size=128)  # tile (2, 3) is window 15
     dets = lt.detect(BlobDetector(), wins, batch_size=4, workers=2, progress=False)
     for run in (lambda: list(dets), lambda: list(dets.outcomes())):
-        with pytest.raises(lt.WorkerError, match="reading window 15 failed: ZeroDivisionError: division by zero") as info:
+        with pytest.raises(
+            lt.WorkerError, match="reading window 15 failed: ZeroDivisionError: division by zero"
+        ) as info:
             run()
         assert isinstance(info.value.__cause__, ZeroDivisionError)
         assert not lazytiles_threads()
@@ -209,7 +213,9 @@ def test_an_exception_in_the_model_names_the_windows_and_leaves_no_thread(scene)
 
     model.calls = 0
     before = set(threading.enumerate())
-    with pytest.raises(lt.WorkerError, match=r"the model raised ValueError on the batch of windows \[8, 9, 10, 11\]: boom") as info:
+    with pytest.raises(
+        lt.WorkerError, match=r"the model raised ValueError on the batch of windows \[8, 9, 10, 11\]: boom"
+    ) as info:
         for _ in lt.detect(model, wins, batch_size=4, workers=2, progress=False):
             pass
     assert isinstance(info.value, RuntimeError) and isinstance(info.value.__cause__, ValueError)
@@ -228,14 +234,18 @@ def test_a_wrong_output_fails_on_the_first_batch_with_both_shapes_named(scene):
         calls.append(len(x))
         return [{"boxes": torch.zeros(2, 5), "scores": torch.zeros(2), "labels": torch.zeros(2)} for _ in x]
 
-    with pytest.raises(lt.ModelOutputError, match=r"boxes of shape \(2, 5\).*expected one dict per image with 'boxes' \(K, 4\)"):
+    with pytest.raises(
+        lt.ModelOutputError, match=r"boxes of shape \(2, 5\).*expected one dict per image with 'boxes' \(K, 4\)"
+    ):
         list(lt.detect(model, wins, batch_size=8, progress=False))
     assert calls == [8] and not lazytiles_threads()
 
     def dict_model(x):
         return {"boxes": torch.zeros(len(x), 0, 4)}
 
-    with pytest.raises(TypeError, match=r"returned a dict with keys \['boxes'\] for the batch of windows \[0, 1, \.\.\., 7\]"):
+    with pytest.raises(
+        TypeError, match=r"returned a dict with keys \['boxes'\] for the batch of windows \[0, 1, \.\.\., 7\]"
+    ):
         next(iter(lt.detect(dict_model, wins, batch_size=8, progress=False)))
 
 
@@ -332,7 +342,9 @@ def test_arguments_are_checked_when_detect_is_called(scene):
         lt.detect(42, wins)
     with pytest.raises(lt.InvalidArgumentError, match="wins must be a lazytiles.WindowSequence"):
         lt.detect(BlobDetector(), [np.zeros((3, 8, 8))])
-    with pytest.raises(lt.InvalidArgumentError, match=r"Preprocess\(mean=\(0.1, 0.2\)\) has 2 values, but the model gets 3 bands"):
+    with pytest.raises(
+        lt.InvalidArgumentError, match=r"Preprocess\(mean=\(0.1, 0.2\)\) has 2 values, but the model gets 3 bands"
+    ):
         lt.detect(BlobDetector(), wins, preprocess=lt.Preprocess(mean=(0.1, 0.2)))
     with pytest.raises(lt.InvalidArgumentError, match="device='gpu7' is not a torch device"):
         lt.detect(BlobDetector(), wins, device="gpu7")

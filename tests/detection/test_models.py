@@ -102,7 +102,9 @@ def test_window_classifier_example():
 def test_load_model_by_factory_and_errors(tmp_path):
     assert isinstance(load_model("lazytiles.detection.models:blob_detector"), BlobDetector)
     assert isinstance(load_model("lazytiles.detection.models:BandMeanClassifier"), BandMeanClassifier)
-    with pytest.raises(lt.InvalidArgumentError, match=r"module 'no_such_pkg.mod' cannot be imported \(No module named 'no_such_pkg'\)"):
+    with pytest.raises(
+        lt.InvalidArgumentError, match=r"module 'no_such_pkg.mod' cannot be imported \(No module named 'no_such_pkg'\)"
+    ):
         load_model("no_such_pkg.mod:factory")
     with pytest.raises(lt.InvalidArgumentError, match="has no attribute 'nope'"):
         load_model("lazytiles.detection.models:nope")
@@ -162,8 +164,10 @@ def test_factories_return_fresh_models():
 
 
 def test_parse_outputs_accepts_the_three_shapes():
-    dets = [{"boxes": torch.tensor([[1.0, 2, 3, 4]]), "scores": torch.tensor([0.5]), "labels": torch.tensor([7])},
-            {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}]  # fmt: skip
+    dets = [
+        {"boxes": torch.tensor([[1.0, 2, 3, 4]]), "scores": torch.tensor([0.5]), "labels": torch.tensor([7])},
+        {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
     (b0, s0, l0), (b1, s1, l1) = parse_outputs(dets, 2, [0, 1])
     assert b0.tolist() == [[1, 2, 3, 4]] and l0.tolist() == [7] and b1.shape == (0, 4)
     scores = parse_outputs(torch.tensor([0.25, 0.75]), 2, [0, 1])
@@ -182,10 +186,12 @@ def test_parse_outputs_accepts_the_three_shapes():
         (torch.zeros(2, 4, 4), r"returned a Tensor of shape \(2, 4, 4\)"),
         ([torch.zeros(4), torch.zeros(4)], r"item 0 is a Tensor of shape \(4,\)"),
         ([{"boxes": torch.zeros(1, 4), "scores": torch.zeros(1)}] * 2, r"\['labels'\] missing"),
-        ([{"boxes": torch.zeros(4), "scores": torch.zeros(1), "labels": torch.zeros(1)}] * 2,
-         r"boxes of shape \(4,\), scores of shape \(1,\) and labels of shape \(1,\)"),
+        (
+            [{"boxes": torch.zeros(4), "scores": torch.zeros(1), "labels": torch.zeros(1)}] * 2,
+            r"boxes of shape \(4,\), scores of shape \(1,\) and labels of shape \(1,\)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_parse_outputs_names_what_came_back_and_what_is_expected(out, message):
     with pytest.raises(lt.ModelOutputError, match=message) as info:
         parse_outputs(out, 2, [3, 4])
@@ -199,15 +205,23 @@ def test_parse_outputs_names_what_came_back_and_what_is_expected(out, message):
         (torch.tensor([0.5, np.nan]), r"NaN in the scores of window 4 \(image 1 of the batch of windows \[3, 4\]\)"),
         (torch.tensor([[0.0, 1.0], [-np.inf, 0.0]]), r"inf in the class logits of window 4 "),
         (np.array([1e300, 0.5]), r"inf in the scores of window 3 "),  # beyond float32
-        ([{"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.zeros(1)},
-          {"boxes": torch.tensor([[0, np.nan, np.inf, 1]]), "scores": torch.ones(1), "labels": torch.zeros(1)}],
-         r"NaN and inf in the boxes of window 4 "),
-        ([{"boxes": torch.zeros(1, 4), "scores": torch.tensor([np.inf]), "labels": torch.zeros(1)}] * 2,
-         r"inf in the scores of window 3 \(image 0"),
-        ([{"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.tensor([np.nan])}] * 2,
-         r"NaN in the labels of window 3 "),
+        (
+            [
+                {"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.zeros(1)},
+                {"boxes": torch.tensor([[0, np.nan, np.inf, 1]]), "scores": torch.ones(1), "labels": torch.zeros(1)},
+            ],
+            r"NaN and inf in the boxes of window 4 ",
+        ),
+        (
+            [{"boxes": torch.zeros(1, 4), "scores": torch.tensor([np.inf]), "labels": torch.zeros(1)}] * 2,
+            r"inf in the scores of window 3 \(image 0",
+        ),
+        (
+            [{"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.tensor([np.nan])}] * 2,
+            r"NaN in the labels of window 3 ",
+        ),
     ],
-)  # fmt: skip
+)
 def test_non_finite_outputs_name_the_window_and_what_was_not_finite(out, message):
     with pytest.raises(lt.ModelOutputError, match=message + r".*must be finite numbers"):
         parse_outputs(out, 2, [3, 4])
@@ -215,8 +229,14 @@ def test_non_finite_outputs_name_the_window_and_what_was_not_finite(out, message
 
 def test_runner_preprocessing_defaults_and_bands():
     def runner(dtype, preprocess, count=3):
-        return ModelRunner(lambda x: x, device=torch.device("cpu"), preprocess=preprocess, count=count,
-                           dtype=np.dtype(dtype), window_shape=(2, 2))  # fmt: skip
+        return ModelRunner(
+            lambda x: x,
+            device=torch.device("cpu"),
+            preprocess=preprocess,
+            count=count,
+            dtype=np.dtype(dtype),
+            window_shape=(2, 2),
+        )
 
     r = runner("uint8", lt.Preprocess())
     tensor, buf = r.new_buffer(1)

@@ -57,7 +57,11 @@ def test_a_shuffled_dataloader_over_a_slice_reads_the_right_windows(wins):
     sub = wins[5:20]
     expected = {w.index: w.data.copy() for w in sub}
     loader = torch.utils.data.DataLoader(
-        sub, batch_size=3, shuffle=True, num_workers=2, collate_fn=lt.collate,
+        sub,
+        batch_size=3,
+        shuffle=True,
+        num_workers=2,
+        collate_fn=lt.collate,
         generator=torch.Generator().manual_seed(0),
     )
     seen = []
@@ -84,10 +88,14 @@ def test_seqtools_smap_batch_and_collate_stay_lazy_and_exact(wins):
 @pytest.mark.parametrize("method", ["thread", "process"])
 def test_seqtools_prefetch_gives_the_serial_pixels(wins, method):
     expected = serial(wins)
-    pre = seqtools.prefetch(seqtools.smap(lambda w: (w.index, w.data), wins) if method == "thread" else wins,
-                            nworkers=2, method=method, max_buffered=4)
+    pre = seqtools.prefetch(
+        seqtools.smap(lambda w: (w.index, w.data), wins) if method == "thread" else wins,
+        nworkers=2,
+        method=method,
+        max_buffered=4,
+    )
     for k, item in enumerate(pre):
-        index, data = (item if method == "thread" else (item.index, item.data))
+        index, data = item if method == "thread" else (item.index, item.data)
         assert index == k
         assert_array_equal(data, expected[k])
 

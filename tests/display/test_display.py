@@ -7,14 +7,13 @@ import io
 import numpy as np
 import pytest
 import rasterio
+from conftest import UTM_10M, CountingSource
 from numpy.testing import assert_array_equal
 from PIL import Image
 
 import lazytiles as lt
 from lazytiles.display.jupyter import sequence_preview
 from lazytiles.display.picture import PALETTE, label_colour, to_rgba
-
-from conftest import UTM_10M, CountingSource
 
 BANDS = (1, 2, 3, 4)
 DTYPES = ("uint8", "uint16", "float32")
@@ -57,8 +56,15 @@ def test_window_reprs_are_valid_png_and_html_for_every_band_and_dtype(bands, dty
     assert (np.asarray(png(wins[3]._repr_png_()).convert("RGBA"))[..., 3] == 255).all()  # no nodata there
     page = wins[3]._repr_html_()
     assert page.count("<img src='data:image/png;base64,") == 1
-    for text in ("window</th><td style='text-align:left'>3<", "EPSG:32633", "bounds (lon/lat)", "tiles used",
-                 "cache hits / misses", "read time", f"{bands} x 48 x 48 {dtype}"):
+    for text in (
+        "window</th><td style='text-align:left'>3<",
+        "EPSG:32633",
+        "bounds (lon/lat)",
+        "tiles used",
+        "cache hits / misses",
+        "read time",
+        f"{bands} x 48 x 48 {dtype}",
+    ):
         assert text in page
 
 

@@ -62,8 +62,12 @@ def window_scenes(draw):
     height, width = draw(st.integers(40, 260)), draw(st.integers(40, 260))
     size = draw(st.integers(16, 40))
     stride = draw(st.one_of(st.just(size), st.integers(size // 2, size + 4)))
-    wins = lt.windows(lt.ArraySource(np.zeros((1, height, width), np.uint8)), size, stride=stride,
-                      edge=draw(st.sampled_from(["shift", "pad"])))  # fmt: skip
+    wins = lt.windows(
+        lt.ArraySource(np.zeros((1, height, width), np.uint8)),
+        size,
+        stride=stride,
+        edge=draw(st.sampled_from(["shift", "pad"])),
+    )
     rects = wins.pixel_windows()
     near_edge = st.one_of(st.integers(-2, 3), st.integers(size - 3, size + 2), st.integers(-2, size + 2))
     per_window = []
@@ -76,13 +80,23 @@ def window_scenes(draw):
             y = sorted([draw(near_edge), draw(near_edge)])
             boxes.append([x[0], y[0], max(x[1], x[0] + 1), max(y[1], y[0] + 1)])
         boxes = np.array(boxes, float).reshape(-1, 4)
-        part = partial_flags(boxes, rects[k], wins.area) if draw(st.booleans()) else draw(
-            st.lists(st.booleans(), min_size=n, max_size=n))  # fmt: skip
-        per_window.append(lt.Detections(
-            boxes + [c, r, c, r], [draw(st.sampled_from([0.5, 0.75, 1.0])) for _ in range(n)],
-            [draw(st.integers(0, 1)) for _ in range(n)], np.full(n, k), partial=part,
-        ))  # fmt: skip
-    cell = draw(st.one_of(st.sampled_from([3.0, 11.0, 25.0, 1000.0]), st.integers(1, 3).map(lambda m: float(m * stride))))
+        part = (
+            partial_flags(boxes, rects[k], wins.area)
+            if draw(st.booleans())
+            else draw(st.lists(st.booleans(), min_size=n, max_size=n))
+        )
+        per_window.append(
+            lt.Detections(
+                boxes + [c, r, c, r],
+                [draw(st.sampled_from([0.5, 0.75, 1.0])) for _ in range(n)],
+                [draw(st.integers(0, 1)) for _ in range(n)],
+                np.full(n, k),
+                partial=part,
+            )
+        )
+    cell = draw(
+        st.one_of(st.sampled_from([3.0, 11.0, 25.0, 1000.0]), st.integers(1, 3).map(lambda m: float(m * stride)))
+    )
     return wins, per_window, cell
 
 
@@ -106,8 +120,10 @@ def test_merge_by_cells_equals_lt_merge_on_random_boxes(scene, fanin, method, me
 
 def test_boxes_that_are_not_finite_come_out_as_the_local_merge_gives_them():
     wins = lt.windows(lt.ArraySource(np.zeros((1, 64, 128), np.uint8)), 64)
-    per_window = [lt.Detections([[np.nan, 1, 5, 5], [1, 1, 9, 9]], [0.5, 0.9], [0, 0], [0, 0]),
-                  lt.Detections([[70, 2, 80, np.inf]], [0.7], [0], [1])]  # fmt: skip
+    per_window = [
+        lt.Detections([[np.nan, 1, 5, 5], [1, 1, 9, 9]], [0.5, 0.9], [0, 0], [0, 0]),
+        lt.Detections([[70, 2, 80, np.inf]], [0.7], [0], [1]),
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # numpy compares NaN inside lt.merge too
         expected = lt.merge(per_window, windows=wins, progress=False)

@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import seqtools
+from conftest import ramp, write_tif
 from numpy.testing import assert_array_equal
 
 import lazytiles as lt
 from lazytiles.prefetching.sequence import Prefetched
-
-from conftest import ramp, write_tif
 
 WAIT = 20  # seconds: the most any wait may take before a test fails instead of hanging
 
@@ -530,7 +529,9 @@ def test_process_random_access_and_errors(tmp_path):
         pre._engine.wait_idle(WAIT)
         assert sum(calls(log).values()) <= len(picks) * 1.2  # about one computation per access
 
-        with pytest.raises(lt.WorkerError, match=r"item 7 failed in prefetch worker process \d+: ValueError: bad item 7") as info:
+        with pytest.raises(
+            lt.WorkerError, match=r"item 7 failed in prefetch worker process \d+: ValueError: bad item 7"
+        ) as info:
             pre[7]
         assert isinstance(info.value.__cause__, ValueError)  # rebuilt from its pickle
         assert "bad item 7" in str(info.value.__cause__.__cause__)  # the worker's traceback text

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import UTM_10M
 
 import lazytiles as lt
 from lazytiles.detection.models import BlobDetector
 from lazytiles.runs.lifecycle import RunLifecycle
 from lazytiles.runs.recipe import DetectOptions, run_recipe
 from lazytiles.runs.store import RunStore, WindowResult
-
-from conftest import UTM_10M
 
 
 def scene_windows() -> lt.WindowSequence:

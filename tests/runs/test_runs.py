@@ -24,15 +24,14 @@ from pathlib import Path
 import numpy as np
 import pyogrio
 import pytest
+import run_child  # the child's model and windows, shared with the tests (tests/ is on sys.path)
 import shapely
+from conftest import UTM_10M, write_tif
 from numpy.testing import assert_array_equal
 
 import lazytiles as lt
-from lazytiles.runs.store import RunStore
 from lazytiles.detection.models import BlobDetector
-
-import run_child  # the child's model and windows, shared with the tests (tests/ is on sys.path)
-from conftest import UTM_10M, write_tif
+from lazytiles.runs.store import RunStore
 
 HERE = Path(__file__).parent.parent  # tests/, where run_child.py lives
 
@@ -94,8 +93,12 @@ def child(scene_tif: Path, out: Path, *args: str, **popen: object) -> subprocess
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen(
         [sys.executable, str(HERE / "run_child.py"), str(scene_tif), str(out), *args],
-        env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen,
-    )  # fmt: skip
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
 
 
 def assert_complete(out: Path, wins: lt.WindowSequence) -> None:
@@ -177,7 +180,9 @@ def test_replay_merge_equals_a_fresh_merge(scene_tif: Path, tmp_path: Path) -> N
             r.merge(iou=1.5)
 
 
-def test_summary_repr_pickle_geojson_and_progress(scene_tif: Path, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+def test_summary_repr_pickle_geojson_and_progress(
+    scene_tif: Path, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
     wins = windows_of(scene_tif)
     out = tmp_path / "run.gpkg"
     found = run(wins, out, geojson=tmp_path / "found.geojson", progress=True)
@@ -192,7 +197,10 @@ def test_summary_repr_pickle_geojson_and_progress(scene_tif: Path, tmp_path: Pat
         assert (s["windows"], s["done"], s["failed"], s["missing"], s["complete"]) == (25, 25, 0, 0, True)
         assert s["merged_detections"] == len(found) and s["raw_detections"] == len(r.detections())
         assert "25 of 25 windows done" in repr(r)
-        assert r.recipe["windows.size"] == [96, 96] and r.recipe["model.class"] == "lazytiles.detection.models.BlobDetector"
+        assert (
+            r.recipe["windows.size"] == [96, 96]
+            and r.recipe["model.class"] == "lazytiles.detection.models.BlobDetector"
+        )
         again = pickle.loads(pickle.dumps(r))
         assert isinstance(again, lt.Run) and same(again.result(), found)
         again.close()
@@ -229,7 +237,9 @@ def test_a_kill_inside_a_commit_loses_that_batch_or_nothing_and_resume_completes
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("seed", [1, 2])
-def test_several_random_kills_then_resume_equals_an_uninterrupted_run(scene_tif: Path, tmp_path: Path, seed: int) -> None:
+def test_several_random_kills_then_resume_equals_an_uninterrupted_run(
+    scene_tif: Path, tmp_path: Path, seed: int
+) -> None:
     """Kill the run three times at seeded random points — inside a commit, on a tile read (batches in
     flight), and from outside after a tile read — then resume it to the end."""
     rng = np.random.default_rng(seed)
@@ -274,7 +284,9 @@ class BreaksOnce(BlobDetector):
         return super().forward(images)
 
 
-def test_a_model_error_stops_the_run_keeps_finished_windows_and_resume_completes(scene_tif: Path, tmp_path: Path) -> None:
+def test_a_model_error_stops_the_run_keeps_finished_windows_and_resume_completes(
+    scene_tif: Path, tmp_path: Path
+) -> None:
     wins = windows_of(scene_tif)
     out = tmp_path / "run.gpkg"
     BreaksOnce.calls_left = 4
@@ -308,7 +320,9 @@ class FlakySource(lt.ArraySource):
 
 def test_unreadable_windows_are_recorded_as_failed_and_retried_on_resume(tmp_path: Path) -> None:
     def flaky_windows() -> lt.WindowSequence:  # each with its own cache, so no tile is read from memory
-        src = FlakySource(scene(), transform=UTM_10M, crs="EPSG:32633", tile_shape=64, token="flaky", cache=lt.TileCache())
+        src = FlakySource(
+            scene(), transform=UTM_10M, crs="EPSG:32633", tile_shape=64, token="flaky", cache=lt.TileCache()
+        )
         return run_child.windows(src)
 
     merged, _ = reference(flaky_windows())
@@ -366,9 +380,15 @@ def test_a_different_recipe_is_refused_naming_the_parameter(finished, scene_tif:
     other = tmp_path / "other.tif"
     shutil.copy(scene_tif, other)
     cases = [
-        (lambda: run(lt.windows(src, size=128, overlap=0.25), out), r"windows\.size is \[96, 96\] there but \[128, 128\] now"),
+        (
+            lambda: run(lt.windows(src, size=128, overlap=0.25), out),
+            r"windows\.size is \[96, 96\] there but \[128, 128\] now",
+        ),
         (lambda: run(lt.windows(src, size=96, stride=48), out), r"windows\.stride"),
-        (lambda: run(lt.windows(src, size=96, overlap=0.25, bounds=(500000, 5997000, 503000, 6000000)), out), r"windows\.area"),
+        (
+            lambda: run(lt.windows(src, size=96, overlap=0.25, bounds=(500000, 5997000, 503000, 6000000)), out),
+            r"windows\.area",
+        ),
         (lambda: run(windows_of(other), out), r"source is .*scene\.tif.* there but .*other\.tif.* now"),
         (lambda: lt.detect_region(BlobDetector(threshold=0.4), wins, out=out, progress=False), r"model\.sha256"),
         (lambda: run(wins, out, score_threshold=0.9), r"score_threshold is 0\.0 there but 0\.9 now"),
@@ -424,8 +444,10 @@ def test_a_foreign_geopackage_is_never_replaced(finished, tmp_path: Path) -> Non
     mine = tmp_path / "mine.gpkg"
     lt.Detections([[0, 0, 1, 1]], [1.0], [0], crs="EPSG:32633").to_gpkg(mine)
     before = digest(mine)
-    for kwargs, message in (({}, "is an SQLite database .* but not a lazytiles run store"),
-                            ({"force_new": True}, "lazytiles did not make; refusing to replace it")):  # fmt: skip
+    for kwargs, message in (
+        ({}, "is an SQLite database .* but not a lazytiles run store"),
+        ({"force_new": True}, "lazytiles did not make; refusing to replace it"),
+    ):
         with pytest.raises(lt.RunStoreError, match=message):
             run(wins, mine, **kwargs)
         assert digest(mine) == before
@@ -480,14 +502,21 @@ def test_a_read_only_directory_is_an_error_and_nothing_changes() -> None:
         attempts = [(str(ro / "new.gpkg"), False), (str(ro / "old.gpkg"), False), (str(ro / "old.gpkg"), True)]
         proc = subprocess.run(
             [*prefix, sys.executable, "-c", READ_ONLY_CHILD, json.dumps(attempts)],
-            env=env, capture_output=True, text=True, timeout=100, cwd=base,
-        )  # fmt: skip
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=100,
+            cwd=base,
+        )
         if proc.returncode and ("ModuleNotFoundError" in proc.stderr or "ermission denied" in proc.stderr):
             pytest.skip(f"cannot run python as an unprivileged user here: {proc.stderr[-300:]}")
         assert proc.returncode == 0, proc.stderr
         new, old, replace = json.loads(proc.stdout)
-        assert re.search(r"cannot create run store .*new\.gpkg.*: cannot write in .*ro' \(Permission denied\); "
-                         r"choose a writable directory", new), new
+        assert re.search(
+            r"cannot create run store .*new\.gpkg.*: cannot write in .*ro' \(Permission denied\); "
+            r"choose a writable directory",
+            new,
+        ), new
         assert re.search(r"cannot write run store .*old\.gpkg.*check the permissions", old), old
         assert re.search(r"cannot create run store .*old\.gpkg.*cannot write in", replace), replace
         assert sorted(p.name for p in ro.iterdir()) == ["old.gpkg"]
@@ -570,5 +599,7 @@ def test_bad_arguments_fail_before_anything_is_written(scene_tif: Path, tmp_path
         with pytest.raises(ValueError, match=message):
             lt.detect_region(run_child.model(), args.pop("wins"), out=out, progress=False, **args)
     with pytest.raises(lt.CRSError, match="geojson= writes lon/lat"):
-        lt.detect_region(run_child.model(), lt.windows(lt.ArraySource(scene()), size=96), out=out, geojson=tmp_path / "x.json")
+        lt.detect_region(
+            run_child.model(), lt.windows(lt.ArraySource(scene()), size=96), out=out, geojson=tmp_path / "x.json"
+        )
     assert list(tmp_path.iterdir()) == [scene_tif]

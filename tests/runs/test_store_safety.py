@@ -112,8 +112,9 @@ except lt.RunStoreError as err:
 
 def open_elsewhere(path: Path) -> str:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", LOCK_CHILD, str(path)], env=env, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", LOCK_CHILD, str(path)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
 
@@ -126,19 +127,27 @@ DAMAGE = {
     "schema as a string": (lambda p: set_row(p, "schema", '"1"'), r"'schema' holds str '1' where a int belongs"),
     "schema NULL": (lambda p: set_row(p, "schema", None), r"'schema' holds NoneType None, not JSON text"),
     "recipe a list": (lambda p: set_row(p, "recipe", "[1, 2]"), r"'recipe' holds list \[1, 2\] where a dict belongs"),
-    "georef transform": (lambda p: set_row(p, "georef", '{"transform": [1, 2], "crs": null, "srs_id": 0}'),
-                         r"'georef' has transform \[1, 2\], not 6 finite numbers"),
-    "crs not WKT": (lambda p: set_row(p, "georef", '{"transform": [1, 0, 0, 0, -1, 0], "crs": "?", "srs_id": 0}'),
-                    r"'georef' has a crs GDAL cannot read"),
+    "georef transform": (
+        lambda p: set_row(p, "georef", '{"transform": [1, 2], "crs": null, "srs_id": 0}'),
+        r"'georef' has transform \[1, 2\], not 6 finite numbers",
+    ),
+    "crs not WKT": (
+        lambda p: set_row(p, "georef", '{"transform": [1, 0, 0, 0, -1, 0], "crs": "?", "srs_id": 0}'),
+        r"'georef' has a crs GDAL cannot read",
+    ),
     "windows cut short": (lambda p: set_row(p, "windows", "eJwLy"), r"'windows' is not a packed array"),
     "merge not a rule": (lambda p: set_row(p, "merge", '{"iou": 7}'), r"'merge' is not a merge rule .*iou"),
     "table dropped": (lambda p: sql(p, "DROP TABLE lazytiles_windows"), r"its table lazytiles_windows is missing"),
-    "column dropped": (lambda p: sql(p, "ALTER TABLE lazytiles_sessions DROP COLUMN options"),
-                       r"its table lazytiles_sessions lacks the column options"),
+    "column dropped": (
+        lambda p: sql(p, "ALTER TABLE lazytiles_sessions DROP COLUMN options"),
+        r"its table lazytiles_sessions lacks the column options",
+    ),
     "file cut short": (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 3]), r"could not be"),
-    "not a GeoPackage": (lambda p: p.write_bytes(b"GeoJSON? " * 500),
-                         r"could not be (opened|read as a lazytiles run store): file is not a database"),
-}  # fmt: skip
+    "not a GeoPackage": (
+        lambda p: p.write_bytes(b"GeoJSON? " * 500),
+        r"could not be (opened|read as a lazytiles run store): file is not a database",
+    ),
+}
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))

@@ -66,7 +66,10 @@ def test_sources_sharing_a_cache_do_not_see_each_other_s_tiles():
 @pytest.mark.parametrize(
     ("array", "message"),
     [
-        (np.zeros((2, 3, 4, 5)), r"array must be \(bands, rows, cols\) or \(rows, cols\) with no empty axis, got shape \(2, 3, 4, 5\)"),
+        (
+            np.zeros((2, 3, 4, 5)),
+            r"array must be \(bands, rows, cols\) or \(rows, cols\) with no empty axis, got shape \(2, 3, 4, 5\)",
+        ),
         (np.zeros((3, 0, 4)), r"got shape \(3, 0, 4\); for an \(rows, cols, bands\) image pass np.moveaxis"),
         (np.zeros(5), r"got shape \(5,\)"),
     ],
@@ -82,9 +85,14 @@ def test_bad_options_are_value_errors():
     with pytest.raises(lt.InvalidArgumentError, match=r"transform must be an affine.Affine, got \(1, 0, 0, 0, 1, 0\)"):
         lt.ArraySource(arr, transform=(1, 0, 0, 0, 1, 0))
     for bad in (0, (4, 0), (4, 4, 4), "8"):
-        with pytest.raises(lt.InvalidArgumentError, match=rf"tile_shape must be a positive int or \(rows, cols\), got {re.escape(repr(bad))}"):
+        with pytest.raises(
+            lt.InvalidArgumentError,
+            match=rf"tile_shape must be a positive int or \(rows, cols\), got {re.escape(repr(bad))}",
+        ):
             lt.ArraySource(arr, tile_shape=bad)
-    with pytest.raises(lt.CRSError, match=r"crs='EPSG:nope' is not a CRS rasterio knows .*; pass e.g. 'EPSG:4326'") as info:
+    with pytest.raises(
+        lt.CRSError, match=r"crs='EPSG:nope' is not a CRS rasterio knows .*; pass e.g. 'EPSG:4326'"
+    ) as info:
         lt.ArraySource(arr, crs="EPSG:nope")
     assert isinstance(info.value, ValueError)
     with pytest.raises(lt.CRSError, match=r"crs=4\.5 is a float, not a CRS"):
@@ -94,6 +102,9 @@ def test_bad_options_are_value_errors():
 
 
 def test_a_cache_smaller_than_one_tile_is_refused_when_the_source_is_made():
-    with pytest.raises(lt.CacheTooSmallError, match=r"cache max_bytes=1000 is smaller than one 32x32 tile of 3 uint8 bands \(3072 bytes\); use lt.TileCache\(max_bytes=196608\) or more") as info:
+    with pytest.raises(
+        lt.CacheTooSmallError,
+        match=r"cache max_bytes=1000 is smaller than one 32x32 tile of 3 uint8 bands \(3072 bytes\); use lt.TileCache\(max_bytes=196608\) or more",
+    ) as info:
         lt.ArraySource(np.zeros((3, 64, 64), np.uint8), tile_shape=32, cache=lt.TileCache(1000))
     assert isinstance(info.value, ValueError)

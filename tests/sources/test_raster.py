@@ -29,15 +29,17 @@ def test_metadata_is_rasterios(ramp_tif):
     assert isinstance(src, lt.RasterSource) and isinstance(src, lt.TileSource)
     with rasterio.open(ramp_tif) as ds:
         assert (src.crs, src.transform, src.count, src.height, src.width) == (
-            ds.crs, ds.transform, ds.count, ds.height, ds.width,
+            ds.crs,
+            ds.transform,
+            ds.count,
+            ds.height,
+            ds.width,
         )
         assert src.dtype == np.dtype(ds.dtypes[0]) and src.nodata == ds.nodata
         assert src.bounds == tuple(ds.bounds)
     assert src.tile_shape == (256, 256) and src.grid.rows == src.grid.cols == 4
     assert src.cache is lt.cache.default_cache()
-    assert repr(src) == (
-        f"RasterSource({str(ramp_tif)!r})  # 3x1024x1024 uint16, crs=EPSG:32633, tiles 256x256"
-    )
+    assert repr(src) == (f"RasterSource({str(ramp_tif)!r})  # 3x1024x1024 uint16, crs=EPSG:32633, tiles 256x256")
     info = src.describe()
     assert info["tiles"] == 16 and info["resolution"] == (10.0, 10.0) and info["path"] == str(ramp_tif)
 
@@ -61,7 +63,10 @@ def test_bands_nodata_and_tile_shape_can_be_chosen(tmp_path):
     expected[:, :50, 10:] = arr[[2, 0], 250:300, 0:90]
     assert_array_equal(src.read(w), expected)
     assert lt.open(path).nodata == 9
-    with pytest.raises(lt.InvalidArgumentError, match=r"bands=\(0, 1\) are not all bands of .*which has bands \(1, 2, 3, 4\); band indexes start at 1"):
+    with pytest.raises(
+        lt.InvalidArgumentError,
+        match=r"bands=\(0, 1\) are not all bands of .*which has bands \(1, 2, 3, 4\); band indexes start at 1",
+    ):
         lt.open(path, bands=(0, 1))
     with pytest.raises(ValueError, match=r"bands=\(\) are not all bands"):
         lt.open(path, bands=())
@@ -257,7 +262,9 @@ def test_a_missing_path_is_a_file_not_found_error(tmp_path):
 def test_a_file_that_is_not_a_raster_is_an_os_error_naming_it(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not a raster\n")
-    with pytest.raises(OSError, match=rf"rasterio could not open {str(text)!r} as a raster: .*; check that it is a GeoTIFF") as info:
+    with pytest.raises(
+        OSError, match=rf"rasterio could not open {str(text)!r} as a raster: .*; check that it is a GeoTIFF"
+    ) as info:
         lt.open(text)
     assert isinstance(info.value, lt.SourceOpenError)
     with pytest.raises(lt.SourceOpenError, match="could not open"):
@@ -273,7 +280,10 @@ def test_a_truncated_file_fails_where_its_tile_is_read_naming_window_tile_and_pa
     size = path.stat().st_size
     with open(path, "r+b") as f:  # lose the last blocks
         f.truncate(size - 70_000)
-    with pytest.raises(OSError, match=r"window 3 Window\(col_off=256, row_off=256.*could not be read: tile TileKey\(.*row=1, col=1\) .* of .*cut\.tif.* could not be read") as info:
+    with pytest.raises(
+        OSError,
+        match=r"window 3 Window\(col_off=256, row_off=256.*could not be read: tile TileKey\(.*row=1, col=1\) .* of .*cut\.tif.* could not be read",
+    ) as info:
         wins[3]
     assert isinstance(info.value, lt.TileFetchError)
     assert src.stats()["failures"] == 1

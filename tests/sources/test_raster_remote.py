@@ -25,9 +25,21 @@ def cog(tmp_path: Path) -> tuple[Path, np.ndarray]:
     b, r, c = np.indices((3, 768, 1024), dtype=np.uint32)
     array = (b * 20_000 + r * 7 + c * 3).astype(np.uint16)
     path = tmp_path / "scene.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=1024, height=768, count=3, dtype="uint16", tiled=True,
-                       blockxsize=128, blockysize=128, compress="deflate", crs="EPSG:32633",
-                       transform=Affine(10, 0, 500_000, 0, -10, 6_000_000)) as ds:  # fmt: skip
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=1024,
+        height=768,
+        count=3,
+        dtype="uint16",
+        tiled=True,
+        blockxsize=128,
+        blockysize=128,
+        compress="deflate",
+        crs="EPSG:32633",
+        transform=Affine(10, 0, 500_000, 0, -10, 6_000_000),
+    ) as ds:
         ds.write(array)
     return path, array
 

@@ -323,8 +323,11 @@ def test_a_tile_of_the_wrong_size_fails_at_once_with_the_size_to_use(tmp_path):
     with TileServer(tmp_path) as server:
         src = open_xyz(server.template(), tile_size=None)  # 0/0/0 is absent: 256 is assumed
         assert src.tile_size == 256
-        with pytest.raises(lt.TileFetchError, match=r"512x512 px image but this source has 256 px tiles; "
-                           r"open the source with tile_size=512"):
+        with pytest.raises(
+            lt.TileFetchError,
+            match=r"512x512 px image but this source has 256 px tiles; "
+            r"open the source with tile_size=512",
+        ):
             src.read(Window(ORIGIN[0] * 256, ORIGIN[1] * 256, 256, 256))
         assert server.hits[tile_path(*ORIGIN)] == 1  # a wrong size is no transmission fault: no retry
 
@@ -334,8 +337,15 @@ def _png_header(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     chunk = b"IHDR" + ihdr
     idat = b"IDAT" + zlib.compress(b"\0" * 64)
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
-            + struct.pack(">I", len(idat) - 4) + idat + struct.pack(">I", zlib.crc32(idat)))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(ihdr))
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+        + struct.pack(">I", len(idat) - 4)
+        + idat
+        + struct.pack(">I", zlib.crc32(idat))
+    )
 
 
 def test_a_decompression_bomb_is_refused_without_decoding(tmp_path):
@@ -408,11 +418,16 @@ def _closed_port() -> int:
 
 def test_an_unreachable_host_is_a_clear_error():
     template = f"http://127.0.0.1:{_closed_port()}/{{z}}/{{x}}/{{y}}.png"
-    with pytest.raises(lt.SourceOpenError, match=r"could not read tile .*/0/0/0.png to learn the tile size.*connection refused"):
+    with pytest.raises(
+        lt.SourceOpenError, match=r"could not read tile .*/0/0/0.png to learn the tile size.*connection refused"
+    ):
         open_xyz(template, tile_size=None, http=fast(retries=1))
     src = open_xyz(template, http=fast(retries=1))  # with a tile size, nothing is read until a window
-    with pytest.raises(lt.TileFetchError, match=rf"GET http://127.0.0.1:\d+/{ZOOM}/1/2.png failed after 2 attempts: "
-                       "connection refused"):
+    with pytest.raises(
+        lt.TileFetchError,
+        match=rf"GET http://127.0.0.1:\d+/{ZOOM}/1/2.png failed after 2 attempts: "
+        "connection refused",
+    ):
         src.read(Window(256 * 1, 256 * 2, 1, 1))
 
 
@@ -563,6 +578,8 @@ def test_a_local_tile_over_max_body_bytes_is_an_error(tmp_path):
 
 
 def test_cache_dir_max_bytes_reaches_the_disk_cache_and_survives_pickling(tmp_path):
-    src = lt.open("http://127.0.0.1:9/{z}/{x}/{y}.png", zoom=3, tile_size=256, cache_dir=tmp_path, cache_dir_max_bytes=10_000)
+    src = lt.open(
+        "http://127.0.0.1:9/{z}/{x}/{y}.png", zoom=3, tile_size=256, cache_dir=tmp_path, cache_dir_max_bytes=10_000
+    )
     again = pickle.loads(pickle.dumps(src))
     assert src._disk.max_bytes == again._disk.max_bytes == 10_000

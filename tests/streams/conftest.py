@@ -21,10 +21,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import UTM_10M, write_tif  # tests/conftest.py
 
 from .models_for_tests import scene
-
-from conftest import UTM_10M, write_tif  # tests/conftest.py
 
 try:
     import confluent_kafka as ck
@@ -103,8 +102,14 @@ class Broker(SimpleNamespace):
         A stop condition rather than the high watermark: tansu reports the log end as the base offset
         of the last record batch plus one, so "read to the watermark" stops early.
         """
-        c = ck.Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "logger": LOG})
+        c = ck.Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"reader-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "logger": LOG,
+            }
+        )
         try:
             partitions = c.list_topics(topic, timeout=10).topics[topic].partitions
             c.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in partitions])
@@ -113,7 +118,9 @@ class Broker(SimpleNamespace):
             while not until(out):
                 if time.monotonic() > deadline:
                     keys = sorted({m.key().decode() for m in out if m.key() is not None})
-                    raise TimeoutError(f"reading {topic}: condition not met in {timeout} s; {len(out)} messages, keys {keys}")
+                    raise TimeoutError(
+                        f"reading {topic}: condition not met in {timeout} s; {len(out)} messages, keys {keys}"
+                    )
                 m = c.poll(0.2)
                 if m is not None:
                     if m.error():
@@ -129,8 +136,9 @@ class Broker(SimpleNamespace):
     def read_keys(self, topic: str, keys: Iterable[str], *, timeout: float = 30.0) -> list:
         """Messages of ``topic`` until each of ``keys`` has been seen."""
         want = set(keys)
-        return self.read(topic, lambda ms: want <= {m.key().decode() for m in ms if m.key() is not None},
-                         timeout=timeout)
+        return self.read(
+            topic, lambda ms: want <= {m.key().decode() for m in ms if m.key() is not None}, timeout=timeout
+        )
 
     def produce(self, topic: str, *values: bytes | str, key: bytes | str | None = None) -> None:
         """Send values to ``topic`` and wait until each is delivered."""
@@ -154,9 +162,19 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     url = f"tcp://127.0.0.1:{port}"
     log = open(tmp / "tansu.log", "wb")
     proc = subprocess.Popen(
-        [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
+        [
+            binary,
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp,
     )
     try:
         _wait_listening(port, proc, timeout=20)

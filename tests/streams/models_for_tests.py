@@ -24,13 +24,13 @@ if os.environ.get("LT_TEST_KILL_AT_COMMIT"):  # imported by a worker when its fi
 #: Rectangles (x0, y0, x1, y1, band) in a 256 x 256 scene; several cross the 64-px window seams.
 RECTS = [
     (5, 5, 15, 12, 0),
-    (58, 20, 70, 30, 1),       # crosses the column seam at 64
-    (100, 58, 115, 70, 2),     # crosses the row seam at 64
-    (122, 122, 135, 131, 0),   # crosses both seams at 128
+    (58, 20, 70, 30, 1),  # crosses the column seam at 64
+    (100, 58, 115, 70, 2),  # crosses the row seam at 64
+    (122, 122, 135, 131, 0),  # crosses both seams at 128
     (200, 150, 210, 165, 1),
     (30, 200, 50, 205, 0),
     (150, 235, 170, 250, 2),
-    (186, 30, 196, 35, 1),     # crosses the column seam at 192
+    (186, 30, 196, 35, 1),  # crosses the column seam at 192
 ]
 
 

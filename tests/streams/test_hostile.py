@@ -57,8 +57,14 @@ def test_hostile_jobs_are_dead_letters_and_the_worker_keeps_serving(broker, stre
             "nested": b"[" * 200_000 + b"]" * 200_000,
             "control": bytes(range(1, 32)) * 10_000,
             "region": job("region", scene, region={"type": "Polygon", "coordinates": [[[0.0, 0.0]] * 60_000]}),
-            "windows": job("windows", allowed_url + "{z}/{x}/{y}.png", zoom=18, size=16,
-                           bounds=[13.0, 52.0, 14.0, 53.0], bounds_crs="EPSG:4326"),
+            "windows": job(
+                "windows",
+                allowed_url + "{z}/{x}/{y}.png",
+                zoom=18,
+                size=16,
+                bounds=[13.0, 52.0, 14.0, 53.0],
+                bounds_crs="EPSG:4326",
+            ),
             "batch": job("batch", scene, batch_size=10**9),
             "size": job("size", scene, size=10**12),
             "zoom": job("zoom", allowed_url + "{z}/{x}/{y}.png", zoom=30),
@@ -67,22 +73,57 @@ def test_hostile_jobs_are_dead_letters_and_the_worker_keeps_serving(broker, stre
             "recurses": job("recurses", scene, model="models_for_tests:recurses"),
         }
         rules = {
-            "exit": "--allow-model", "abort": "--allow-model", "pause": "--allow-model", "server": "--allow-model",
-            "pt2": "--allow-model", "planted": "could not", "outside": "--allow-source", "zero": "never read",
-            "environ": "never read", "loopback": "--allow-source", "digits": "not valid JSON",
-            "nested": "nested too deeply", "control": "not valid JSON", "region": "--max-job-bytes",
-            "windows": "--max-windows", "batch": "--max-batch-size", "size": "--max-window-size",
-            "zoom": "--max-zoom", "exits": "SystemExit", "interrupts": "KeyboardInterrupt",
+            "exit": "--allow-model",
+            "abort": "--allow-model",
+            "pause": "--allow-model",
+            "server": "--allow-model",
+            "pt2": "--allow-model",
+            "planted": "could not",
+            "outside": "--allow-source",
+            "zero": "never read",
+            "environ": "never read",
+            "loopback": "--allow-source",
+            "digits": "not valid JSON",
+            "nested": "nested too deeply",
+            "control": "not valid JSON",
+            "region": "--max-job-bytes",
+            "windows": "--max-windows",
+            "batch": "--max-batch-size",
+            "size": "--max-window-size",
+            "zoom": "--max-zoom",
+            "exits": "SystemExit",
+            "interrupts": "KeyboardInterrupt",
             "recurses": "RecursionError",
-        }  # fmt: skip
+        }
         assert len(hostile["region"]) > 600_000  # over --max-job-bytes below, under the broker's own 1 MB
         broker.produce(streams.jobs, *hostile.values(), job("good", scene))
         log = tmp_path / "worker.log"
-        models = ["--allow-model", "models_for_tests:blobs", "--allow-model", "models_for_tests:exits",
-                  "--allow-model", "models_for_tests:interrupts", "--allow-model", "models_for_tests:recurses"]  # fmt: skip
-        proc = start_worker(broker, streams, tmp_path / "work", log, *models, "--allow-source", str(allowed),
-                            "--allow-source", allowed_url, "--max-attempts", "2", "--max-job-bytes", "600000",
-                            LT_TEST_SECRET=SECRET.decode())  # fmt: skip
+        models = [
+            "--allow-model",
+            "models_for_tests:blobs",
+            "--allow-model",
+            "models_for_tests:exits",
+            "--allow-model",
+            "models_for_tests:interrupts",
+            "--allow-model",
+            "models_for_tests:recurses",
+        ]
+        proc = start_worker(
+            broker,
+            streams,
+            tmp_path / "work",
+            log,
+            *models,
+            "--allow-source",
+            str(allowed),
+            "--allow-source",
+            allowed_url,
+            "--max-attempts",
+            "2",
+            "--max-job-bytes",
+            "600000",
+            LT_TEST_SECRET=SECRET.decode(),
+        )
         try:
             got = group_messages(broker.read_keys(streams.results, ["good:done"], timeout=120))
             dead = broker.read(streams.dlq, lambda ms: len(ms) >= len(hostile), timeout=60)
@@ -112,8 +153,16 @@ def test_hostile_jobs_are_dead_letters_and_the_worker_keeps_serving(broker, stre
 def test_a_job_that_kills_its_worker_is_dead_lettered_after_max_attempts(broker, streams, tif, tmp_path):
     broker.produce(streams.jobs, job("aborts", tif, model="models_for_tests:aborts"), job("after", tif))
     log, workdir = tmp_path / "worker.log", tmp_path / "work"
-    flags = ("--allow-model", "models_for_tests:aborts", "--allow-model", "models_for_tests:blobs",
-             "--allow-source", str(tif.parent), "--max-attempts", "2")  # fmt: skip
+    flags = (
+        "--allow-model",
+        "models_for_tests:aborts",
+        "--allow-model",
+        "models_for_tests:blobs",
+        "--allow-source",
+        str(tif.parent),
+        "--max-attempts",
+        "2",
+    )
     for _ in range(2):  # each start takes the job again, and the job kills the process
         proc = start_worker(broker, streams, workdir, log, *flags)
         assert proc.wait(60) != 0, log.read_text()
@@ -139,8 +188,23 @@ def test_a_job_that_kills_its_worker_is_dead_lettered_after_max_attempts(broker,
 )
 def test_a_misconfigured_worker_stops_before_taking_a_job(tmp_path, flags, message):
     """Checked before subscribing: no broker is needed to see it, and no job is dead-lettered by it."""
-    args = [sys.executable, "-m", "lazytiles", "worker", "--bootstrap", f"127.0.0.1:{closed_port()}",
-            "--jobs", "j", "--results", "r", "--dead-letter", "d", "--workdir", str(tmp_path / "work"), *flags]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "lazytiles",
+        "worker",
+        "--bootstrap",
+        f"127.0.0.1:{closed_port()}",
+        "--jobs",
+        "j",
+        "--results",
+        "r",
+        "--dead-letter",
+        "d",
+        "--workdir",
+        str(tmp_path / "work"),
+        *flags,
+    ]
     if "--allow-source" not in flags:
         args += ["--allow-source", str(tmp_path)]
     done = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)

@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 import rasterio.warp
 import shapely.geometry
+from conftest import UTM_10M  # tests/conftest.py
 
 import lazytiles as lt
-from lazytiles.streams import messages as jobs
 from lazytiles.detection.models import BlobDetector
+from lazytiles.streams import messages as jobs
 
 from .conftest import ck
 from .models_for_tests import RECTS, expected_boxes, scene
-
-from conftest import UTM_10M  # tests/conftest.py
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -180,8 +179,9 @@ def test_importing_lazytiles_does_not_import_the_client():
 
 
 def test_dead_letter_message_keeps_the_original():
-    key, value = jobs.dead_letter_message("bad", "JobError", topic="jobs", partition=0, offset=7, key=b"k",
-                                          value=b"\xff{not json")  # fmt: skip
+    key, value = jobs.dead_letter_message(
+        "bad", "JobError", topic="jobs", partition=0, offset=7, key=b"k", value=b"\xff{not json"
+    )
     doc = json.loads(value)
     assert key == b"k" and doc["reason"] == "bad" and doc["original"]["offset"] == 7
     import base64
@@ -210,7 +210,10 @@ def test_window_message_without_crs_has_null_geometry():
         (b'{"source": "a.tif", "model": "m:f"}', "job 'id' must be"),
         (b'{"id": "j", "model": "m:f"}', "job 'j' has no 'source' field"),
         (b'{"id": "j", "source": "a.tif", "model": "m:f", "sise": 3}', r"unknown field\(s\) 'sise'"),
-        (b'{"id": "j", "source": "a.tif", "model": "m:f", "overlap": 1.5}', r"'overlap' must be a fraction in \[0, 1\)"),
+        (
+            b'{"id": "j", "source": "a.tif", "model": "m:f", "overlap": 1.5}',
+            r"'overlap' must be a fraction in \[0, 1\)",
+        ),
         (b'{"id": "j", "source": "a.tif", "model": "m:f", "size": 0}', "'size' must be"),
         (b'{"id": "j", "source": "a.tif", "model": "m:f", "bounds": [1, 2, 0, 3]}', "left < right"),
         (b'{"id": "j", "source": "a.tif", "model": "m:f", "region": [1]}', "'region' must be a GeoJSON geometry"),
@@ -224,11 +227,22 @@ def test_bad_jobs_say_what_is_wrong(message, match):
 
 def test_a_full_job_parses_with_its_words():
     region = {"type": "Polygon", "coordinates": [[[15, 54], [15.1, 54], [15.1, 54.1], [15, 54]]]}
-    job = jobs.parse_job(json.dumps({
-        "id": "a/b c", "source": "x/{z}/{x}/{y}.png", "zoom": 17, "bounds": [15, 54, 15.1, 54.1],
-        "bounds_crs": "EPSG:4326", "region": region, "size": [256, 128], "overlap": 0.5,
-        "model": "m:f", "batch_size": 2,
-    }))  # fmt: skip
+    job = jobs.parse_job(
+        json.dumps(
+            {
+                "id": "a/b c",
+                "source": "x/{z}/{x}/{y}.png",
+                "zoom": 17,
+                "bounds": [15, 54, 15.1, 54.1],
+                "bounds_crs": "EPSG:4326",
+                "region": region,
+                "size": [256, 128],
+                "overlap": 0.5,
+                "model": "m:f",
+                "batch_size": 2,
+            }
+        )
+    )
     assert job.size == (256, 128) and job.zoom == 17 and job.region == region and job.bounds == (15, 54, 15.1, 54.1)
     assert "/" not in job.slug and " " not in job.slug and job.slug.startswith("a_b_c-")
     assert job.slug != jobs.parse_job('{"id": "a_b c", "source": "s", "model": "m:f"}').slug

@@ -14,10 +14,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections import defaultdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import rasterio.warp
@@ -26,7 +24,6 @@ import lazytiles as lt
 
 from .conftest import GROUP, ck
 from .models_for_tests import RECTS, expected_boxes
-
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,15 +41,37 @@ def start_worker(broker, streams, workdir: Path, log: Path, *extra: str, **env: 
             extra += ("--allow-model", f"models_for_tests:{name}")
     if "--allow-source" not in extra:
         extra += ("--allow-source", tempfile.gettempdir())
-    args = [sys.executable, "-m", "lazytiles", "worker", "--bootstrap", broker.bootstrap, "--jobs", streams.jobs,
-            "--results", streams.results, "--dead-letter", streams.dlq, "--group", streams.group,
-            "--workdir", str(workdir), "--workers", "1", "--timeout", "20", *extra]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "lazytiles",
+        "worker",
+        "--bootstrap",
+        broker.bootstrap,
+        "--jobs",
+        streams.jobs,
+        "--results",
+        streams.results,
+        "--dead-letter",
+        streams.dlq,
+        "--group",
+        streams.group,
+        "--workdir",
+        str(workdir),
+        "--workers",
+        "1",
+        "--timeout",
+        "20",
+        *extra,
+    ]
     for key, value in GROUP.items():
         args += ["--consumer-config", f"{key}={value}"]
     path = os.pathsep.join([str(HERE), str(HERE.parent), str(REPO), os.environ.get("PYTHONPATH", "")])
     out = open(log, "ab")
     try:
-        return subprocess.Popen(args, env={**os.environ, "PYTHONPATH": path, **env}, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            args, env={**os.environ, "PYTHONPATH": path, **env}, stdout=out, stderr=subprocess.STDOUT
+        )
     finally:
         out.close()
 
@@ -65,19 +84,36 @@ def stop(proc: subprocess.Popen, log: Path, sig: int = signal.SIGTERM, timeout: 
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
-        raise AssertionError(f"worker did not exit within {timeout} s after {sig!r}; its log:\n{log.read_text()}") from None
+        raise AssertionError(
+            f"worker did not exit within {timeout} s after {sig!r}; its log:\n{log.read_text()}"
+        ) from None
 
 
 def job(job_id: str, tif: Path, **fields) -> bytes:
-    return json.dumps({"id": job_id, "source": str(tif), "model": "models_for_tests:blobs", "size": 64,
-                       "overlap": 0, "batch_size": 4, **fields}).encode()  # fmt: skip
+    return json.dumps(
+        {
+            "id": job_id,
+            "source": str(tif),
+            "model": "models_for_tests:blobs",
+            "size": 64,
+            "overlap": 0,
+            "batch_size": 4,
+            **fields,
+        }
+    ).encode()
 
 
 def windows_of(tif: Path, **fields) -> list[tuple[int, int, int, int]]:
     """The pixel windows (col_off, row_off, width, height) a job's window parameters give, by index."""
-    wins = lt.windows(lt.open(str(tif)), fields.get("size", 64), overlap=fields.get("overlap", 0),
-                      bounds=fields.get("bounds"), bounds_crs=fields.get("bounds_crs"), region=fields.get("region"),
-                      region_crs="EPSG:4326" if "region" in fields else None)  # fmt: skip
+    wins = lt.windows(
+        lt.open(str(tif)),
+        fields.get("size", 64),
+        overlap=fields.get("overlap", 0),
+        bounds=fields.get("bounds"),
+        bounds_crs=fields.get("bounds_crs"),
+        region=fields.get("region"),
+        region_crs="EPSG:4326" if "region" in fields else None,
+    )
     return [tuple(int(v) for v in w) for w in wins.pixel_windows()]
 
 

@@ -143,9 +143,21 @@ def test_gdal_vsicurl_reads_a_geotiff_through_the_server(tmp_path):
     rng = np.random.default_rng(0)
     array = rng.integers(0, 255, (2, 300, 400), dtype=np.uint8)
     path = tmp_path / "scene.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=400, height=300, count=2, dtype="uint8", tiled=True,
-                       blockxsize=128, blockysize=128, compress="deflate", crs="EPSG:32633",
-                       transform=Affine(10, 0, 500_000, 0, -10, 6_000_000)) as ds:  # fmt: skip
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=400,
+        height=300,
+        count=2,
+        dtype="uint8",
+        tiled=True,
+        blockxsize=128,
+        blockysize=128,
+        compress="deflate",
+        crs="EPSG:32633",
+        transform=Affine(10, 0, 500_000, 0, -10, 6_000_000),
+    ) as ds:
         ds.write(array)
     with TileServer(tmp_path) as server, rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
         with rasterio.open(f"/vsicurl/{server.url}/scene.tif") as ds:
@@ -231,7 +243,9 @@ def test_counts_reset(server):
 
 def test_the_command_line_server_prints_its_url_and_counts_on_exit(tmp_path):
     (tmp_path / "t.png").write_bytes(b"png")
-    proc = subprocess.Popen([sys.executable, "-m", "lazytiles.testing.tileserver", str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lazytiles.testing.tileserver", str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         url = proc.stdout.readline().strip()
         host, port = url.removeprefix("http://").split(":")
@@ -268,10 +282,20 @@ def test_write_xyz_tiles_names_tiles_and_bounds_like_mercantile(tmp_path):
     assert files == sorted(f"9/{x}/{y}.png" for x in range(260, 263) for y in range(170, 172))
     ul, lr = mercantile.Tile(260, 170, 9), mercantile.Tile(262, 171, 9)
     assert cov.bounds == pytest.approx(
-        (mercantile.xy_bounds(ul).left, mercantile.xy_bounds(lr).bottom, mercantile.xy_bounds(lr).right, mercantile.xy_bounds(ul).top)
+        (
+            mercantile.xy_bounds(ul).left,
+            mercantile.xy_bounds(lr).bottom,
+            mercantile.xy_bounds(lr).right,
+            mercantile.xy_bounds(ul).top,
+        )
     )
     assert cov.lnglat_bounds == pytest.approx(
-        (mercantile.bounds(ul).west, mercantile.bounds(lr).south, mercantile.bounds(lr).east, mercantile.bounds(ul).north)
+        (
+            mercantile.bounds(ul).west,
+            mercantile.bounds(lr).south,
+            mercantile.bounds(lr).east,
+            mercantile.bounds(ul).north,
+        )
     )
     assert cov.window == Window(260 * 256, 170 * 256, 768, 512)
     with Image.open(tmp_path / "9/261/171.png") as tile:

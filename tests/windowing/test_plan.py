@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import tiles_touched
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from rasterio.windows import Window
@@ -13,8 +14,6 @@ from rasterio.windows import Window
 from lazytiles.cache import DEFAULT_MAX_BYTES
 from lazytiles.errors import InvalidArgumentError
 from lazytiles.windowing.plan import CACHE_SHARE, AxisPlan, WindowPlan, plan_axis, strip_width
-
-from conftest import tiles_touched
 
 
 def brute_offsets(start: int, length: int, extent: int, size: int, stride: int, edge: str) -> list[int]:
@@ -72,7 +71,7 @@ def test_shift_windows_are_full_size_inside_the_raster_and_cover_the_area(args):
     assume(stride <= size)  # with gaps between windows nothing can cover
     offs = offsets_of(plan_axis(*args, "height"))
     if extent >= size:
-        assert all(0 <= o and o + size <= extent for o in offs)
+        assert all(o >= 0 and o + size <= extent for o in offs)
     covered = np.zeros(extent + size, bool)
     for o in offs:
         covered[max(o, 0) : o + size] = True
@@ -110,10 +109,7 @@ def test_the_order_is_a_permutation_of_the_grid_in_strips_row_major_inside(n_row
     cells = [plan.cell(k) for k in range(len(plan))]
     assert sorted(cells) == [(i, j) for i in range(n_rows) for j in range(n_cols)]
     expected = [
-        (i, j)
-        for s0 in range(0, n_cols, strip)
-        for i in range(n_rows)
-        for j in range(s0, min(s0 + strip, n_cols))
+        (i, j) for s0 in range(0, n_cols, strip) for i in range(n_rows) for j in range(s0, min(s0 + strip, n_cols))
     ]
     assert cells == expected
     i, j = plan.cells(np.arange(len(plan)))
@@ -148,7 +144,9 @@ def working_set(plan: WindowPlan, tile: tuple[int, int], raster: tuple[int, int]
     stride_frac=st.floats(0.2, 1.0),
     cache_tiles=st.integers(4, 200),
 )
-def test_a_strip_s_two_consecutive_window_rows_fit_in_the_cache_share(height, width, tile, size, stride_frac, cache_tiles):
+def test_a_strip_s_two_consecutive_window_rows_fit_in_the_cache_share(
+    height, width, tile, size, stride_frac, cache_tiles
+):
     stride = max(1, int(size * stride_frac))
     rows = plan_axis(0, height, height, size, stride, "shift", "height")
     cols = plan_axis(0, width, width, size, stride, "shift", "width")
@@ -203,8 +201,12 @@ def test_an_axis_knows_the_last_window_over_each_tile(args, tile):
 
 @settings(max_examples=100, deadline=None)
 @given(
-    n_rows=st.integers(1, 6), n_cols=st.integers(1, 9), strip=st.integers(1, 9),
-    size=st.integers(5, 40), stride=st.integers(3, 40), tile=st.tuples(st.integers(4, 30), st.integers(4, 30)),
+    n_rows=st.integers(1, 6),
+    n_cols=st.integers(1, 9),
+    strip=st.integers(1, 9),
+    size=st.integers(5, 40),
+    stride=st.integers(3, 40),
+    tile=st.tuples(st.integers(4, 30), st.integers(4, 30)),
 )
 def test_a_plan_frees_each_tile_at_its_last_window_in_pass_order(n_rows, n_cols, strip, size, stride, tile):
     rows, cols = AxisPlan(0, stride, n_rows), AxisPlan(0, stride, n_cols)

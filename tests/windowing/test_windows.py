@@ -424,7 +424,9 @@ def test_bounds_in_another_crs_cover_the_area_they_name():
 
 @st.composite
 def regions(draw):
-    pts = [(draw(st.integers(-160, 4160)) / 4, draw(st.integers(-160, 4160)) / 4) for _ in range(draw(st.integers(3, 6)))]
+    pts = [
+        (draw(st.integers(-160, 4160)) / 4, draw(st.integers(-160, 4160)) / 4) for _ in range(draw(st.integers(3, 6)))
+    ]
     poly = shapely.Polygon(pts).buffer(0)  # repair self-intersections
     if poly.is_empty or poly.area == 0:
         poly = shapely.box(10.25, 20.5, 300.75, 200)
@@ -443,8 +445,11 @@ def test_a_region_in_the_source_crs_keeps_exactly_the_windows_that_overlap_it(po
         with pytest.raises(lt.BoundsError):
             lt.windows(src, size, overlap=overlap, region=region)
         return
-    oracle = [pixel_tuple(everything.pixel_window(k)) for k in range(len(everything))
-              if shapely.box(*geo_bounds(everything, k)).intersection(region).area > 0]
+    oracle = [
+        pixel_tuple(everything.pixel_window(k))
+        for k in range(len(everything))
+        if shapely.box(*geo_bounds(everything, k)).intersection(region).area > 0
+    ]
     if not oracle:
         with pytest.raises(lt.BoundsError, match="no window overlaps the region"):
             lt.windows(src, size, overlap=overlap, region=region)
@@ -468,7 +473,9 @@ def test_a_region_in_lon_lat_over_a_utm_raster_keeps_the_overlapping_windows():
         w = plan.window(k)
         box_utm = shapely.box(*lt.grid.window_bounds(w, UTM_10M))
         box_ll = shapely.geometry.shape(
-            rasterio.warp.transform_geom("EPSG:32633", "EPSG:4326", shapely.geometry.mapping(shapely.segmentize(box_utm, 10)))
+            rasterio.warp.transform_geom(
+                "EPSG:32633", "EPSG:4326", shapely.geometry.mapping(shapely.segmentize(box_utm, 10))
+            )
         )
         if box_ll.intersection(region.buffer(-tol)).area > 0:
             assert pixel_tuple(w) in kept
@@ -497,8 +504,11 @@ def test_a_callable_region_sees_each_window_s_bounds_and_keeps_what_it_returns_t
     everything = lt.windows(src, 100, overlap=0.5)
     kept = lt.windows(src, 100, overlap=0.5, region=east_half)
     assert sorted(seen) == sorted(geo_bounds(everything, k) for k in range(len(everything)))
-    oracle = [pixel_tuple(everything.pixel_window(k)) for k in range(len(everything))
-              if geo_bounds(everything, k)[0] >= 504_000]
+    oracle = [
+        pixel_tuple(everything.pixel_window(k))
+        for k in range(len(everything))
+        if geo_bounds(everything, k)[0] >= 504_000
+    ]
     assert [pixel_tuple(kept.pixel_window(k)) for k in range(len(kept))] == oracle
     assert all(kept[k].bounds[0] >= 504_000 for k in (0, -1))
 
