@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window as PixelWindow
@@ -25,7 +26,7 @@ HTML_ROWS = 10
 COLUMNS = ("boxes", "scores", "labels", "window_index", "partial")
 
 
-def as_boxes(boxes: Any, what: str = "boxes") -> np.ndarray:
+def as_boxes(boxes: Any, what: str = "boxes") -> npt.NDArray[np.float64]:
     """``boxes`` as a float64 ``(N, 4)`` array, checked."""
     if hasattr(boxes, "detach"):  # a torch tensor, maybe on a GPU
         boxes = boxes.detach().cpu().numpy()

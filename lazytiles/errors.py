@@ -8,6 +8,9 @@ is part of the message, not only of ``__cause__``.
 
 from __future__ import annotations
 
+import numbers
+from typing import TypeGuard
+
 
 class LazyTilesError(Exception):
     """Root of every error lazytiles raises on purpose."""
@@ -91,6 +94,19 @@ class LazyTilesWarning(UserWarning):
 
 class FailedWindowsWarning(LazyTilesWarning):
     """Some windows of a run could not be read; its result leaves them out until a resume retries them."""
+
+
+def is_int(value: object) -> TypeGuard[int]:
+    """Whether ``value`` is an integer (``int``, a numpy integer, any ``numbers.Integral``) and not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value: object) -> TypeGuard[float]:
+    """Whether ``value`` is a real number (``int``, ``float``, a numpy number, any ``numbers.Real``), not a bool.
+
+    Argument checks use these two before comparing a value, so a bool never passes for a number.
+    """
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 __all__ = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import shapely
 
 from ..detections import as_boxes
@@ -21,14 +22,14 @@ Metric = Literal["iou", "ios"]
 METRICS: tuple[str, ...] = ("iou", "ios")
 
 
-def check_metric(metric: Any) -> str:
+def check_metric(metric: Any) -> Metric:
     """``metric`` if it is ``"iou"`` or ``"ios"``, else an error naming the choices."""
     if metric not in METRICS:
         raise InvalidArgumentError(
             f"metric must be 'iou' (intersection over union) or 'ios' (intersection over the smaller "
             f"box), got {metric!r}"
         )
-    return str(metric)
+    return "iou" if metric == "iou" else "ios"
 
 
 def area(boxes: Any) -> np.ndarray:
@@ -43,12 +44,13 @@ def area(boxes: Any) -> np.ndarray:
     return np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
 
 
-def intersection_matrix(a: Any, b: Any) -> np.ndarray:
+def intersection_matrix(a: Any, b: Any) -> npt.NDArray[np.float64]:
     """``(N, M)`` areas of overlap between every box of ``a`` and every box of ``b``."""
-    a, b = as_boxes(a, "a"), as_boxes(b, "b")
-    w = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    h = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    return np.clip(w, 0, None) * np.clip(h, 0, None)
+    p, q = as_boxes(a, "a"), as_boxes(b, "b")
+    w = np.minimum(p[:, None, 2], q[None, :, 2]) - np.maximum(p[:, None, 0], q[None, :, 0])
+    h = np.minimum(p[:, None, 3], q[None, :, 3]) - np.maximum(p[:, None, 1], q[None, :, 1])
+    inter: npt.NDArray[np.float64] = np.clip(w, 0, None) * np.clip(h, 0, None)
+    return inter
 
 
 def _ratio(inter: np.ndarray, area_a: np.ndarray, area_b: np.ndarray, metric: str) -> np.ndarray:

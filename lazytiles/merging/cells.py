@@ -35,7 +35,6 @@ the boxes of groups that reach an edge move, a fraction that shrinks about ``fan
 from __future__ import annotations
 
 import math
-import numbers
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -43,16 +42,23 @@ from typing import Any
 
 import numpy as np
 
+from ..detections import Detections
+from ..errors import InvalidArgumentError, is_int, is_real
 from .grouping import _Boxes, _finish, _settle
 from .rule import MergeRule
-from ..detections import Detections
-from ..errors import InvalidArgumentError
 
 #: A box on its way through the merge: what ``lazytiles.merge`` needs of it, in 93 bytes.
 RECORD = np.dtype(
-    [("box", "<f8", (4,)), ("wrect", "<f8", (4,)), ("seq", "<i8"), ("widx", "<i8"), ("label", "<i8"),
-     ("score", "<f4"), ("partial", "?")]
-)  # fmt: skip
+    [
+        ("box", "<f8", (4,)),
+        ("wrect", "<f8", (4,)),
+        ("seq", "<i8"),
+        ("widx", "<i8"),
+        ("label", "<i8"),
+        ("score", "<f4"),
+        ("partial", "?"),
+    ]
+)
 #: A merged box, in 53 bytes.
 MERGED = np.dtype([("box", "<f8", (4,)), ("score", "<f4"), ("label", "<i8"), ("widx", "<i8"), ("partial", "?")])
 
@@ -95,7 +101,7 @@ class CellGrid:
 
     def side(self, level: int) -> float:
         """Side of a cell of ``level``, in pixels."""
-        return self.cell * self.fanin**level
+        return float(self.cell * self.fanin**level)
 
     def _extent(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(lo x, lo y, hi x, hi y) of boxes relative to the origin; a box that is not finite at 0."""
@@ -261,8 +267,15 @@ def merged_detections(chunks: Iterable[np.ndarray], transform: Any, crs: Any) ->
     for chunk in chunks:
         c = np.asarray(chunk, MERGED)
         if len(c):
-            parts.append({"boxes": np.ascontiguousarray(c["box"]), "scores": c["score"].copy(), "labels": c["label"].copy(),
-                          "window_index": c["widx"].copy(), "partial": c["partial"].copy()})  # fmt: skip
+            parts.append(
+                {
+                    "boxes": np.ascontiguousarray(c["box"]),
+                    "scores": c["score"].copy(),
+                    "labels": c["label"].copy(),
+                    "window_index": c["widx"].copy(),
+                    "partial": c["partial"].copy(),
+                }
+            )
     return _finish(parts, transform, crs)
 
 
@@ -291,7 +304,9 @@ def merge_by_cells(
     grid = cell_grid(windows, rule, cell_size, fanin)
     rects = windows.pixel_windows()
     if len(dets) != len(rects):
-        raise InvalidArgumentError(f"dets has {len(dets)} items but windows has {len(rects)}; give one Detections per window")
+        raise InvalidArgumentError(
+            f"dets has {len(dets)} items but windows has {len(rects)}; give one Detections per window"
+        )
     chunks, _ = merge_in_cells(((k, rects[k], d) for k, d in enumerate(dets)), grid, rule)
     src = windows.source
     return merged_detections(chunks, src.transform, src.crs)
@@ -302,11 +317,11 @@ def cell_grid(windows: Any, rule: MergeRule, cell_size: Any, fanin: Any) -> Cell
     ``rule``: ``cell_size`` px (None: :data:`CELL_WINDOWS` windows), ``fanin`` cells a side per level."""
     if not isinstance(rule, MergeRule):
         raise InvalidArgumentError(f"rule must be an lt.MergeRule(...), got {type(rule).__name__} {rule!r}")
-    if isinstance(fanin, bool) or not isinstance(fanin, numbers.Integral) or fanin < 2:
+    if not is_int(fanin) or fanin < 2:
         raise InvalidArgumentError(f"fanin must be an integer >= 2 (cells per side merged into one), got {fanin!r}")
     if cell_size is None:
         cell_size = CELL_WINDOWS * max(windows.size)
-    if isinstance(cell_size, bool) or not isinstance(cell_size, numbers.Real) or not 0 < cell_size < math.inf:
+    if not is_real(cell_size) or not 0 < cell_size < math.inf:
         raise InvalidArgumentError(f"cell_size must be a positive number of pixels, got {cell_size!r}")
     return CellGrid.for_area(windows.area, cell=float(cell_size), fanin=int(fanin), margin=rule.margin)
 

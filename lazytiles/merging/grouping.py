@@ -12,10 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from .boxes import csr, overlap, overlapping_pairs
-from .rule import MergeRule
 from ..detections import Detections
+from .boxes import Metric, csr, overlap, overlapping_pairs
+from .rule import MergeRule
 
 # -- matching ------------------------------------------------------------------------------------------
 
@@ -59,7 +60,7 @@ def _match_edges(
     widx: np.ndarray,
     *,
     iou: float,
-    metric: str,
+    metric: Metric,
     class_aware: bool,
     margin: float,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +74,7 @@ def _match_edges(
     cross = known[i] & known[j] & (widx[i] != widx[j])
     value = np.zeros(len(i))
     plain = ~cross
-    value[plain] = overlap(boxes[i[plain]], boxes[j[plain]], metric)  # type: ignore[arg-type]
+    value[plain] = overlap(boxes[i[plain]], boxes[j[plain]], metric)
     ci, cj = i[cross], j[cross]
     value[cross] = _seam_overlap(boxes[ci], boxes[cj], wrect[ci], wrect[cj], metric, margin)
     hit = value >= iou
@@ -106,11 +107,28 @@ def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 class _Boxes:
     """Columns of boxes waiting to be merged (one row per box)."""
 
-    __slots__ = ("boxes", "scores", "labels", "widx", "partial", "seq", "wrect", "settle")
+    __slots__ = ("boxes", "labels", "partial", "scores", "seq", "settle", "widx", "wrect")
 
-    def __init__(self, **columns: np.ndarray) -> None:
-        for name in self.__slots__:
-            setattr(self, name, columns[name])
+    def __init__(
+        self,
+        *,
+        boxes: npt.NDArray[np.float64],
+        scores: npt.NDArray[np.float32],
+        labels: npt.NDArray[np.int64],
+        widx: npt.NDArray[np.int64],
+        partial: npt.NDArray[np.bool_],
+        seq: npt.NDArray[np.int64],
+        wrect: npt.NDArray[np.float64],
+        settle: npt.NDArray[np.int64],
+    ) -> None:
+        self.boxes = boxes  # (N, 4) x0, y0, x1, y1
+        self.scores = scores
+        self.labels = labels
+        self.widx = widx  # window index
+        self.partial = partial
+        self.seq = seq  # arrival order, the last tie-break
+        self.wrect = wrect  # (N, 4) the box's window as x0, y0, x1, y1; NaN when unknown
+        self.settle = settle  # the last window position that can still add a matching box
 
     @classmethod
     def empty(cls) -> _Boxes:
@@ -215,8 +233,16 @@ def _settle(pool: _Boxes, rule: MergeRule, final: np.ndarray | None) -> tuple[di
 
     Returns the merged boxes of those groups and the boxes still waiting.
     """
-    i, j = _match_edges(pool.boxes, pool.labels, pool.wrect, pool.widx, iou=rule.iou, metric=rule.metric,
-                        class_aware=rule.class_aware, margin=rule.margin)
+    i, j = _match_edges(
+        pool.boxes,
+        pool.labels,
+        pool.wrect,
+        pool.widx,
+        iou=rule.iou,
+        metric=rule.metric,
+        class_aware=rule.class_aware,
+        margin=rule.margin,
+    )
     if final is not None:
         comp = _components(len(pool), i, j)
         open_groups = np.zeros(len(pool), bool)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..errors import InvalidArgumentError, is_real
 from .boxes import METRICS, Metric
-from ..errors import InvalidArgumentError
 
 Method = Literal["union", "nms"]
 METHODS: tuple[str, ...] = ("union", "nms")
@@ -63,7 +62,7 @@ class MergeRule:
 
     def __post_init__(self) -> None:
         iou, margin = self.iou, self.margin
-        if isinstance(iou, bool) or not isinstance(iou, numbers.Real) or not 0 < iou <= 1:
+        if not is_real(iou) or not 0 < iou <= 1:
             raise InvalidArgumentError(f"iou must be a threshold in (0, 1], got {iou!r}")
         if self.method not in METHODS:
             raise InvalidArgumentError(
@@ -75,7 +74,7 @@ class MergeRule:
                 f"metric must be 'ios' (intersection over the smaller box) or 'iou' (intersection over "
                 f"union), got {self.metric!r}"
             )
-        if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not (0 <= margin < math.inf):
+        if not is_real(margin) or not (0 <= margin < math.inf):
             raise InvalidArgumentError(f"margin must be a distance >= 0 in pixels, got {margin!r}")
         object.__setattr__(self, "iou", float(iou))
         object.__setattr__(self, "class_aware", bool(self.class_aware))

@@ -33,18 +33,17 @@ near windows not yet seen. The result equals merging everything at once, exactly
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..detections import Detections
+from ..errors import InvalidArgumentError, is_int
+from .boxes import Metric
 from .grouping import _Boxes, _finish, _settle
 from .rule import MergeRule, Method
 from .window_table import WindowTable
-from .boxes import Metric
-from ..detections import Detections
-from ..errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from ..windowing.sequence import WindowSequence
@@ -163,9 +162,13 @@ def merge_by_rule(
     if windows is None and not isinstance(dets, Detections):
         windows = getattr(dets, "windows", None)
     merger = None if windows is None else Merger(windows, rule)
-    lazy = not isinstance(dets, Detections) and isinstance(dets, Sequence)
-    if merger is not None and lazy and len(dets) == len(merger.table):  # type: ignore[arg-type]
-        return _stream(dets, merger, progress)  # type: ignore[arg-type]
+    if (
+        merger is not None
+        and isinstance(dets, Sequence)
+        and not isinstance(dets, Detections)
+        and len(dets) == len(merger.table)
+    ):
+        return _stream(dets, merger, progress)
     table = None if merger is None else merger.table
 
     if isinstance(dets, Detections):
@@ -205,7 +208,7 @@ class Merger:
     ) -> None:
         if not isinstance(rule, MergeRule):
             raise InvalidArgumentError(f"rule must be an lt.MergeRule(...), got {type(rule).__name__} {rule!r}")
-        if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
+        if not is_int(batch) or batch < 1:
             raise InvalidArgumentError(f"batch must be a positive number of boxes, got {batch!r}")
         self._rule = rule
         self._table = WindowTable.of(windows)

@@ -7,13 +7,16 @@ from it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import shapely
 
 from ..errors import InvalidArgumentError
+
+T = TypeVar("T")
 
 
 def _frozen(array: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -128,12 +131,13 @@ class WindowTable:
 
         return self._kept("boxes", make)
 
-    def _kept(self, name: str, make: Any) -> Any:
+    def _kept(self, name: str, make: Callable[[], T]) -> T:
         """What ``make()`` returns, made at first use and kept (the table is frozen; its fields never change)."""
         kept = self.__dict__.setdefault("_made", {})
         if name not in kept:
             kept[name] = make()
-        return kept[name]
+        made: T = kept[name]
+        return made
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (WindowTable, (self.indices, self.rects))

@@ -16,7 +16,7 @@ from .xyz import XYZSource
 _XYZ_FIELDS = re.compile(r"\{(z|x|y|-y|q|s)\}")
 
 
-def open(  # noqa: A001 - lt.open mirrors rasterio.open
+def open(  # lt.open mirrors rasterio.open
     path: str | os.PathLike[str],
     *,
     zoom: int | None = None,

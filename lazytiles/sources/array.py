@@ -133,4 +133,6 @@ def _restore_array_source(
     cache: TileCache,
     token: str,
 ) -> ArraySource:
-    return ArraySource(array, transform=transform, crs=crs, nodata=nodata, tile_shape=tile_shape, cache=cache, token=token)
+    return ArraySource(
+        array, transform=transform, crs=crs, nodata=nodata, tile_shape=tile_shape, cache=cache, token=token
+    )

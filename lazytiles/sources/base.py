@@ -283,7 +283,7 @@ class TileSource(ABC):
         """Counters of this source: ``tiles_read``, ``bytes_decoded``, ``read_seconds`` and, for remote
         sources, requests, retries, failures and missing tiles."""
         with self._stats_lock:
-            counts = dict(self._counts)
+            counts: dict[str, float] = dict(self._counts)
         counts.setdefault("tiles_read", 0)
         counts.setdefault("bytes_decoded", 0)
         counts["read_seconds"] = counts.pop("read_ns", 0) / 1e9

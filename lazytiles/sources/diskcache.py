@@ -82,8 +82,9 @@ class DiskCache:
 
     def __init__(self, directory: str | os.PathLike[str], max_bytes: int | None = None) -> None:
         if not isinstance(directory, str | os.PathLike):
-            kind = type(directory).__name__
-            raise InvalidArgumentError(f"cache_dir must be a directory path, got {kind} {directory!r}")
+            raise InvalidArgumentError(
+                f"cache_dir must be a directory path, got {type(directory).__name__} {directory!r}"
+            )
         if max_bytes is not None and (not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes <= 0):
             raise InvalidArgumentError(
                 f"cache_dir_max_bytes must be a number of bytes > 0 (or None: no limit), got {max_bytes!r}"

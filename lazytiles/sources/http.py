@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 from urllib.parse import urljoin
 
 import urllib3
@@ -211,6 +211,10 @@ class HttpClient:
 
     # -- the request -------------------------------------------------------------------------------
 
+    @overload
+    def get(self, url: str, decode: Callable[[bytes], T]) -> T | None: ...
+    @overload
+    def get(self, url: str, decode: None = None) -> bytes | None: ...
     def get(self, url: str, decode: Callable[[bytes], T] | None = None) -> T | bytes | None:
         """GET ``url`` with retries: the decoded body, or None when the server says it is absent.
 

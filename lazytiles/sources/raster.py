@@ -74,7 +74,20 @@ REMOTE_GDAL_DEFAULTS: dict[str, str] = {
 
 def _is_network(path: str) -> bool:
     return "/vsicurl" in path or path.startswith(
-        ("http://", "https://", "ftp://", "s3://", "gs://", "az://", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsioss", "/vsiswift")
+        (
+            "http://",
+            "https://",
+            "ftp://",
+            "s3://",
+            "gs://",
+            "az://",
+            "/vsis3",
+            "/vsigs",
+            "/vsiaz",
+            "/vsiadls",
+            "/vsioss",
+            "/vsiswift",
+        )
     )
 
 
@@ -230,17 +243,19 @@ class RasterSource(TileSource):
     @property
     def token(self) -> str:
         return (
-            f"raster:{redact(self.path)}|bands={','.join(map(str, self.bands))}|tile={self.tile_shape[0]}x"
-            f"{self.tile_shape[1]}"
+            f"raster:{redact(self.path)}|bands={','.join(map(str, self.bands))}|tile={self.tile_shape[0]}x{self.tile_shape[1]}"
         )
 
     def _read(self, window: Window, **options: Any) -> np.ndarray:
         """The source's bands in ``window`` of this thread's handle, with the source's GDAL options."""
         ds = self._dataset()
+        data: np.ndarray
         if self._gdal_options:
             with rasterio.Env(**self._gdal_options):
-                return ds.read(self.bands, window=window, **options)
-        return ds.read(self.bands, window=window, **options)
+                data = ds.read(self.bands, window=window, **options)
+        else:
+            data = ds.read(self.bands, window=window, **options)
+        return data
 
     def _read_tile(self, key: TileKey) -> np.ndarray:
         w = self.grid.tile_window(key.row, key.col)

@@ -51,7 +51,7 @@ def _open_image(body: bytes, url: str, expected: int | None) -> Image.Image:
         img = Image.open(io.BytesIO(body), formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # warning: under -W error
         raise TileFetchError(f"{redact(url)} is a decompression bomb, not a tile: {err}") from err
-    except UNDECODABLE as err:
+    except UNDECODABLE:
         raise BodyError(f"not a PNG, JPEG or WebP image ({len(body)} bytes)") from None
     _check_size(img.size, url, expected)
     return img

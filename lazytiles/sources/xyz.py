@@ -30,9 +30,9 @@ import math
 import os
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from affine import Affine
@@ -45,11 +45,13 @@ from ..grid import mercator_transform, quadkey
 from ..mosaic import assemble
 from .base import FetchPool, TileSource
 from .diskcache import DiskCache
-from .templates import LOCAL_MAX_BYTES, check_zoom, parse_template, read_file
 from .http import BodyError, HttpClient, redact
+from .templates import LOCAL_MAX_BYTES, check_zoom, parse_template, read_file
 from .tileimage import MODES, decode_tile, image_size
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 OnMissing = Literal["nodata", "raise"]
 #: Tile size assumed when it is not given and the probe tile is absent.
@@ -141,9 +143,7 @@ class XYZSource(TileSource):
         self.template = template
         self.zoom = check_zoom(zoom)
         if isinstance(bands, bool) or not isinstance(bands, int | np.integer) or int(bands) not in MODES:
-            raise InvalidArgumentError(
-                f"bands must be 1 (grey), 2 (grey, alpha), 3 (RGB) or 4 (RGBA), got {bands!r}"
-            )
+            raise InvalidArgumentError(f"bands must be 1 (grey), 2 (grey, alpha), 3 (RGB) or 4 (RGBA), got {bands!r}")
         if on_missing not in ("nodata", "raise"):
             raise InvalidArgumentError(f"on_missing must be 'nodata' or 'raise', got {on_missing!r}")
         if isinstance(subdomains, str):
@@ -156,7 +156,9 @@ class XYZSource(TileSource):
         if tile_size is not None and (
             isinstance(tile_size, bool) or not isinstance(tile_size, int | np.integer) or not 16 <= tile_size <= 4096
         ):
-            raise InvalidArgumentError(f"tile_size must be an integer number of pixels from 16 to 4096, got {tile_size!r}")
+            raise InvalidArgumentError(
+                f"tile_size must be an integer number of pixels from 16 to 4096, got {tile_size!r}"
+            )
         if http is not None and not isinstance(http, HttpClient):
             raise InvalidArgumentError(
                 f"http must be a lazytiles.sources.http.HttpClient, got {type(http).__name__}; e.g. "
@@ -171,8 +173,9 @@ class XYZSource(TileSource):
         self.http = (http or HttpClient()) if self.remote else http
         self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
         self.cache_dir_max_bytes = cache_dir_max_bytes
-        disk = cache_dir is not None and self.remote
-        self._disk = DiskCache(cache_dir, max_bytes=cache_dir_max_bytes) if disk else None
+        self._disk = (
+            DiskCache(cache_dir, max_bytes=cache_dir_max_bytes) if cache_dir is not None and self.remote else None
+        )
         workers = self.http.max_connections if self.http is not None else min(8, os.cpu_count() or 1)
         self._pool = FetchPool(workers, "lazytiles-xyz")
         self._lock = threading.Lock()
@@ -226,7 +229,7 @@ class XYZSource(TileSource):
 
     # -- fetching and decoding ---------------------------------------------------------------------
 
-    def _fetch(self, url: str, decode: Any) -> Any:
+    def _fetch(self, url: str, decode: Callable[[bytes], T]) -> T | None:
         """``decode(body)`` of the tile at ``url``, or None when it is absent; TileFetchError on failure."""
         if not self.remote:
             self._count("requests")
@@ -243,19 +246,20 @@ class XYZSource(TileSource):
                 raise TileFetchError(f"{path!r} is not a PNG, JPEG or WebP image: {err}") from err
         disk = self._disk
         if disk is not None:
-            body = disk.get(url)
-            if body is not None:
-                if not body:
+            cached = disk.get(url)
+            if cached is not None:
+                if not cached:
                     self._count("disk_hits")
                     return None
                 try:
-                    value = decode(body)
+                    value = decode(cached)
                 except BodyError:
                     disk.discard(url)  # damaged on disk: fetch it again
                 else:
                     self._count("disk_hits")
                     return value
-        http: HttpClient = self.http  # type: ignore[assignment]  # remote sources always have one
+        http = self.http
+        assert http is not None  # remote sources always have one
         got = http.get(url, decode=lambda body: (decode(body), body))
         if disk is not None:
             try:
@@ -289,9 +293,7 @@ class XYZSource(TileSource):
 
     def _find_local_tile(self) -> str:
         values = {"z": str(self.zoom), "x": "*", "y": "*", "-y": "*", "q": "[0-3]" * self.zoom, "s": "*"}
-        pattern = "".join(
-            glob.escape(p) if i % 2 == 0 else values[p] for i, p in enumerate(self._parts)
-        )
+        pattern = "".join(glob.escape(p) if i % 2 == 0 else values[p] for i, p in enumerate(self._parts))
         pattern = self._local_path(pattern)
         found = next(glob.iglob(pattern), None)
         if found is None:
@@ -318,9 +320,10 @@ class XYZSource(TileSource):
         with self._lock:
             self._missing.add((z, x, y))
         if self.on_missing == "raise":
+            why = "answered 404/204" if self.remote else "does not exist"
             raise TileMissingError(
-                f"tile z={z} x={x} y={y} is absent ({redact(url)} {'answered 404/204' if self.remote else 'does not exist'}); "
-                "the source was opened with on_missing='raise'; use on_missing='nodata' to read it as nodata"
+                f"tile z={z} x={x} y={y} is absent ({redact(url)} {why}); the source was opened with "
+                "on_missing='raise'; use on_missing='nodata' to read it as nodata"
             )
         return np.full((self.count, self.tile_size, self.tile_size), self.fill_value, dtype=self.dtype)
 
@@ -334,9 +337,16 @@ class XYZSource(TileSource):
         k = min(self.zoom, max(0, math.ceil(math.log2(longest / max_size)))) if longest > max_size else 0
         if k:
             low = XYZSource(
-                self.template, zoom=self.zoom - k, bands=self.bands, tile_size=self.tile_size, nodata=self.nodata,
-                subdomains=self.subdomains, http=self.http, cache_dir=self.cache_dir,
-                cache_dir_max_bytes=self.cache_dir_max_bytes, cache=self.cache,
+                self.template,
+                zoom=self.zoom - k,
+                bands=self.bands,
+                tile_size=self.tile_size,
+                nodata=self.nodata,
+                subdomains=self.subdomains,
+                http=self.http,
+                cache_dir=self.cache_dir,
+                cache_dir_max_bytes=self.cache_dir_max_bytes,
+                cache=self.cache,
             )
             f = 2**k
             c0, r0 = int(area.col_off) // f, int(area.row_off) // f

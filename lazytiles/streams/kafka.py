@@ -76,9 +76,16 @@ class _Sender:
         self._ck = ck = _confluent()
         self.bootstrap, self.timeout = bootstrap, float(timeout)
         settings = _settings(
-            bootstrap, config, **{"enable.idempotence": True, "acks": "all", "linger.ms": 5,
-                                  "message.timeout.ms": int(timeout * 1000), "error_cb": self._on_error},
-        )  # fmt: skip
+            bootstrap,
+            config,
+            **{
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "message.timeout.ms": int(timeout * 1000),
+                "error_cb": self._on_error,
+            },
+        )
         try:
             self._producer = ck.Producer(settings)
         except ck.KafkaException as err:
@@ -227,8 +234,9 @@ def publish(
             if dets is None:
                 failed[index] = str(error)
                 continue
-            key, value = jobs.window_message(dets, run_id=run_id, window_index=index, source=what.source,
-                                             recipe=what.recipe, window=window)  # fmt: skip
+            key, value = jobs.window_message(
+                dets, run_id=run_id, window_index=index, source=what.source, recipe=what.recipe, window=window
+            )
             sender.send(topic, key, value)
             sent += 1
     objects = None if what.merged is None else len(what.merged)
@@ -279,7 +287,7 @@ def _payload(obj: Any, merged: bool) -> _Payload:
 
         def streamed() -> Iterator[_Item]:
             for index, dets, error in obj.outcomes():
-                yield index, tuple(rects[position[index]].tolist()), dets, error  # type: ignore[misc]
+                yield index, tuple(rects[position[index]].tolist()), dets, error
 
         return _Payload(source, recipe, len(wins), streamed())
     if isinstance(obj, str | os.PathLike):
@@ -305,7 +313,8 @@ def _run_payload(run: Any, merged: bool) -> _Payload:
     def items() -> Iterator[_Item]:  # windows neither done nor failed are left out (counted as missing)
         for k, index in enumerate(stored.windows.indices.tolist()):
             if index in done or index in failed:
-                yield index, tuple(rects[k].tolist()), stored[k] if index in done else None, failed.get(index)  # type: ignore[misc]
+                dets = stored[k] if index in done else None
+                yield index, tuple(rects[k].tolist()), dets, failed.get(index)
 
     return _Payload(source, recipe, total, items())
 
@@ -315,4 +324,3 @@ def decode(value: bytes | str | Mapping[str, Any]) -> Detections:
     from .messages import decode as _decode
 
     return _decode(value)
-

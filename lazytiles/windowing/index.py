@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+from typing import SupportsIndex, overload
 
 import numpy as np
 
@@ -11,6 +12,10 @@ from ..errors import IndexTypeError, WindowIndexError
 Positions = range | np.ndarray  # which items of an underlying sequence a view holds
 
 
+@overload
+def select(positions: Positions, key: int, what: str = ...) -> int: ...
+@overload
+def select(positions: Positions, key: object, what: str = ...) -> int | Positions: ...
 def select(positions: Positions, key: object, what: str = "window") -> int | Positions:
     """``positions[key]`` with the rules and errors of a list, plus integer (and boolean) arrays.
 
@@ -32,6 +37,8 @@ def select(positions: Positions, key: object, what: str = "window") -> int | Pos
             raise WindowIndexError(f"index {int(bad)} in the index array is out of range for {n} {what}s")
         return np.asarray(positions)[key]
     try:
+        if not isinstance(key, SupportsIndex):
+            raise TypeError(key)
         i = operator.index(key)  # what a list accepts: int, np.int64, bool
     except TypeError:
         kind = type(key).__name__

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 from rasterio.windows import Window
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, is_int, is_real
 
 Edge = Literal["shift", "pad", "drop"]
 EDGES: tuple[str, ...] = ("shift", "pad", "drop")
@@ -43,7 +43,7 @@ def _pair(value: Any, what: str, *, unit: str = "pixels") -> tuple[int, int]:
         a, b = pair
     except (TypeError, ValueError):
         raise InvalidArgumentError(f"{what} must be a positive int or (rows, cols) in {unit}, got {value!r}") from None
-    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in (a, b)):
+    if not all(is_int(v) and v > 0 for v in (a, b)):
         raise InvalidArgumentError(f"{what} must be a positive int or (rows, cols) in {unit}, got {value!r}")
     return int(a), int(b)
 
@@ -59,7 +59,7 @@ def size_and_stride(size: Any, overlap: Any, stride: Any) -> tuple[tuple[int, in
                 "(stride is in pixels, overlap is a fraction of size)"
             )
         return size_hw, _pair(stride, "stride")
-    if isinstance(overlap, bool) or not isinstance(overlap, numbers.Real) or not 0 <= overlap < 1:
+    if not is_real(overlap) or not 0 <= overlap < 1:
         raise InvalidArgumentError(
             f"overlap must be in [0, 1), got {overlap!r}; for a step in pixels pass stride= instead"
         )
@@ -86,7 +86,9 @@ class AxisPlan:
         return self.regular + (self.last is not None)
 
     def offset(self, k: int) -> int:
-        return self.start + k * self.stride if k < self.regular else int(self.last)  # type: ignore[arg-type]
+        if k < self.regular or self.last is None:
+            return self.start + k * self.stride
+        return int(self.last)
 
     def offsets(self, k: np.ndarray) -> np.ndarray:
         out = self.start + k.astype(np.int64) * self.stride
@@ -147,7 +149,7 @@ def _rows_held(rows: AxisPlan, size: int, tile: int, extent: int) -> int:
     if n == 1:
         return _tiles_spanned(rows.offset(0), rows.offset(0) + size, tile, extent)
     period = tile // math.gcd(rows.stride, tile)  # offsets modulo the tile repeat with this period
-    pairs = list(range(min(rows.regular - 1, period))) + [n - 2]
+    pairs = [*range(min(rows.regular - 1, period)), n - 2]
     return max(_tiles_spanned(rows.offset(i), rows.offset(i + 1) + size, tile, extent) for i in pairs)
 
 
@@ -218,9 +220,7 @@ class WindowPlan:
         i, j = self.cells(k)
         return self.rows.offsets(i), self.cols.offsets(j)
 
-    def finished_tiles(
-        self, k: int, tile_shape: tuple[int, int], raster_shape: tuple[int, int]
-    ) -> tuple[range, range]:
+    def finished_tiles(self, k: int, tile_shape: tuple[int, int], raster_shape: tuple[int, int]) -> tuple[range, range]:
         """Tile rows and columns whose tiles no candidate after ``k`` (in this order) touches.
 
         Tile (r, c) is last touched by the window at (last window row over r, last window column

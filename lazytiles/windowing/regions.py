@@ -21,8 +21,8 @@ from rasterio.crs import CRS
 
 from ..errors import BoundsError, InvalidArgumentError
 from ..grid import Bounds, window_bounds
-from .plan import WindowPlan
 from ..sources.base import TileSource
+from .plan import WindowPlan
 
 
 def to_geometry(region: Any) -> shapely.Geometry | None:
@@ -72,6 +72,4 @@ def filter_by_geometry(plan: WindowPlan, geometry: shapely.Geometry, chunk: int 
 
 
 def filter_by_callable(plan: WindowPlan, keep: Callable[[Bounds], bool], transform: Affine) -> np.ndarray:
-    return np.fromiter(
-        (k for k in range(len(plan)) if keep(window_bounds(plan.window(k), transform))), dtype=np.int64
-    )
+    return np.fromiter((k for k in range(len(plan)) if keep(window_bounds(plan.window(k), transform))), dtype=np.int64)

@@ -152,8 +152,7 @@ def windows(
         src = open_source(src)
     if not isinstance(src, TileSource):
         raise InvalidArgumentError(
-            f"src must be a lazytiles source (lt.open(path), lt.ArraySource(array)) or a path, "
-            f"got {type(src).__name__}"
+            f"src must be a lazytiles source (lt.open(path), lt.ArraySource(array)) or a path, got {type(src).__name__}"
         )
     size_hw, stride_hw = size_and_stride(size, overlap, stride)
     if edge not in EDGES:
@@ -215,9 +214,7 @@ def windows(
     rows = plan_axis(aoi[0], aoi[2], raster[2], size_hw[0], stride_hw[0], edge, "height")
     cols = plan_axis(aoi[1], aoi[3], raster[3], size_hw[1], stride_hw[1], edge, "width")
     tile_bytes = src.count * src.tile_shape[0] * src.tile_shape[1] * np.dtype(src.dtype).itemsize
-    strip = strip_width(
-        rows, cols, size_hw, src.tile_shape, (src.height, src.width), tile_bytes, src.cache.max_bytes
-    )
+    strip = strip_width(rows, cols, size_hw, src.tile_shape, (src.height, src.width), tile_bytes, src.cache.max_bytes)
     plan = WindowPlan(rows, cols, size_hw, strip)
 
     keep = None
@@ -292,7 +289,7 @@ class WindowSequence(Sequence[Window]):
     def pixel_window(self, i: int) -> PixelWindow:
         """The pixel area of item ``i``, without reading it."""
         index = select(self._positions, i)
-        return self._plan.window(self._candidate(index))  # type: ignore[arg-type]
+        return self._plan.window(self._candidate(index))
 
     def pixel_windows(self) -> np.ndarray:
         """``(len, 4)`` int64 array of (col_off, row_off, width, height) of every item; no I/O."""
@@ -370,8 +367,7 @@ class WindowSequence(Sequence[Window]):
         region filters) frees each tile from the cache right after the last window that uses it, so
         it holds about one row of tiles, not the cache's ``max_bytes``; the tiles of the next
         :attr:`readahead` windows load in the background meanwhile."""
-        for _, window, _ in self.outcomes():
-            yield window  # type: ignore[misc]
+        yield from self._ahead.walk(self._positions, self._read)
 
     def outcomes(
         self, *, tolerate: tuple[type[BaseException], ...] = ()
@@ -395,7 +391,7 @@ class WindowSequence(Sequence[Window]):
             mask = np.zeros(len(self._plan), dtype=bool)
             mask[self._keep] = True
             keep = zlib.compress(np.packbits(mask).tobytes())
-        positions = self._positions
+        positions: Positions | bytes = self._positions
         if isinstance(positions, np.ndarray):
             positions = zlib.compress(positions.astype(np.int64).tobytes())
         return (_restore_sequence, (self._src, self._plan, keep, positions, self._readahead))
