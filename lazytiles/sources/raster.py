@@ -18,8 +18,8 @@ from rasterio.windows import Window
 from ..cache import TileCache, TileKey
 from ..errors import InvalidArgumentError, SourceNotFoundError, SourceOpenError, TileFetchError
 from .array import _tile_shape
-from .http import redact
 from .base import FetchPool, TileSource, _out_shape, _to_source
+from .http import redact
 
 #: Tile shape used when a file's blocks make poor tiles (strips, tiny or huge blocks).
 FALLBACK_TILE = 512
@@ -210,7 +210,8 @@ class RasterSource(TileSource):
         dtypes = {ds.dtypes[b - 1] for b in bands}
         if len(dtypes) > 1:
             raise SourceOpenError(
-                f"{redact(self.path)!r} has bands of several dtypes {sorted(dtypes)}; pick bands of one dtype with bands=..."
+                f"{redact(self.path)!r} has bands of several dtypes {sorted(dtypes)}; "
+                "pick bands of one dtype with bands=..."
             )
         self.dtype = np.dtype(dtypes.pop())
         self.nodata = ds.nodata if nodata is None else nodata
@@ -234,17 +235,16 @@ class RasterSource(TileSource):
             except RasterioIOError as err:
                 _drop_gdal_chain(err)
                 raise SourceOpenError(
-                    f"rasterio could not open {redact(self.path)!r} as a raster: {redact(str(err))}; check that it is a "
-                    "GeoTIFF, COG, VRT or another format GDAL reads, and that any URL is reachable"
+                    f"rasterio could not open {redact(self.path)!r} as a raster: {redact(str(err))}; check that "
+                    "it is a GeoTIFF, COG, VRT or another format GDAL reads, and that any URL is reachable"
                 ) from err
             local.pid = os.getpid()
         return local.ds
 
     @property
     def token(self) -> str:
-        return (
-            f"raster:{redact(self.path)}|bands={','.join(map(str, self.bands))}|tile={self.tile_shape[0]}x{self.tile_shape[1]}"
-        )
+        bands = ",".join(map(str, self.bands))
+        return f"raster:{redact(self.path)}|bands={bands}|tile={self.tile_shape[0]}x{self.tile_shape[1]}"
 
     def _read(self, window: Window, **options: Any) -> np.ndarray:
         """The source's bands in ``window`` of this thread's handle, with the source's GDAL options."""
@@ -264,7 +264,9 @@ class RasterSource(TileSource):
         except (RasterioIOError, OSError) as err:
             self._count("failures")
             _drop_gdal_chain(err)
-            raise TileFetchError(f"tile {key} ({w!r}) of {redact(self.path)!r} could not be read: {redact(str(err))}") from err
+            raise TileFetchError(
+                f"tile {key} ({w!r}) of {redact(self.path)!r} could not be read: {redact(str(err))}"
+            ) from err
 
     def _overview(self, area: Window, max_size: int) -> tuple[np.ndarray, Affine]:
         """GDAL reads ``area`` from the file's overview level that fits; no tile cache involved."""
