@@ -3,6 +3,10 @@
 import logging
 
 from .cache import TileCache, TileKey
+from .detection.preprocess import Preprocess
+from .detection.sequence import DetectionSequence, detect
+from .detections import Detections
+from .display.jupyter import show
 from .errors import (
     BoundsError,
     CacheTooSmallError,
@@ -26,19 +30,15 @@ from .errors import (
     WindowIndexError,
     WorkerError,
 )
-from .sources import ArraySource, RasterSource, TileSource, open
-from .sources.xyz import XYZSource
-from .sources.http import HttpClient
-from .detections import Detections
-from .detection.preprocess import Preprocess
-from .detection.sequence import DetectionSequence, detect
 from .merging.rule import MergeRule
 from .merging.streaming import merge
-from .runs.run import Run, detect_region, open_run
 from .prefetching.sequence import Prefetched, prefetch
-from .windowing.sequence import Window, WindowSequence, collate, windows
-from .display.jupyter import show
+from .runs.run import Run, detect_region, open_run
+from .sources import ArraySource, RasterSource, TileSource, open
+from .sources.http import HttpClient
+from .sources.xyz import XYZSource
 from .streams import kafka
+from .windowing.sequence import Window, WindowSequence, collate, windows
 
 __version__ = "0.1.0"
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from .errors import InvalidArgumentError, LazyTilesError, SourceNotFoundError
+from .streams.command import run_worker, worker_arguments  # confluent_kafka is imported lazily inside
 
 PROG = "lazytiles"
 
@@ -35,8 +36,8 @@ class _Parser(argparse.ArgumentParser):
 # -- shared options -------------------------------------------------------------------------------------
 
 
-def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+def _common() -> _Parser:
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     common.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return common
@@ -47,7 +48,9 @@ def _size(text: str) -> int | tuple[int, int]:
     try:
         values = [int(p) for p in parts]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size in pixels: give 512, or rows,cols as 512,256") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size in pixels: give 512, or rows,cols as 512,256"
+        ) from None
     if len(values) not in (1, 2) or min(values) <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size in pixels: give 512, or rows,cols as 512,256")
     return values[0] if len(values) == 1 else (values[0], values[1])
@@ -78,13 +81,26 @@ def _window_arguments(p: argparse.ArgumentParser, *, size_required: bool = False
     g.add_argument("--zoom", type=int, help="zoom level of a tile-URL template {z}/{x}/{y}")
     g.add_argument("--size", type=_size, default=512, help="window size in pixels: 512 or rows,cols (default 512)")
     step = g.add_mutually_exclusive_group()
-    step.add_argument("--overlap", type=_fraction, default=None, help="fraction of --size shared by neighbours (default 0.25)")
+    step.add_argument(
+        "--overlap", type=_fraction, default=None, help="fraction of --size shared by neighbours (default 0.25)"
+    )
     step.add_argument("--stride", type=_size, help="step between windows in pixels, instead of --overlap")
-    g.add_argument("--bounds", nargs=4, type=float, metavar=("LEFT", "BOTTOM", "RIGHT", "TOP"),
-                   help="area of interest, in --bounds-crs")
-    g.add_argument("--bounds-crs", help="CRS of --bounds, e.g. EPSG:4326 (default: the source's); a --region file has its own")
-    g.add_argument("--region", metavar="FILE", help="keep windows overlapping the shapes in this GeoJSON/GeoPackage/... file")
-    g.add_argument("--edge", choices=("shift", "pad", "drop"), default="shift", help="partial windows at the edge (default shift)")
+    g.add_argument(
+        "--bounds",
+        nargs=4,
+        type=float,
+        metavar=("LEFT", "BOTTOM", "RIGHT", "TOP"),
+        help="area of interest, in --bounds-crs",
+    )
+    g.add_argument(
+        "--bounds-crs", help="CRS of --bounds, e.g. EPSG:4326 (default: the source's); a --region file has its own"
+    )
+    g.add_argument(
+        "--region", metavar="FILE", help="keep windows overlapping the shapes in this GeoJSON/GeoPackage/... file"
+    )
+    g.add_argument(
+        "--edge", choices=("shift", "pad", "drop"), default="shift", help="partial windows at the edge (default shift)"
+    )
 
 
 def read_region(path: str) -> tuple[Any, str | None]:
@@ -94,11 +110,15 @@ def read_region(path: str) -> tuple[Any, str | None]:
     import shapely
 
     if not os.path.exists(path):
-        raise SourceNotFoundError(f"no such region file: {path!r}; check the path (relative paths are from {os.getcwd()!r})")
+        raise SourceNotFoundError(
+            f"no such region file: {path!r}; check the path (relative paths are from {os.getcwd()!r})"
+        )
     try:
         meta, _, wkb, _ = pyogrio.raw.read(path)
     except pyogrio.errors.DataSourceError as err:
-        raise InvalidArgumentError(f"--region {path!r} is not a vector file GDAL reads (GeoJSON, GeoPackage, ...): {err}") from err
+        raise InvalidArgumentError(
+            f"--region {path!r} is not a vector file GDAL reads (GeoJSON, GeoPackage, ...): {err}"
+        ) from err
     geometries = [g for g in shapely.from_wkb(wkb) if g is not None and not g.is_empty]
     if not geometries:
         raise InvalidArgumentError(f"--region {path!r} holds no geometry; put the area's polygon in it")
@@ -117,12 +137,25 @@ def _windows_from_args(args: argparse.Namespace) -> Any:
         region_crs = file_crs or args.bounds_crs  # the file's own CRS (GeoJSON: lon/lat) comes first
     overlap = 0.0 if args.stride is not None else (0.25 if args.overlap is None else args.overlap)
     return windows(
-        src, args.size, overlap=overlap, stride=args.stride, bounds=bounds, bounds_crs=args.bounds_crs,
-        region=region, region_crs=region_crs, edge=args.edge,
-    )  # fmt: skip
+        src,
+        args.size,
+        overlap=overlap,
+        stride=args.stride,
+        bounds=bounds,
+        bounds_crs=args.bounds_crs,
+        region=region,
+        region_crs=region_crs,
+        edge=args.edge,
+    )
 
 
 # -- info ----------------------------------------------------------------------------------------------------
+
+#: Keys of a source's ``info()`` that ``lazytiles info`` shows in rows of its own, or leaves out (kind, path).
+_INFO_SHOWN = frozenset(
+    {"source", "crs", "width", "height", "count", "dtype", "nodata", "resolution", "bounds", "lonlat_bounds"}
+    | {"tile_shape", "tiles", "overviews", "kind", "path"}
+)
 
 
 def _info_arguments(p: argparse.ArgumentParser) -> None:
@@ -149,7 +182,10 @@ def _run_info(args: argparse.Namespace) -> int:
     rows = [
         ("source", repr(src)),
         ("crs", info["crs"]),
-        ("size", f"{info['width']} x {info['height']} px, {info['count']} band(s) {info['dtype']}, nodata {info['nodata']}"),
+        (
+            "size",
+            f"{info['width']} x {info['height']} px, {info['count']} band(s) {info['dtype']}, nodata {info['nodata']}",
+        ),
         ("resolution", "{:.6g} x {:.6g} (CRS units per pixel)".format(*info["resolution"])),
     ]
     if "bounds" in info:
@@ -161,8 +197,7 @@ def _run_info(args: argparse.Namespace) -> int:
     rows.append(("tiles", f"{src.grid.rows} x {src.grid.cols} of {th} x {tw} px ({info['tiles']} tiles)"))
     if "overviews" in info:
         rows.append(("overviews", ", ".join(map(str, info["overviews"])) or "none"))
-    for key in sorted(set(info) - {"source", "crs", "width", "height", "count", "dtype", "nodata", "resolution",
-                                   "bounds", "lonlat_bounds", "tile_shape", "tiles", "overviews", "kind", "path"}):
+    for key in sorted(set(info) - _INFO_SHOWN):
         rows.append((key, info[key]))  # what a source kind adds (zoom, url, ...)
     _print_rows(rows)
     return 0
@@ -181,7 +216,9 @@ def _windows_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="a raster or a tile-URL template (with --zoom)")
     _window_arguments(p)
     p.add_argument("--preview", metavar="PNG", help="write an overview of the region with the windows drawn")
-    p.add_argument("--max-size", type=_positive_int, default=1024, help="longest side of --preview in pixels (default 1024)")
+    p.add_argument(
+        "--max-size", type=_positive_int, default=1024, help="longest side of --preview in pixels (default 1024)"
+    )
 
 
 def _run_windows(args: argparse.Namespace) -> int:
@@ -192,12 +229,17 @@ def _run_windows(args: argparse.Namespace) -> int:
     area = wins.area
     src = wins.source
     crs = None if src.crs is None else src.crs.to_string()
+    kept = "" if len(wins) == n_rows * n_cols else f" (of a {n_rows} x {n_cols} grid, kept by --region)"
     rows = [
-        ("windows", f"{len(wins)}" + ("" if len(wins) == n_rows * n_cols else f" (of a {n_rows} x {n_cols} grid, kept by --region)")),
+        ("windows", f"{len(wins)}{kept}"),
         ("grid", f"{n_rows} rows x {n_cols} cols"),
         ("size", f"{h} x {w} px"),
         ("stride", f"{sh} x {sw} px (overlap {1 - sh / h:.0%} x {1 - sw / w:.0%})"),
-        ("area", f"col_off={int(area.col_off)}, row_off={int(area.row_off)}, width={int(area.width)}, height={int(area.height)} px"),
+        (
+            "area",
+            f"col_off={int(area.col_off)}, row_off={int(area.row_off)}, "
+            f"width={int(area.width)}, height={int(area.height)} px",
+        ),
         ("bounds", "(" + ", ".join(f"{v:.2f}" for v in wins.bounds) + f")  {crs}"),
         ("tiles", f"{_tiles_in(wins)} of {src.tile_shape[0]} x {src.tile_shape[1]} px"),
     ]
@@ -224,12 +266,19 @@ def _tiles_in(wins: Any) -> int:
 def _detect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="a raster or a tile-URL template (with --zoom)")
     p.add_argument("--model", required=True, help="'pkg.module:factory' or a TorchScript file (model.pt)")
-    p.add_argument("--out", required=True, metavar="FILE", help="run store (GeoPackage) for per-window and merged results")
+    p.add_argument(
+        "--out", required=True, metavar="FILE", help="run store (GeoPackage) for per-window and merged results"
+    )
     _window_arguments(p)
     g = p.add_argument_group("running")
     g.add_argument("--batch-size", type=_positive_int, default=8, help="windows per model call (default 8)")
     g.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps (default cpu)")
-    g.add_argument("--workers", type=_positive_int, default=None, help="reader threads (default 1: one reader in window order while the source decodes tiles ahead)")
+    g.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="reader threads (default 1: one reader in window order while the source decodes tiles ahead)",
+    )
     g.add_argument("--resume", action="store_true", help="continue the run stored in --out (only missing windows run)")
     g.add_argument("--force-new", action="store_true", help="start over: replace the run stored in --out")
     g.add_argument("--runner", choices=sorted(RUNNERS), default="local", help="where the run happens (default local)")
@@ -254,9 +303,14 @@ def _detect_local(args: argparse.Namespace, wins: Any) -> Any:
 
     model = load_model(args.model)
     options = dict(
-        resume=args.resume, force_new=args.force_new, geojson=args.geojson, batch_size=args.batch_size,
-        device=args.device, workers=args.workers, progress=args.progress,
-    )  # fmt: skip
+        resume=args.resume,
+        force_new=args.force_new,
+        geojson=args.geojson,
+        batch_size=args.batch_size,
+        device=args.device,
+        workers=args.workers,
+        progress=args.progress,
+    )
     return detect_region(model, wins, args.out, **{k: v for k, v in options.items() if v is not None})
 
 
@@ -280,11 +334,13 @@ def _print_found(found: Any, n_windows: int, seconds: float, outputs: Sequence[s
 
     labels, counts = np.unique(found.labels, return_counts=True)
     by_label = ", ".join(f"label {int(a)}: {int(b)}" for a, b in zip(labels, counts)) or "none"
-    _print_rows([
-        ("windows", f"{n_windows} in {seconds:.1f} s ({n_windows / max(seconds, 1e-9):.1f} windows/s)"),
-        ("objects", f"{len(found)} ({by_label})"),
-        ("wrote", ", ".join(outputs)),
-    ])  # fmt: skip
+    _print_rows(
+        [
+            ("windows", f"{n_windows} in {seconds:.1f} s ({n_windows / max(seconds, 1e-9):.1f} windows/s)"),
+            ("objects", f"{len(found)} ({by_label})"),
+            ("wrote", ", ".join(outputs)),
+        ]
+    )
 
 
 # -- demo ----------------------------------------------------------------------------------------------------
@@ -314,13 +370,27 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "demo": Command("make the built-in sample, detect its objects, write GeoJSON, GeoPackage and a preview",
-                    _demo_arguments, _run_demo),
-    "info": Command("describe a raster or tile service: CRS, size, bounds, tiles, overviews", _info_arguments, _run_info),
-    "windows": Command("count the windows a configuration gives; optionally draw them (--preview)",
-                       _windows_arguments, _run_windows),
-    "detect": Command("run a detector over a region, durably (--resume continues a run)", _detect_arguments, _run_detect),
-}  # fmt: skip
+    "demo": Command(
+        "make the built-in sample, detect its objects, write GeoJSON, GeoPackage and a preview",
+        _demo_arguments,
+        _run_demo,
+    ),
+    "info": Command(
+        "describe a raster or tile service: CRS, size, bounds, tiles, overviews", _info_arguments, _run_info
+    ),
+    "windows": Command(
+        "count the windows a configuration gives; optionally draw them (--preview)", _windows_arguments, _run_windows
+    ),
+    "detect": Command(
+        "run a detector over a region, durably (--resume continues a run)", _detect_arguments, _run_detect
+    ),
+    "worker": Command(
+        "take region jobs from a Kafka topic, publish each window's detections to another "
+        "(pip install lazytiles[kafka])",
+        worker_arguments,
+        run_worker,
+    ),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -351,12 +421,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv[:cut])
     args.runner_options = argv[cut + 1 :]
     if args.runner_options and getattr(args, "runner", None) != "beam":
-        parser.error(f"options after '--' ({' '.join(args.runner_options)}) are Beam's; they need 'detect --runner beam'")
+        parser.error(
+            f"options after '--' ({' '.join(args.runner_options)}) are Beam's; they need 'detect --runner beam'"
+        )
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    run: Callable[[argparse.Namespace], int] = args.run
     try:
-        return args.run(args)
+        return run(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -368,12 +441,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {_one_line(err)}{hint}", file=sys.stderr)
         return code
 
-
-from .streams.command import run_worker as _run_worker, worker_arguments as _worker_arguments  # noqa: E402 - confluent_kafka is imported lazily inside
-
-COMMANDS["worker"] = Command(
-    "take region jobs from a Kafka topic, publish each window's detections to another (pip install lazytiles[kafka])",
-    _worker_arguments, _run_worker,
-)  # fmt: skip
 
 __all__ = ["COMMANDS", "RUNNERS", "Command", "build_parser", "main", "read_region"]

@@ -53,13 +53,13 @@ class ReadInfo:
 
 def _integer_window(window: Window) -> tuple[int, int, int, int]:
     values = (window.row_off, window.col_off, window.height, window.width)
-    ints = tuple(int(v) for v in values)
+    ints = (int(window.row_off), int(window.col_off), int(window.height), int(window.width))
     if any(v != i for v, i in zip(values, ints)) or ints[2] <= 0 or ints[3] <= 0:
         raise InvalidArgumentError(
             f"{window!r} must have integer offsets and positive integer sizes; round it first, e.g. "
             "window.round_offsets().round_lengths()"
         )
-    return ints  # type: ignore[return-value]
+    return ints
 
 
 def assemble(tiles: TileReader, window: Window, keys: Sequence[TileKey]) -> tuple[np.ndarray, ReadInfo]:

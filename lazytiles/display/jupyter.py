@@ -79,9 +79,13 @@ def lonlat_bounds(bounds: Sequence[float], crs: CRS | None) -> tuple[float, floa
     if crs is None:
         return None
     if crs == CRS.from_epsg(4326):
-        return tuple(bounds)  # type: ignore[return-value]
+        west, south, east, north = bounds
+        return west, south, east, north
     try:
-        return rasterio.warp.transform_bounds(crs, "EPSG:4326", *bounds, densify_pts=21)
+        lonlat: tuple[float, float, float, float] = rasterio.warp.transform_bounds(
+            crs, "EPSG:4326", *bounds, densify_pts=21
+        )
+        return lonlat
     except (rasterio.errors.RasterioError, ValueError):  # a CRS PROJ cannot take to lon/lat
         return None
 
@@ -116,12 +120,14 @@ def window_html(w: Window) -> str:
     bands, rows, cols = w.data.shape
     table: list[tuple[str, Any]] = [
         ("window", w.index),
-        ("pixel window", f"col_off={int(pw.col_off)}, row_off={int(pw.row_off)}, width={int(pw.width)}, "
-                         f"height={int(pw.height)}"),
+        (
+            "pixel window",
+            f"col_off={int(pw.col_off)}, row_off={int(pw.row_off)}, width={int(pw.width)}, height={int(pw.height)}",
+        ),
         ("pixels", f"{bands} x {rows} x {cols} {w.data.dtype.name}"),
         (f"bounds ({_crs_name(w.crs)})", _fmt_bounds(w.bounds)),
         ("bounds (lon/lat)", _fmt_bounds(lonlat_bounds(w.bounds, w.crs), 6)),
-    ]  # fmt: skip
+    ]
     info = getattr(w, "read_info", None)
     if info is not None:
         table += [
@@ -173,7 +179,7 @@ def _cache_row(src: TileSource) -> tuple[str, str]:
 
 def source_html(src: TileSource) -> str:
     """An HTML summary of a source (``_repr_html_`` of every source); reads no pixels."""
-    return f"<b>{html.escape(type(src).__name__)}</b>" + _table(_source_rows(src) + [_cache_row(src)])
+    return f"<b>{html.escape(type(src).__name__)}</b>" + _table([*_source_rows(src), _cache_row(src)])
 
 
 def sequence_html(seq: WindowSequence) -> str:
@@ -187,11 +193,14 @@ def sequence_html(seq: WindowSequence) -> str:
         ("windows", f"{len(seq)} (of a {n_rows} x {n_cols} grid)"),
         ("window size", f"{h} x {w} px"),
         ("stride", f"{sh} x {sw} px (overlap {1 - sh / h:.0%} x {1 - sw / w:.0%})"),
-        ("area (pixels)", f"col_off={int(area.col_off)}, row_off={int(area.row_off)}, "
-                          f"width={int(area.width)}, height={int(area.height)}"),
+        (
+            "area (pixels)",
+            f"col_off={int(area.col_off)}, row_off={int(area.row_off)}, "
+            f"width={int(area.width)}, height={int(area.height)}",
+        ),
         (f"bounds ({_crs_name(src.crs)})", _fmt_bounds(seq.bounds)),
         ("bounds (lon/lat)", _fmt_bounds(lonlat_bounds(seq.bounds, src.crs), 6)),
-    ]  # fmt: skip
+    ]
     rows += [r for r in _source_rows(src) if not r[0].startswith("bounds")]
     rows.append(_cache_row(src))
     return "<b>WindowSequence</b>" + _table(rows) + "<i>wins.preview() draws the region and its windows</i>"
@@ -250,12 +259,21 @@ def sequence_preview(
     return _region_picture(seq.source, seq.area, max_size, windows, detections, scores)
 
 
-def source_preview(src: TileSource, max_size: int = 1024, *, detections: Any = None, scores: bool = False) -> PILImage.Image:
+def source_preview(
+    src: TileSource, max_size: int = 1024, *, detections: Any = None, scores: bool = False
+) -> PILImage.Image:
     """An overview picture of a whole source, with ``detections`` drawn (see :func:`sequence_preview`)."""
     return _region_picture(src, None, max_size, None, detections, scores)
 
 
-def show(obj: Any, detections: Any = None, *, max_size: int = 1024, grid: bool | None = None, scores: bool | None = None) -> PILImage.Image:
+def show(
+    obj: Any,
+    detections: Any = None,
+    *,
+    max_size: int = 1024,
+    grid: bool | None = None,
+    scores: bool | None = None,
+) -> PILImage.Image:
     """A picture of a window, a window sequence's region or a source, with detections drawn on it.
 
     The result is a ``PIL.Image.Image``: Jupyter displays it, ``.save("preview.png")`` writes it.
@@ -290,7 +308,10 @@ def show(obj: Any, detections: Any = None, *, max_size: int = 1024, grid: bool |
         return window_image(obj, detections, max_size=max_size, scores=True if scores is None else scores)
     if isinstance(obj, WindowSequence):
         return sequence_preview(
-            obj, max_size, grid=detections is None if grid is None else grid, detections=detections,
+            obj,
+            max_size,
+            grid=detections is None if grid is None else grid,
+            detections=detections,
             scores=bool(scores),
         )
     if isinstance(obj, TileSource):

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 import rasterio.warp
 from affine import Affine
 from rasterio.crs import CRS
@@ -28,9 +29,17 @@ STRETCH = (2.0, 98.0)
 STRETCH_SAMPLE = 1 << 18
 #: Label colours (Tableau 10), by ``label % 10``.
 PALETTE = (
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-)  # fmt: skip
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+)
 
 
 # -- pixels to colours ---------------------------------------------------------------------------------
@@ -66,7 +75,8 @@ def _stretch(band: np.ndarray, valid: np.ndarray) -> np.ndarray:
     if not hi > lo:  # a flat band: white where it holds more than 0, else black
         return np.where((band > lo) | (lo > 0), 255, 0).astype(np.uint8)
     scaled = (band.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
-    return np.nan_to_num(np.clip(scaled, 0, 255), nan=0.0).astype(np.uint8)
+    clipped: npt.NDArray[np.float32] = np.clip(scaled, 0, 255)
+    return np.nan_to_num(clipped, nan=0.0).astype(np.uint8)
 
 
 def to_rgba(data: Any, nodata: float | None = None) -> np.ndarray:
@@ -102,7 +112,7 @@ def to_rgba(data: Any, nodata: float | None = None) -> np.ndarray:
     bands = [_stretch(b, valid) for b in colour]
     if len(bands) == 1:
         bands *= 3
-    rgba = np.empty(data.shape[1:] + (4,), dtype=np.uint8)
+    rgba = np.empty((*data.shape[1:], 4), dtype=np.uint8)
     for i, band in enumerate(bands):
         rgba[..., i] = band
     rgba[..., 3] = np.where(valid, 255 if alpha is None else alpha, 0)
@@ -199,7 +209,7 @@ def draw_boxes(
         draw.rectangle(rect, outline=colour, width=width)
         if text:
             caption = f"{int(labels[i])}" if scores is None else f"{int(labels[i])} {scores[i]:.2f}"
-            left, top, right, bottom = draw.textbbox((0, 0), caption)
+            _, top, _, bottom = draw.textbbox((0, 0), caption)
             y = rect[1] - (bottom - top) - 2 if rect[1] - (bottom - top) - 2 >= 0 else rect[3] + 1
             draw.text((rect[0], y - top), caption, fill=colour)
     return out
