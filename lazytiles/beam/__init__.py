@@ -47,8 +47,8 @@ from __future__ import annotations
 from ..errors import MissingDependencyError
 
 try:  # the transforms and the job import Beam: check here, once, before them, and name the extra
-    import apache_beam  # noqa: F401
-    import apache_beam.options.pipeline_options  # noqa: F401
+    import apache_beam
+    import apache_beam.options.pipeline_options
     import apache_beam.utils.shared  # noqa: F401
 except ImportError as _err:
     raise MissingDependencyError(
