@@ -401,7 +401,7 @@ class Detections:
         (26, 16)
         """
         from .display.jupyter import show
-        from .display.picture import _shrink, draw_boxes, to_image
+        from .display.picture import draw_boxes, shrink, to_image
 
         if background is None or isinstance(background, np.ndarray):
             if background is None:
@@ -415,7 +415,7 @@ class Detections:
                 image, lo = to_image(background), np.zeros(2)
             boxes = self.boxes - np.tile(lo, 2)
             scale = min(1.0, max_size / max(image.size))
-            image = _shrink(image, max_size)
+            image = shrink(image, max_size)
             return draw_boxes(image, boxes * scale, self.labels, self.scores)
         return show(background, self, max_size=max_size)
 

@@ -20,8 +20,8 @@ from ..runs.lifecycle import RunLifecycle, SharedRun, check_path
 from ..runs.recipe import DetectOptions
 from ..runs.store import RunStore, WindowResult
 from ..windowing.sequence import WindowSequence
-from .shards import _check_shard, shard_ranges
-from .transforms import DeadLetter, DetectWindows, WindowDetections, _merge_records, _StoreSink, _WriteOnce, merge_grid
+from .shards import check_shard, shard_ranges
+from .transforms import DeadLetter, DetectWindows, StoreSink, WindowDetections, WriteOnce, merge_grid, merge_records
 
 #: How long a worker waits for another to finish writing the run store before giving up, seconds.
 STORE_WAIT = 600.0
@@ -73,7 +73,7 @@ class _ReadStored(beam.DoFn):
             store.close()
 
     def process(self, shard):
-        start, stop = _check_shard(shard, len(self._wins))
+        start, stop = check_shard(shard, len(self._wins))
         stored = self._store.raw(slice(start, stop))
         for k, found in enumerate(stored):
             yield WindowDetections(start + k, int(stored.windows.indices[k]), stored.windows.rect(k), found)
@@ -197,8 +197,8 @@ def detect_region(
                 | "Spread stored" >> beam.Reshuffle()
                 | "Read store" >> beam.ParDo(_ReadStored(shared.path, wins))
             )
-            merged = _merge_records((found.detections, stored) | "All windows" >> beam.Flatten(), grid, merge_rule)
-            sink = _WriteOnce(wins, geojson, gpkg, store=_StoreSink(shared, merge_rule), as_records=True)
+            merged = merge_records((found.detections, stored) | "All windows" >> beam.Flatten(), grid, merge_rule)
+            sink = WriteOnce(wins, geojson, gpkg, store=StoreSink(shared, merge_rule), as_records=True)
             _ = p | "Once" >> beam.Create([None]) | "Write" >> beam.ParDo(sink, beam.pvalue.AsIter(merged))
     with RunStore.read(shared.path) as store:
         result = store.merged()

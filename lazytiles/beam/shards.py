@@ -2,7 +2,7 @@
 
 Plain numpy on the window plan, no Beam and no I/O: :func:`shard_ranges` makes the ranges that
 :class:`~lazytiles.beam.DetectWindows` and :func:`~lazytiles.beam.detect_region` hand to workers,
-and ``_check_shard`` checks one that comes back.
+and ``check_shard`` checks one that comes back.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def shard_ranges(
     return shards
 
 
-def _check_shard(shard: Any, n: int) -> tuple[int, int]:
+def check_shard(shard: Any, n: int) -> tuple[int, int]:
     try:
         start, stop = (operator.index(v) for v in shard)
     except (TypeError, ValueError):

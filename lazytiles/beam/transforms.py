@@ -36,7 +36,7 @@ from ..runs.lifecycle import SharedRun
 from ..runs.recipe import DetectOptions
 from ..sources.http import redact
 from ..windowing.sequence import WindowSequence
-from .shards import _check_shard, shard_ranges
+from .shards import check_shard, shard_ranges
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class _DetectShard(beam.DoFn):
         self._dets = self._options.detect(model, self._wins)
 
     def process(self, shard):  # no annotations: Beam would read them as type hints
-        start, stop = _check_shard(shard, len(self._wins))
+        start, stop = check_shard(shard, len(self._wins))
         position = start
         try:
             for index, found, error in self._dets[start:stop].outcomes(tolerate=READ_ERRORS):
@@ -255,7 +255,7 @@ class _SettleCells(beam.DoFn):
             yield beam.pvalue.TaggedOutput(self.UP, (k2, r2.tobytes()))
 
 
-def _merge_records(pcoll: Any, grid: CellGrid, rule: MergeRule) -> Any:
+def merge_records(pcoll: Any, grid: CellGrid, rule: MergeRule) -> Any:
     """PCollection of WindowDetections -> PCollection of merged chunks (``MERGED`` records as bytes)."""
     routed = pcoll | "To cells" >> beam.FlatMap(_route_window, grid)
     merged = []
@@ -312,7 +312,7 @@ class MergeDetections(beam.PTransform):
         return self._grid
 
     def expand(self, pcoll):
-        chunks = _merge_records(pcoll, self._grid, self._rule)
+        chunks = merge_records(pcoll, self._grid, self._rule)
         return chunks | "To Detections" >> beam.Map(_to_detections, *self._georef)
 
 
@@ -329,14 +329,14 @@ def merge_grid(wins: Any, rule: MergeRule, cell_size: Any, fanin: Any) -> CellGr
 
 
 @dataclass(frozen=True)
-class _StoreSink:
+class StoreSink:
     """Where a job's merged detections go besides files: its run store, with the rule they were merged by."""
 
     run: SharedRun
     rule: MergeRule
 
 
-class _WriteOnce(beam.DoFn):
+class WriteOnce(beam.DoFn):
     """Runs once (on a single element) and reads every merged chunk from a side input: the sinks."""
 
     def __init__(
@@ -345,7 +345,7 @@ class _WriteOnce(beam.DoFn):
         geojson: Any,
         gpkg: Any,
         *,
-        store: _StoreSink | None = None,
+        store: StoreSink | None = None,
         as_records: bool = False,
     ) -> None:
         src = wins.source
@@ -406,7 +406,7 @@ class WriteDetections(beam.PTransform):
         super().__init__()
         if geojson is not None and wins.source.crs is None:
             raise CRSError("geojson= writes lon/lat and needs the source's CRS, but it has none; use gpkg= instead")
-        self._fn = _WriteOnce(wins, geojson, gpkg)
+        self._fn = WriteOnce(wins, geojson, gpkg)
 
     def expand(self, pcoll):
         return (

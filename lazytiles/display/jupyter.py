@@ -33,7 +33,7 @@ from rasterio.windows import Window as PixelWindow
 from ..errors import InvalidArgumentError
 from ..sources.base import TileSource
 from ..windowing.sequence import Window, WindowSequence
-from .picture import _as_detections, _boxes_to_image, _shrink, draw_boxes, png_bytes, to_image
+from .picture import _as_detections, boxes_to_image, draw_boxes, png_bytes, shrink, to_image
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -58,13 +58,13 @@ def window_image(
     Detections are placed by their georeferencing (``dets.transform``, ``dets.crs``), so boxes from
     ``lt.detect`` over the same source land on their objects whichever window they came from.
     """
-    image = _shrink(to_image(w.data, getattr(w, "nodata", None)), max_size)
+    image = shrink(to_image(w.data, getattr(w, "nodata", None)), max_size)
     dets = _as_detections(detections)
     if dets is None:
         return image
     sx, sy = w.data.shape[2] / image.width, w.data.shape[1] / image.height
     to_px = ~(w.transform @ Affine.scale(sx, sy))
-    boxes = _boxes_to_image(dets, to_px, w.crs)
+    boxes = boxes_to_image(dets, to_px, w.crs)
     return draw_boxes(image, boxes, dets.labels, dets.scores if scores else None)
 
 
@@ -236,7 +236,7 @@ def _region_picture(
     dets = _as_detections(detections)
     if dets is not None:
         to_image_px = to_px @ ~src.transform
-        boxes = _boxes_to_image(dets, to_image_px, src.crs)
+        boxes = boxes_to_image(dets, to_image_px, src.crs)
         image = draw_boxes(image, boxes, dets.labels, dets.scores if scores else None)
     return image
 

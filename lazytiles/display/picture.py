@@ -136,7 +136,7 @@ def png_bytes(image: PILImage.Image) -> bytes:
     return buf.getvalue()
 
 
-def _shrink(image: PILImage.Image, max_size: int | None) -> PILImage.Image:
+def shrink(image: PILImage.Image, max_size: int | None) -> PILImage.Image:
     if max_size is None or max(image.size) <= max_size:
         return image
     scale = max_size / max(image.size)
@@ -215,7 +215,7 @@ def draw_boxes(
     return out
 
 
-def _boxes_to_image(dets: Detections, to_image_px: Affine, image_crs: CRS | None) -> np.ndarray:
+def boxes_to_image(dets: Detections, to_image_px: Affine, image_crs: CRS | None) -> np.ndarray:
     """Boxes of ``dets`` (in their own pixel grid) as pixels of a picture whose pixel->map transform
     is ``~to_image_px``; reprojected when both CRSs are known and differ."""
     b = dets.boxes

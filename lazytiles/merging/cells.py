@@ -44,7 +44,7 @@ import numpy as np
 
 from ..detections import Detections
 from ..errors import InvalidArgumentError, is_int, is_real
-from .grouping import _Boxes, _finish, _settle
+from .grouping import BoxPool, finish_groups, settle_groups
 from .rule import MergeRule
 
 #: A box on its way through the merge: what ``lazytiles.merge`` needs of it, in 93 bytes.
@@ -170,8 +170,8 @@ def window_records(position: int, window: Sequence[int], detections: Detections)
     return rec
 
 
-def _pool(rec: np.ndarray) -> _Boxes:
-    return _Boxes(
+def _pool(rec: np.ndarray) -> BoxPool:
+    return BoxPool(
         boxes=np.ascontiguousarray(rec["box"]),
         scores=rec["score"].copy(),
         labels=rec["label"].copy(),
@@ -183,7 +183,7 @@ def _pool(rec: np.ndarray) -> _Boxes:
     )
 
 
-def _records_of(pool: _Boxes) -> np.ndarray:
+def _records_of(pool: BoxPool) -> np.ndarray:
     rec = np.empty(len(pool), RECORD)
     rec["box"], rec["wrect"], rec["seq"], rec["widx"] = pool.boxes, pool.wrect, pool.seq, pool.widx
     rec["label"], rec["score"], rec["partial"] = pool.labels, pool.scores, pool.partial
@@ -222,7 +222,7 @@ def settle_cell(
         return np.empty(0, MERGED), []
     pool = _pool(rec)
     final = grid.inside(pool.boxes, level, key) if level < grid.levels else None
-    out, rest = _settle(pool, rule, final)
+    out, rest = settle_groups(pool, rule, final)
     up: list[tuple[Key, np.ndarray]] = []
     if len(rest):
         hx, hy = grid.home(rest.boxes, level)
@@ -276,7 +276,7 @@ def merged_detections(chunks: Iterable[np.ndarray], transform: Any, crs: Any) ->
                     "partial": c["partial"].copy(),
                 }
             )
-    return _finish(parts, transform, crs)
+    return finish_groups(parts, transform, crs)
 
 
 def merge_by_cells(

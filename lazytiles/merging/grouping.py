@@ -1,8 +1,8 @@
 """The grouping engine behind ``lt.merge``: match boxes pairwise, group them, one box per group.
 
-Boxes travel as :class:`_Boxes` columns. :func:`_settle` finds the matching pairs (:func:`_match_edges`,
+Boxes travel as :class:`BoxPool` columns. :func:`settle_groups` finds the matching pairs (:func:`_match_edges`,
 which compares boxes from different windows where both windows see), joins them into groups and
-resolves each group into one box (:func:`_resolve`); :func:`_finish` orders the merged boxes into
+resolves each group into one box (:func:`_resolve`); :func:`finish_groups` orders the merged boxes into
 :class:`~lazytiles.Detections`. The rules are those the :mod:`lazytiles.merge` docstring states;
 ``lazytiles.merge`` streams with this engine and ``lazytiles.merging.cells`` runs it cell by cell.
 """
@@ -104,7 +104,7 @@ def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 # -- resolving groups ------------------------------------------------------------------------------
 
 
-class _Boxes:
+class BoxPool:
     """Columns of boxes waiting to be merged (one row per box)."""
 
     __slots__ = ("boxes", "labels", "partial", "scores", "seq", "settle", "widx", "wrect")
@@ -131,7 +131,7 @@ class _Boxes:
         self.settle = settle  # the last window position that can still add a matching box
 
     @classmethod
-    def empty(cls) -> _Boxes:
+    def empty(cls) -> BoxPool:
         return cls(
             boxes=np.zeros((0, 4)),
             scores=np.zeros(0, np.float32),
@@ -146,11 +146,11 @@ class _Boxes:
     def __len__(self) -> int:
         return len(self.seq)
 
-    def take(self, idx: np.ndarray) -> _Boxes:
-        return _Boxes(**{name: getattr(self, name)[idx] for name in self.__slots__})
+    def take(self, idx: np.ndarray) -> BoxPool:
+        return BoxPool(**{name: getattr(self, name)[idx] for name in self.__slots__})
 
     @classmethod
-    def concat(cls, parts: list[_Boxes]) -> _Boxes:
+    def concat(cls, parts: list[BoxPool]) -> BoxPool:
         if not parts:
             return cls.empty()
         return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in cls.__slots__})
@@ -165,7 +165,7 @@ _OUT_COLUMNS = (
 )
 
 
-def _resolve(pool: _Boxes, i: np.ndarray, j: np.ndarray, method: str) -> dict[str, np.ndarray]:
+def _resolve(pool: BoxPool, i: np.ndarray, j: np.ndarray, method: str) -> dict[str, np.ndarray]:
     """One box per group of ``pool``, given its matching pairs ``(i, j)``."""
     n = len(pool)
     if n == 0:
@@ -228,7 +228,7 @@ def _resolve(pool: _Boxes, i: np.ndarray, j: np.ndarray, method: str) -> dict[st
     }
 
 
-def _settle(pool: _Boxes, rule: MergeRule, final: np.ndarray | None) -> tuple[dict[str, np.ndarray], _Boxes]:
+def settle_groups(pool: BoxPool, rule: MergeRule, final: np.ndarray | None) -> tuple[dict[str, np.ndarray], BoxPool]:
     """Resolve the groups of ``pool`` whose boxes are all in ``final`` (None: all of them), by ``rule``.
 
     Returns the merged boxes of those groups and the boxes still waiting.
@@ -253,13 +253,13 @@ def _settle(pool: _Boxes, rule: MergeRule, final: np.ndarray | None) -> tuple[di
             keep = done[i]  # a group is closed, so an edge is inside the settled part or outside it
             out = _resolve(pool.take(np.flatnonzero(done)), new_id[i[keep]], new_id[j[keep]], rule.method)
             return out, pool.take(np.flatnonzero(~done))
-    return _resolve(pool, i, j, rule.method), _Boxes.empty()
+    return _resolve(pool, i, j, rule.method), BoxPool.empty()
 
 
 # -- the merged boxes ------------------------------------------------------------------------------
 
 
-def _finish(parts: list[dict[str, np.ndarray]], transform: Any, crs: Any) -> Detections:
+def finish_groups(parts: list[dict[str, np.ndarray]], transform: Any, crs: Any) -> Detections:
     if not parts:
         return Detections.empty(transform=transform, crs=crs)
     cols = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}

@@ -41,7 +41,7 @@ import numpy as np
 from ..detections import Detections
 from ..errors import InvalidArgumentError, is_int
 from .boxes import Metric
-from .grouping import _Boxes, _finish, _settle
+from .grouping import BoxPool, finish_groups, settle_groups
 from .rule import MergeRule, Method
 from .window_table import WindowTable
 
@@ -49,9 +49,9 @@ if TYPE_CHECKING:
     from ..windowing.sequence import WindowSequence
 
 
-def _columns(d: Detections, seq0: int, table: WindowTable | None) -> _Boxes:
+def _columns(d: Detections, seq0: int, table: WindowTable | None) -> BoxPool:
     n = len(d)
-    return _Boxes(
+    return BoxPool(
         boxes=d.boxes,
         scores=d.scores,
         labels=d.labels,
@@ -179,8 +179,8 @@ def merge_by_rule(
     transform, crs = getattr(src, "transform", None), getattr(src, "crs", None)
     if items:
         transform, crs = items[0].transform, items[0].crs
-    pool = _columns(Detections.concat(items), 0, table) if items else _Boxes.empty()
-    return _finish([_settle(pool, rule, None)[0]] if len(pool) else [], transform, crs)
+    pool = _columns(Detections.concat(items), 0, table) if items else BoxPool.empty()
+    return finish_groups([settle_groups(pool, rule, None)[0]] if len(pool) else [], transform, crs)
 
 
 class Merger:
@@ -216,8 +216,8 @@ class Merger:
         self._transform, self._crs = getattr(src, "transform", None), getattr(src, "crs", None)
         self._batch = int(batch)
         self._reach = rule.margin + 2.0
-        self._pending: list[_Boxes] = []
-        self._pool = _Boxes.empty()
+        self._pending: list[BoxPool] = []
+        self._pool = BoxPool.empty()
         self._held = 0  # boxes still waiting after the last settling pass
         self._seq = 0
         self._next = 0  # position of the next window expected
@@ -261,19 +261,19 @@ class Merger:
             self._seq += len(d)
         self._next = k + 1
         if self.held >= 2 * self._held + self._batch:  # amortised: each pass works mostly on new boxes
-            pool = _Boxes.concat([self._pool, *self._pending])
+            pool = BoxPool.concat([self._pool, *self._pending])
             self._pending = []
-            out, self._pool = _settle(pool, self._rule, pool.settle <= k)
+            out, self._pool = settle_groups(pool, self._rule, pool.settle <= k)
             self._parts.append(out)
             self._held = len(self._pool)
 
     def result(self) -> Detections:
         """Settle every box still held and return the merged :class:`Detections`."""
-        pool = _Boxes.concat([self._pool, *self._pending])
+        pool = BoxPool.concat([self._pool, *self._pending])
         if len(pool):
-            self._parts.append(_settle(pool, self._rule, None)[0])
-        self._pool, self._pending, self._held = _Boxes.empty(), [], 0
-        return _finish([p for p in self._parts if len(p["boxes"])], self._transform, self._crs)
+            self._parts.append(settle_groups(pool, self._rule, None)[0])
+        self._pool, self._pending, self._held = BoxPool.empty(), [], 0
+        return finish_groups([p for p in self._parts if len(p["boxes"])], self._transform, self._crs)
 
 
 def _stream(dets: Sequence[Detections], merger: Merger, progress: bool) -> Detections:

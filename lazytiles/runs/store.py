@@ -67,6 +67,7 @@ from .tables import (
     MERGED_LAYER,
     RAW_FIELDS,
     RAW_LAYER,
+    TABLE_COLUMNS,
     StoreHeader,
     columns,
     merged_rows,
@@ -361,17 +362,7 @@ class RunStore:
         return {int(i): (str(e), int(a)) for i, e, a in rows}
 
     def sessions(self) -> list[dict[str, Any]]:
-        cols = (
-            "session",
-            "started",
-            "ended",
-            "status",
-            "pid",
-            "host",
-            "lazytiles_version",
-            "windows_done",
-            "windows_failed",
-        )
+        cols = [c for c in TABLE_COLUMNS["lazytiles_sessions"] if c != "options"]
         return [
             dict(zip(cols, r))
             for r in self._query(f"SELECT {', '.join(cols)} FROM lazytiles_sessions ORDER BY session")

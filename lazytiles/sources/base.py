@@ -320,7 +320,7 @@ class TileSource(ABC):
         return self.crs
 
 
-def _out_shape(area: Window, max_size: int) -> tuple[int, int]:
+def overview_shape(area: Window, max_size: int) -> tuple[int, int]:
     """(rows, cols) of ``area`` scaled to at most ``max_size`` a side."""
     scale = max(area.height, area.width) / max_size
     if scale <= 1:
@@ -330,7 +330,7 @@ def _out_shape(area: Window, max_size: int) -> tuple[int, int]:
 
 def _step(area: Window, max_size: int) -> int:
     """Every how many pixels a strided overview of ``area`` keeps one."""
-    out_h, out_w = _out_shape(area, max_size)
+    out_h, out_w = overview_shape(area, max_size)
     return math.ceil(float(max(area.height / out_h, area.width / out_w)))
 
 

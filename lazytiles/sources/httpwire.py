@@ -136,7 +136,10 @@ def _bind(conn: HTTPConnection) -> None:
         deadline.bind(conn)
 
 
-class _WatchedHTTPConnection(HTTPConnection):
+class _Watched(HTTPConnection):
+    """A connection that tells this thread's deadline which socket to shut down (HTTP and, through
+    the subclass below, HTTPS: both run ``connect`` and ``request`` as here)."""
+
     def connect(self) -> None:
         super().connect()
         _bind(self)
@@ -146,18 +149,12 @@ class _WatchedHTTPConnection(HTTPConnection):
         super().request(*args, **kwargs)
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        _bind(self)
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _bind(self)
-        super().request(*args, **kwargs)
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    pass
 
 
 class _HTTPPool(HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
+    ConnectionCls = _Watched
 
 
 class _HTTPSPool(HTTPSConnectionPool):

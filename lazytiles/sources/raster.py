@@ -18,7 +18,7 @@ from rasterio.windows import Window
 from ..cache import TileCache, TileKey
 from ..errors import InvalidArgumentError, SourceNotFoundError, SourceOpenError, TileFetchError
 from .array import _tile_shape
-from .base import FetchPool, TileSource, _out_shape, _to_source
+from .base import FetchPool, TileSource, _to_source, overview_shape
 from .http import redact
 
 #: Tile shape used when a file's blocks make poor tiles (strips, tiny or huge blocks).
@@ -270,7 +270,7 @@ class RasterSource(TileSource):
 
     def _overview(self, area: Window, max_size: int) -> tuple[np.ndarray, Affine]:
         """GDAL reads ``area`` from the file's overview level that fits; no tile cache involved."""
-        data = self._read(area, out_shape=(self.count, *_out_shape(area, max_size)))
+        data = self._read(area, out_shape=(self.count, *overview_shape(area, max_size)))
         return data, _to_source(area, data)
 
     def describe(self) -> dict[str, Any]:

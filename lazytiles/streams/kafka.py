@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 
-def _confluent() -> Any:
+def confluent_module() -> Any:
     try:
         import confluent_kafka
     except ImportError as err:
@@ -53,7 +53,7 @@ def _check_bootstrap(bootstrap: Any) -> None:
         raise InvalidArgumentError(f"bootstrap must be 'host:port[,host:port...]' of a Kafka broker, got {bootstrap!r}")
 
 
-def _settings(bootstrap: str, config: Mapping[str, Any] | None, **defaults: Any) -> dict[str, Any]:
+def client_settings(bootstrap: str, config: Mapping[str, Any] | None, **defaults: Any) -> dict[str, Any]:
     _check_bootstrap(bootstrap)
     settings = {"bootstrap.servers": bootstrap, "logger": log, **defaults}
     settings.update(config or {})
@@ -63,7 +63,7 @@ def _settings(bootstrap: str, config: Mapping[str, Any] | None, **defaults: Any)
 # -- confirmed delivery ---------------------------------------------------------------------------
 
 
-class _Sender:
+class Sender:
     """A producer whose messages count only once the broker confirmed them (:meth:`confirm`).
 
     Idempotent, ``acks=all``: a retry inside librdkafka never duplicates or reorders a message.
@@ -73,9 +73,9 @@ class _Sender:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
             raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
         _check_bootstrap(bootstrap)
-        self._ck = ck = _confluent()
+        self._ck = ck = confluent_module()
         self.bootstrap, self.timeout = bootstrap, float(timeout)
-        settings = _settings(
+        settings = client_settings(
             bootstrap,
             config,
             **{
@@ -222,7 +222,7 @@ def publish(
         raise InvalidArgumentError(f"topic must be a topic name, got {topic!r}")
     what = _payload(dets_or_run, merged)
     run_id = run_id or _run_id(what.recipe)
-    sender = _Sender(bootstrap, config, timeout)
+    sender = Sender(bootstrap, config, timeout)
     sent, seen, failed = 0, 0, {}
     if what.merged is not None:
         for key, value in jobs.object_messages(what.merged, run_id=run_id, source=what.source, recipe=what.recipe):

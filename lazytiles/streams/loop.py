@@ -27,7 +27,7 @@ from ..sources import open as open_source
 from ..sources.http import redact
 from ..windowing.sequence import windows
 from .guard import Attempts, supervise
-from .kafka import _confluent, _Sender, message_recipe
+from .kafka import Sender, confluent_module, message_recipe
 from .messages import JobError, dead_letter_message, done_message, object_messages, parse_job, window_message
 from .policy import JobRefused, Limits, Policy
 
@@ -75,7 +75,7 @@ class JobLoop:
     def __init__(
         self,
         consumer: Any,
-        sender: _Sender,
+        sender: Sender,
         *,
         results: str,
         dead_letter: str,
@@ -99,7 +99,7 @@ class JobLoop:
     # -- the loop ------------------------------------------------------------------------------------
 
     def run(self, poll_interval: float) -> WorkerReport:
-        ck = _confluent()
+        ck = confluent_module()
         report = WorkerReport()
         while not self.stop.is_set():
             msg = self.consumer.poll(poll_interval)
@@ -148,7 +148,7 @@ class JobLoop:
         consumer's thread; never start another job."""
         msg = self.consumer.poll(0)
         if msg is not None and not msg.error():  # a partition assigned mid-job slipped through: put it back
-            ck = _confluent()
+            ck = confluent_module()
             tp = ck.TopicPartition(msg.topic(), msg.partition(), msg.offset())
             self.consumer.seek(tp)
             self.consumer.pause([tp])

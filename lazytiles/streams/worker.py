@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import InvalidArgumentError
 from .guard import Attempts
-from .kafka import _confluent, _Sender, _settings
+from .kafka import Sender, client_settings, confluent_module
 from .loop import JobLoop, WorkerReport
 from .messages import JobError
 from .policy import Limits, Policy
@@ -105,7 +105,7 @@ def worker(
     StreamError
         Results could not be delivered, or the consumer failed fatally; the job in hand is left uncommitted.
     """
-    ck = _confluent()
+    ck = confluent_module()
     try:
         policy = Policy.from_flags(allow_models, allow_sources, limits)
     except JobError as err:
@@ -127,8 +127,8 @@ def worker(
         ) from err
     attempts = Attempts(os.path.join(workdir, "attempts"), max_attempts)
     stop = stop or threading.Event()
-    sender = _Sender(bootstrap, config, timeout)
-    settings = _settings(
+    sender = Sender(bootstrap, config, timeout)
+    settings = client_settings(
         bootstrap,
         config,
         **{
