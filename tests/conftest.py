@@ -97,3 +97,13 @@ def tiles_touched(window, tile: int | tuple[int, int]) -> set[tuple[int, int]]:
     rows = {r // th for r in range(int(window.row_off), int(window.row_off + window.height)) if r >= 0}
     cols = {c // tw for c in range(int(window.col_off), int(window.col_off + window.width)) if c >= 0}
     return {(r, c) for r in rows for c in cols}
+
+
+def assert_same(found: lt.Detections, expected: lt.Detections) -> None:
+    """Equal boxes, scores, labels, window indices and partial flags, in the same order."""
+    np.testing.assert_array_equal(found.boxes, expected.boxes)
+    np.testing.assert_array_equal(found.scores, expected.scores)
+    np.testing.assert_array_equal(found.labels, expected.labels)
+    np.testing.assert_array_equal(found.window_index, expected.window_index)
+    np.testing.assert_array_equal(found.partial, expected.partial)
+    assert found == expected

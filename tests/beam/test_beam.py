@@ -20,7 +20,7 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
-from conftest import CountingSource, tiles_touched
+from conftest import CountingSource, assert_same, tiles_touched
 
 import lazytiles as lt
 from lazytiles.detection.models import BlobDetector
@@ -65,16 +65,6 @@ def local(sample):
     straddling = sum(bool(d.partial.any()) for d in per_window)
     assert straddling > 50  # many windows cut an object
     return wins, per_window, merged
-
-
-def assert_same(found: lt.Detections, expected: lt.Detections) -> None:
-    """Equal boxes, scores, labels, window indices and partial flags, in the same order."""
-    np.testing.assert_array_equal(found.boxes, expected.boxes)
-    np.testing.assert_array_equal(found.scores, expected.scores)
-    np.testing.assert_array_equal(found.labels, expected.labels)
-    np.testing.assert_array_equal(found.window_index, expected.window_index)
-    np.testing.assert_array_equal(found.partial, expected.partial)
-    assert found == expected
 
 
 class Dump(beam.DoFn):

@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import assert_same
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,16 +31,6 @@ def local(tmp_path_factory: pytest.TempPathFactory):
     merged = lt.merge(lt.detect(BlobDetector(), wins, progress=False), progress=False)
     assert len(merged) == len(sample.boxes) and sum(bool(d.partial.any()) for d in per_window) > 50
     return wins, per_window, merged
-
-
-def assert_same(found: lt.Detections, expected: lt.Detections) -> None:
-    """Equal boxes, scores, labels, window indices and partial flags, in the same order."""
-    np.testing.assert_array_equal(found.boxes, expected.boxes)
-    np.testing.assert_array_equal(found.scores, expected.scores)
-    np.testing.assert_array_equal(found.labels, expected.labels)
-    np.testing.assert_array_equal(found.window_index, expected.window_index)
-    np.testing.assert_array_equal(found.partial, expected.partial)
-    assert found == expected
 
 
 @pytest.mark.parametrize("cell, fanin", [(17, 2), (50, 3), (100, 2), (300, 4), (5000, 4)])
