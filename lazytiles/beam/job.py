@@ -220,4 +220,3 @@ def run_cli(args: Any, wins: WindowSequence) -> Detections:
         pipeline_options=list(getattr(args, "runner_options", None) or []),
         **{k: v for k, v in run.items() if v is not None},
     )
-

@@ -67,16 +67,24 @@ def shard_ranges(
     ([(0, 4), (4, 8)], [(0, 3), (3, 4), (4, 7), (7, 8)])
     """
     if not isinstance(wins, WindowSequence):
-        raise InvalidArgumentError(f"wins must be a lazytiles.WindowSequence (made by lt.windows), got {type(wins).__name__}")
-    if shard_size is not None and (isinstance(shard_size, bool) or not isinstance(shard_size, numbers.Integral) or shard_size < 1):
-        raise InvalidArgumentError(f"shard_size must be a number of windows >= 1 (or None for {SHARD_ROWS} rows), got {shard_size!r}")
+        raise InvalidArgumentError(
+            f"wins must be a lazytiles.WindowSequence (made by lt.windows), got {type(wins).__name__}"
+        )
+    if shard_size is not None and (
+        isinstance(shard_size, bool) or not isinstance(shard_size, numbers.Integral) or shard_size < 1
+    ):
+        raise InvalidArgumentError(
+            f"shard_size must be a number of windows >= 1 (or None for {SHARD_ROWS} rows), got {shard_size!r}"
+        )
     n = len(wins)
     if mask is None:
         positions = np.arange(n, dtype=np.int64)
     else:
         mask = np.asarray(mask)
         if mask.shape != (n,) or mask.dtype != bool:
-            raise InvalidArgumentError(f"mask must be a ({n},) bool array (one value per window), got {mask.dtype} {mask.shape}")
+            raise InvalidArgumentError(
+                f"mask must be a ({n},) bool array (one value per window), got {mask.dtype} {mask.shape}"
+            )
         positions = np.flatnonzero(mask).astype(np.int64)
     if not len(positions):
         return []
@@ -110,5 +118,7 @@ def _check_shard(shard: Any, n: int) -> tuple[int, int]:
     except (TypeError, ValueError):
         raise InvalidArgumentError(f"a shard must be (start, stop) positions, got {shard!r}") from None
     if not 0 <= start <= stop <= n:
-        raise InvalidArgumentError(f"shard {shard!r} is not inside the {n} windows; make shards with shard_ranges(wins)")
+        raise InvalidArgumentError(
+            f"shard {shard!r} is not inside the {n} windows; make shards with shard_ranges(wins)"
+        )
     return start, stop

@@ -19,8 +19,16 @@ from apache_beam.utils.shared import Shared
 
 from ..detections import Detections
 from ..errors import CRSError, InvalidArgumentError, LazyTilesError, WorkerError
-from ..merging.cells import MERGED, RECORD, CellGrid, cell_grid, merged_detections, merged_records, settle_cell
-from ..merging.cells import window_records
+from ..merging.cells import (
+    MERGED,
+    RECORD,
+    CellGrid,
+    cell_grid,
+    merged_detections,
+    merged_records,
+    settle_cell,
+    window_records,
+)
 from ..merging.rule import MergeRule
 from ..runs.files import write_output
 from ..runs.lifecycle import SharedRun
@@ -309,7 +317,9 @@ class MergeDetections(beam.PTransform):
 def merge_grid(wins: Any, rule: MergeRule, cell_size: Any, fanin: Any) -> CellGrid:
     """The cells :class:`MergeDetections` merges ``wins``' detections in, all arguments checked."""
     if not isinstance(wins, WindowSequence):
-        raise InvalidArgumentError(f"wins must be a lazytiles.WindowSequence (made by lt.windows), got {type(wins).__name__}")
+        raise InvalidArgumentError(
+            f"wins must be a lazytiles.WindowSequence (made by lt.windows), got {type(wins).__name__}"
+        )
     return cell_grid(wins, rule, cell_size, fanin)
 
 
@@ -384,15 +394,22 @@ class WriteDetections(beam.PTransform):
         One dict: ``{"objects": n, "written": [paths]}``.
     """
 
-    def __init__(self, wins: WindowSequence, *, geojson: str | os.PathLike[str] | None = None,
-                 gpkg: str | os.PathLike[str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        wins: WindowSequence,
+        *,
+        geojson: str | os.PathLike[str] | None = None,
+        gpkg: str | os.PathLike[str] | None = None,
+    ) -> None:
         super().__init__()
         if geojson is not None and wins.source.crs is None:
             raise CRSError("geojson= writes lon/lat and needs the source's CRS, but it has none; use gpkg= instead")
         self._fn = _WriteOnce(wins, geojson, gpkg)
 
     def expand(self, pcoll):
-        return pcoll.pipeline | "Once" >> beam.Create([None]) | "Write" >> beam.ParDo(self._fn, beam.pvalue.AsIter(pcoll))
+        return (
+            pcoll.pipeline | "Once" >> beam.Create([None]) | "Write" >> beam.ParDo(self._fn, beam.pvalue.AsIter(pcoll))
+        )
 
 
 def _abs(path: str | os.PathLike[str] | None) -> str | None:

@@ -11,10 +11,10 @@ import os
 import sqlite3
 from pathlib import Path
 
+from ..errors import RunStoreError
 from .files import temp_beside
 from .lock import FileLock
 from .tables import StoreHeader, create_tables
-from ..errors import RunStoreError
 
 
 def build_store(path: Path, header: StoreHeader, *, replace: bool = False) -> FileLock:

@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from ..errors import RunLockedError, RunStoreError
 from .lock import FileLock, LockHeldError
 from .tables import STORE_SCHEMA, RunRows, StoreFormatError, check_tables, read_run_rows, read_schema
-from ..errors import RunLockedError, RunStoreError
 
 
 def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
@@ -182,7 +182,8 @@ def _holder(path: Path) -> str:
         con = connect(path, readonly=True)
         try:
             row = con.execute(
-                "SELECT pid, host, started FROM lazytiles_sessions WHERE status = 'running' ORDER BY session DESC LIMIT 1"
+                "SELECT pid, host, started FROM lazytiles_sessions"
+                " WHERE status = 'running' ORDER BY session DESC LIMIT 1"
             ).fetchone()
         finally:
             con.close()
@@ -192,6 +193,13 @@ def _holder(path: Path) -> str:
 
 
 __all__ = [
-    "classify", "connect", "lock_store", "read_rows", "select_among", "store_error", "temp_beside", "verify",
+    "classify",
+    "connect",
+    "lock_store",
+    "read_rows",
+    "select_among",
+    "store_error",
+    "temp_beside",
+    "verify",
     "write_output",
-]  # fmt: skip
+]

@@ -20,10 +20,18 @@ from rasterio.crs import CRS
 # (min x, max x, min y, max y), then an ISO WKB polygon of one closed 5-point ring.
 _BLOB = np.dtype(
     [
-        ("magic", "S2"), ("version", "u1"), ("flags", "u1"), ("srs", "<i4"), ("env", "<f8", (4,)),
-        ("order", "u1"), ("type", "<u4"), ("rings", "<u4"), ("points", "<u4"), ("xy", "<f8", (5, 2)),
+        ("magic", "S2"),
+        ("version", "u1"),
+        ("flags", "u1"),
+        ("srs", "<i4"),
+        ("env", "<f8", (4,)),
+        ("order", "u1"),
+        ("type", "<u4"),
+        ("rings", "<u4"),
+        ("points", "<u4"),
+        ("xy", "<f8", (5, 2)),
     ]
-)  # fmt: skip
+)
 
 
 def polygon_blobs(boxes: np.ndarray, transform: Affine, srs_id: int) -> list[bytes]:
@@ -104,7 +112,9 @@ def create_geopackage(con: sqlite3.Connection, crs: CRS | None, layers: dict[str
     con.executemany("INSERT INTO gpkg_spatial_ref_sys VALUES (?, ?, ?, ?, ?, ?)", srs)
     for layer, (fields, description) in layers.items():
         columns = ", ".join(f'"{name}" {_SQL_TYPES[kind]}' for name, kind in fields.items())
-        con.execute(f'CREATE TABLE "{layer}" ("fid" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, "geom" POLYGON, {columns})')
+        con.execute(
+            f'CREATE TABLE "{layer}" ("fid" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, "geom" POLYGON, {columns})'
+        )
         con.execute(
             "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, srs_id) "
             "VALUES (?, 'features', ?, ?, ?)",

@@ -30,10 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from .files import classify, lock_store, write_output
-from .recipe import DetectOptions, check_recipe, run_recipe
-from .store import RunStore, StoredDetections, WindowResult
-from .tables import StoreHeader
 from ..detection.sequence import DetectionSequence, Outcome
 from ..detections import Detections
 from ..errors import CRSError, FailedWindowsWarning, InvalidArgumentError, RunLockedError, RunStoreError
@@ -41,6 +37,10 @@ from ..merging.rule import MergeRule
 from ..merging.streaming import merge_by_rule
 from ..merging.window_table import WindowTable
 from ..windowing.sequence import WindowSequence
+from .files import classify, lock_store, write_output
+from .recipe import DetectOptions, check_recipe, run_recipe
+from .store import RunStore, StoredDetections, WindowResult
+from .tables import StoreHeader
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,11 @@ class RunLifecycle:
             retry = len(set(store.failed()) & set(self.table.indices[~self.done].tolist()))
             log.info(
                 "%s: %d of %d windows done; running %d (%d failed before)",
-                self.path, int(self.done.sum()), len(self.done), len(self.todo), retry,
+                self.path,
+                int(self.done.sum()),
+                len(self.done),
+                len(self.todo),
+                retry,
             )
         return self
 
@@ -199,9 +203,7 @@ class RunLifecycle:
             for outcome, position in zip(stream, todo.tolist()):
                 yield position, outcome
 
-    def recorder(
-        self, *, batch_size: int, commit_interval: float = 0.0, deliver: Deliver | None = None
-    ) -> Recorder:
+    def recorder(self, *, batch_size: int, commit_interval: float = 0.0, deliver: Deliver | None = None) -> Recorder:
         """A :class:`Recorder` committing outcomes to this run's store."""
         store = self._writer()
         return Recorder(store, self.table, batch_size=batch_size, commit_interval=commit_interval, deliver=deliver)

@@ -25,15 +25,15 @@ from typing import Any
 
 import numpy as np
 
+from ..detections import Detections
+from ..errors import InvalidArgumentError
+from ..merging.boxes import Metric
+from ..merging.rule import MergeRule, Method
+from ..merging.streaming import Merger, merge_by_rule
+from ..windowing.sequence import WindowSequence
 from .lifecycle import RunLifecycle, check_bool
 from .recipe import DetectOptions
 from .store import RunStore, StoredDetections
-from ..detections import Detections
-from ..errors import InvalidArgumentError
-from ..merging.rule import MergeRule, Method
-from ..merging.boxes import Metric
-from ..merging.streaming import Merger, merge_by_rule
-from ..windowing.sequence import WindowSequence
 
 # -- detect_region -------------------------------------------------------------------------------------
 
@@ -127,8 +127,10 @@ def detect_region(
     options = DetectOptions(batch_size, device, workers, preprocess, score_threshold)
     run = RunLifecycle(wins, out, options, resume=resume, force_new=force_new, geojson=geojson)
     check_bool("progress", progress)
-    if isinstance(commit_interval, bool) or not isinstance(commit_interval, numbers.Real) or not (
-        0 <= commit_interval < math.inf
+    if (
+        isinstance(commit_interval, bool)
+        or not isinstance(commit_interval, numbers.Real)
+        or not (0 <= commit_interval < math.inf)
     ):
         raise InvalidArgumentError(f"commit_interval must be a number of seconds >= 0, got {commit_interval!r}")
     rule = MergeRule(iou=iou, method=method, metric=metric, class_aware=class_aware, margin=margin)

@@ -58,10 +58,17 @@ import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
 
-from .files import connect, lock_store, read_rows, select_among, store_error, verify
-from .lock import FileLock
-from .gpkg import set_extent
+from ..detections import Detections
+from ..errors import RunLockedError, RunStoreError
+from ..merging.rule import MergeRule
+from ..merging.window_table import WindowTable
+from ..sources.http import redact
 from .create import build_store
+from .files import connect, lock_store, read_rows, select_among, store_error, verify
+from .gpkg import set_extent
+from .lock import FileLock
+from .recipe import masked
+from .stored import StoredDetections
 from .tables import (
     INSERT_MERGED,
     INSERT_RAW,
@@ -75,13 +82,6 @@ from .tables import (
     now,
     raw_rows,
 )
-from .recipe import masked
-from .stored import StoredDetections
-from ..detections import Detections
-from ..errors import RunLockedError, RunStoreError
-from ..merging.rule import MergeRule
-from ..merging.window_table import WindowTable
-from ..sources.http import redact
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +220,13 @@ class RunStore:
         path = Path(path)
         if not path.is_file():
             raise RunStoreError(
-                f"no run store at {str(path)!r}" + ("" if path.absolute().parent.is_dir() else
-                f" (its directory {str(path.absolute().parent)!r} does not exist)") + "; check the path"
+                f"no run store at {str(path)!r}"
+                + (
+                    ""
+                    if path.absolute().parent.is_dir()
+                    else f" (its directory {str(path.absolute().parent)!r} does not exist)"
+                )
+                + "; check the path"
             )
         try:
             con = connect(path, readonly=True)
@@ -365,8 +370,9 @@ class RunStore:
         return {int(i): (str(e), int(a)) for i, e, a in rows}
 
     def sessions(self) -> list[dict[str, Any]]:
-        cols = ("session", "started", "ended", "status", "pid", "host", "lazytiles_version", "windows_done", "windows_failed")
-        return [dict(zip(cols, r)) for r in self._query(f"SELECT {', '.join(cols)} FROM lazytiles_sessions ORDER BY session")]
+        cols = "session, started, ended, status, pid, host, lazytiles_version, windows_done, windows_failed"
+        rows = self._query(f"SELECT {cols} FROM lazytiles_sessions ORDER BY session")
+        return [dict(zip(cols.split(", "), r)) for r in rows]
 
     def raw(self, positions: slice | np.ndarray | None = None) -> StoredDetections:
         """The raw detections of every done window, per window, in the run's window order; given
@@ -387,9 +393,8 @@ class RunStore:
         rows = self._query(f"SELECT {', '.join(MERGED_FIELDS)} FROM {MERGED_LAYER} ORDER BY fid")
         c = columns(rows, MERGED_FIELDS)
         boxes = np.stack([c["x0"], c["y0"], c["x1"], c["y1"]], axis=1)
-        return Detections(
-            boxes, c["score"], c["label"], c["window_index"], partial=c["partial"], transform=self.transform, crs=self.crs
-        )
+        scores, labels, index = c["score"], c["label"], c["window_index"]
+        return Detections(boxes, scores, labels, index, partial=c["partial"], transform=self.transform, crs=self.crs)
 
     def counts(self) -> dict[str, int]:
         rows = self._query("SELECT status, COUNT(*), COALESCE(SUM(boxes), 0) FROM lazytiles_windows GROUP BY status")
@@ -402,7 +407,8 @@ class RunStore:
     # -- closing ---------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the database, then drop the writer's lock (in that order: see :class:`~lazytiles.runs.lock.FileLock`)."""
+        """Close the database, then drop the writer's lock (in that order: see
+        :class:`~lazytiles.runs.lock.FileLock`)."""
         con, self._con = self._con, None  # type: ignore[assignment]
         if con is not None:
             if self._writing:

@@ -27,7 +27,9 @@ class StoredDetections(Sequence[Detections]):
     objects are made on access.
     """
 
-    def __init__(self, windows: WindowTable, columns: dict[str, np.ndarray], transform: Affine, crs: CRS | None) -> None:
+    def __init__(
+        self, windows: WindowTable, columns: dict[str, np.ndarray], transform: Affine, crs: CRS | None
+    ) -> None:
         self.windows = windows
         self.transform, self.crs = transform, crs
         self._cols = columns
@@ -52,9 +54,14 @@ class StoredDetections(Sequence[Detections]):
         c = self._cols
         boxes = np.stack([c["x0"][idx], c["y0"][idx], c["x1"][idx], c["y1"][idx]], axis=1)
         return Detections(
-            boxes, c["score"][idx], c["label"][idx], c["window_index"][idx],
-            partial=c["partial"][idx], transform=self.transform, crs=self.crs,
-        )  # fmt: skip
+            boxes,
+            c["score"][idx],
+            c["label"][idx],
+            c["window_index"][idx],
+            partial=c["partial"][idx],
+            transform=self.transform,
+            crs=self.crs,
+        )
 
     def concat(self) -> Detections:
         """Every box, in window order, as one :class:`~lazytiles.Detections`."""

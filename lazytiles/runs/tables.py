@@ -22,11 +22,11 @@ import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
 
-from .gpkg import create_geopackage, polygon_blobs, register_table
 from ..detections import Detections
 from ..errors import LazyTilesError
 from ..merging.rule import MergeRule
 from ..merging.window_table import WindowTable
+from .gpkg import create_geopackage, polygon_blobs, register_table
 
 #: Version of the tables' layout; a store with a higher one was made by a newer lazytiles.
 STORE_SCHEMA = 1
@@ -37,9 +37,16 @@ RAW_LAYER = "raw_detections"
 RAW_FIELDS = ("window_index", "rank", "x0", "y0", "x1", "y1", "score", "label", "partial")
 MERGED_FIELDS = ("score", "label", "window_index", "partial", "x0", "y0", "x1", "y1")
 FIELD_TYPES = {
-    "window_index": np.int64, "rank": np.int64, "label": np.int64, "partial": np.bool_,
-    "x0": np.float64, "y0": np.float64, "x1": np.float64, "y1": np.float64, "score": np.float32,
-}  # fmt: skip
+    "window_index": np.int64,
+    "rank": np.int64,
+    "label": np.int64,
+    "partial": np.bool_,
+    "x0": np.float64,
+    "y0": np.float64,
+    "x1": np.float64,
+    "y1": np.float64,
+    "score": np.float32,
+}
 #: Statements that insert the rows of :func:`raw_rows` and :func:`merged_rows`.
 INSERT_RAW = f"INSERT INTO {RAW_LAYER} (geom, {', '.join(RAW_FIELDS)}) VALUES ({','.join('?' * (len(RAW_FIELDS) + 1))})"
 INSERT_MERGED = (
@@ -124,13 +131,34 @@ def create_tables(con: sqlite3.Connection, header: StoreHeader) -> None:
 #: The columns each table must have (a store may have more, written by a newer lazytiles).
 TABLE_COLUMNS = {
     "lazytiles_run": ("key", "value"),
-    "lazytiles_windows": ("window_index", "status", "boxes", "attempts", "error", "col_off", "row_off", "width",
-                          "height", "session", "finished"),
-    "lazytiles_sessions": ("session", "started", "ended", "status", "pid", "host", "lazytiles_version", "options",
-                           "windows_done", "windows_failed"),
+    "lazytiles_windows": (
+        "window_index",
+        "status",
+        "boxes",
+        "attempts",
+        "error",
+        "col_off",
+        "row_off",
+        "width",
+        "height",
+        "session",
+        "finished",
+    ),
+    "lazytiles_sessions": (
+        "session",
+        "started",
+        "ended",
+        "status",
+        "pid",
+        "host",
+        "lazytiles_version",
+        "options",
+        "windows_done",
+        "windows_failed",
+    ),
     RAW_LAYER: ("fid", "geom", *RAW_FIELDS),
     MERGED_LAYER: ("fid", "geom", *MERGED_FIELDS),
-}  # fmt: skip
+}
 
 
 class StoreFormatError(ValueError):
@@ -287,12 +315,33 @@ def columns(rows: list[tuple[Any, ...]], names: Sequence[str]) -> dict[str, np.n
     if not rows:
         return {name: np.empty(0, dtype=FIELD_TYPES[name]) for name in names}
     cols = list(zip(*rows))
-    return {name: np.array(col, dtype=np.float64 if name == "score" else FIELD_TYPES[name]).astype(FIELD_TYPES[name])
-            for name, col in zip(names, cols)}  # fmt: skip
+    return {
+        name: np.array(col, dtype=np.float64 if name == "score" else FIELD_TYPES[name]).astype(FIELD_TYPES[name])
+        for name, col in zip(names, cols)
+    }
 
 
 __all__ = [
-    "FIELD_TYPES", "INSERT_MERGED", "INSERT_RAW", "MERGED_FIELDS", "MERGED_LAYER", "RAW_FIELDS", "RAW_LAYER",
-    "STORE_SCHEMA", "TABLE_COLUMNS", "RunRows", "StoreFormatError", "StoreHeader", "check_tables", "columns",
-    "create_tables", "merged_rows", "now", "pack", "raw_rows", "read_run_rows", "read_schema", "unpack",
-]  # fmt: skip
+    "FIELD_TYPES",
+    "INSERT_MERGED",
+    "INSERT_RAW",
+    "MERGED_FIELDS",
+    "MERGED_LAYER",
+    "RAW_FIELDS",
+    "RAW_LAYER",
+    "STORE_SCHEMA",
+    "TABLE_COLUMNS",
+    "RunRows",
+    "StoreFormatError",
+    "StoreHeader",
+    "check_tables",
+    "columns",
+    "create_tables",
+    "merged_rows",
+    "now",
+    "pack",
+    "raw_rows",
+    "read_run_rows",
+    "read_schema",
+    "unpack",
+]
