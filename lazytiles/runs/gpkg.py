@@ -96,7 +96,7 @@ def create_geopackage(con: sqlite3.Connection, crs: CRS | None, layers: dict[str
     for statement in _TABLES.split(";"):
         if statement.strip():
             con.execute(statement)
-    srs = [
+    srs: list[tuple[str, int, str, int, str, str | None]] = [
         ("Undefined Cartesian SRS", -1, "NONE", -1, "undefined", "undefined Cartesian coordinate reference system"),
         ("Undefined geographic SRS", 0, "NONE", 0, "undefined", "undefined geographic coordinate reference system"),
         ("WGS 84 geodetic", 4326, "EPSG", 4326, _WGS84_WKT, "longitude/latitude coordinates in decimal degrees"),
