@@ -70,9 +70,7 @@ def shard_ranges(
         raise InvalidArgumentError(
             f"wins must be a lazytiles.WindowSequence (made by lt.windows), got {type(wins).__name__}"
         )
-    if shard_size is not None and (
-        isinstance(shard_size, bool) or not isinstance(shard_size, numbers.Integral) or shard_size < 1
-    ):
+    if shard_size is not None and not _is_count(shard_size):
         raise InvalidArgumentError(
             f"shard_size must be a number of windows >= 1 (or None for {SHARD_ROWS} rows), got {shard_size!r}"
         )
@@ -110,6 +108,12 @@ def shard_ranges(
         rows += 1
     shards.append((int(positions[a]), int(positions[a + count - 1]) + 1))
     return shards
+
+
+def _is_count(value: Any) -> bool:
+    """``value`` is an integer >= 1 (but not a bool)."""
+    integral = not isinstance(value, bool) and isinstance(value, numbers.Integral)
+    return integral and value >= 1
 
 
 def _check_shard(shard: Any, n: int) -> tuple[int, int]:
