@@ -44,12 +44,13 @@ Modules
 
 from __future__ import annotations
 
+from importlib import import_module
+
 from ..errors import MissingDependencyError
 
 try:  # the transforms and the job import Beam: check here, once, before them, and name the extra
-    import apache_beam
-    import apache_beam.options.pipeline_options
-    import apache_beam.utils.shared  # noqa: F401
+    for _module in ("apache_beam", "apache_beam.options.pipeline_options", "apache_beam.utils.shared"):
+        import_module(_module)
 except ImportError as _err:
     raise MissingDependencyError(
         f"lazytiles.beam needs Apache Beam, which cannot be imported ({_err}); run `pip install lazytiles[beam]`"

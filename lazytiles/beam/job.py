@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -20,8 +21,17 @@ from ..runs.lifecycle import RunLifecycle, SharedRun, check_path
 from ..runs.recipe import DetectOptions
 from ..runs.store import RunStore, WindowResult
 from ..windowing.sequence import WindowSequence
-from .shards import check_shard, shard_ranges
-from .transforms import DeadLetter, DetectWindows, StoreSink, WindowDetections, WriteOnce, merge_grid, merge_records
+from .shards import _check_shard, shard_ranges
+from .transforms import (
+    DeadLetter,
+    DetectWindows,
+    WindowDetections,
+    _merge_records,
+    _no_beam_hints,
+    _StoreSink,
+    _WriteOnce,
+    merge_grid,
+)
 
 #: How long a worker waits for another to finish writing the run store before giving up, seconds.
 STORE_WAIT = 600.0
@@ -44,7 +54,8 @@ class _RecordWindows(beam.DoFn):
     def start_bundle(self) -> None:
         self._buffer: list[WindowResult] = []
 
-    def process(self, item):
+    @_no_beam_hints
+    def process(self, item: WindowDetections | DeadLetter) -> None:
         self._buffer.append(_result_of(item))
         if len(self._buffer) >= self._flush_at:
             self._flush()
@@ -72,8 +83,9 @@ class _ReadStored(beam.DoFn):
         if store is not None:
             store.close()
 
-    def process(self, shard):
-        start, stop = check_shard(shard, len(self._wins))
+    @_no_beam_hints
+    def process(self, shard: Any) -> Iterator[WindowDetections]:
+        start, stop = _check_shard(shard, len(self._wins))
         stored = self._store.raw(slice(start, stop))
         for k, found in enumerate(stored):
             yield WindowDetections(start + k, int(stored.windows.indices[k]), stored.windows.rect(k), found)
@@ -89,7 +101,8 @@ def to_pipeline_options(options: Any) -> PipelineOptions:
     if isinstance(options, PipelineOptions):
         return options
     if isinstance(options, dict):
-        return PipelineOptions.from_dictionary(options)
+        built: PipelineOptions = PipelineOptions.from_dictionary(options)
+        return built
     if isinstance(options, str) or not all(isinstance(o, str) for o in options):
         raise InvalidArgumentError(
             f"pipeline_options must be a list of flags such as ['--runner=DirectRunner'], a dict or a "
@@ -197,8 +210,8 @@ def detect_region(
                 | "Spread stored" >> beam.Reshuffle()
                 | "Read store" >> beam.ParDo(_ReadStored(shared.path, wins))
             )
-            merged = merge_records((found.detections, stored) | "All windows" >> beam.Flatten(), grid, merge_rule)
-            sink = WriteOnce(wins, geojson, gpkg, store=StoreSink(shared, merge_rule), as_records=True)
+            merged = _merge_records((found.detections, stored) | "All windows" >> beam.Flatten(), grid, merge_rule)
+            sink = _WriteOnce(wins, geojson, gpkg, store=_StoreSink(shared, merge_rule), as_records=True)
             _ = p | "Once" >> beam.Create([None]) | "Write" >> beam.ParDo(sink, beam.pvalue.AsIter(merged))
     with RunStore.read(shared.path) as store:
         result = store.merged()

@@ -2,7 +2,7 @@
 
 Plain numpy on the window plan, no Beam and no I/O: :func:`shard_ranges` makes the ranges that
 :class:`~lazytiles.beam.DetectWindows` and :func:`~lazytiles.beam.detect_region` hand to workers,
-and ``check_shard`` checks one that comes back.
+and ``_check_shard`` checks one that comes back.
 """
 
 from __future__ import annotations
@@ -70,9 +70,7 @@ def shard_ranges(
         raise InvalidArgumentError(
             f"wins must be a lazytiles.WindowSequence (made by lt.windows), got {type(wins).__name__}"
         )
-    if shard_size is not None and (
-        isinstance(shard_size, bool) or not isinstance(shard_size, numbers.Integral) or shard_size < 1
-    ):
+    if shard_size is not None and not _is_count(shard_size):
         raise InvalidArgumentError(
             f"shard_size must be a number of windows >= 1 (or None for {SHARD_ROWS} rows), got {shard_size!r}"
         )
@@ -112,7 +110,13 @@ def shard_ranges(
     return shards
 
 
-def check_shard(shard: Any, n: int) -> tuple[int, int]:
+def _is_count(value: Any) -> bool:
+    """``value`` is an integer >= 1 (but not a bool)."""
+    integral = not isinstance(value, bool) and isinstance(value, numbers.Integral)
+    return integral and value >= 1
+
+
+def _check_shard(shard: Any, n: int) -> tuple[int, int]:
     try:
         start, stop = (operator.index(v) for v in shard)
     except (TypeError, ValueError):

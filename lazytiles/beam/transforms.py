@@ -9,13 +9,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics.metric import Metrics
+from apache_beam.pvalue import DoOutputsTuple, PBegin, PCollection, TaggedOutput
+from apache_beam.typehints.decorators import no_annotations
 from apache_beam.utils.shared import Shared
 
 from ..detections import Detections
@@ -24,6 +27,7 @@ from ..merging.cells import (
     MERGED,
     RECORD,
     CellGrid,
+    Key,
     cell_grid,
     merged_detections,
     merged_records,
@@ -36,7 +40,7 @@ from ..runs.lifecycle import SharedRun
 from ..runs.recipe import DetectOptions
 from ..sources.http import redact
 from ..windowing.sequence import WindowSequence
-from .shards import check_shard, shard_ranges
+from .shards import _check_shard, shard_ranges
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,16 @@ DETECTIONS, DEAD_LETTER = "detections", "dead_letter"
 #: SourceOpenError where a worker cannot reopen the source, GDAL's errors, undecodable images). Only
 #: reads are tolerated this way: an error of the model or its preprocessing fails the bundle.
 READ_ERRORS: tuple[type[BaseException], ...] = (Exception,)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _no_beam_hints(fn: _F) -> _F:
+    """``fn``'s annotations are for mypy: Beam reads none of them as type hints (which would change how
+    it checks and encodes elements; postponed annotations it would read as ``Any``)."""
+    no_annotations(fn)
+    return fn
+
 
 # -- values that travel ----------------------------------------------------------------------------------
 
@@ -105,15 +119,16 @@ class _DetectShard(beam.DoFn):
             model = self._shared.acquire(lambda: _Loaded(load_model(self._model)), tag=self._model).model
         self._dets = self._options.detect(model, self._wins)
 
-    def process(self, shard):  # no annotations: Beam would read them as type hints
-        start, stop = check_shard(shard, len(self._wins))
+    @_no_beam_hints
+    def process(self, shard: Any) -> Iterator[WindowDetections | TaggedOutput[str, DeadLetter]]:
+        start, stop = _check_shard(shard, len(self._wins))
         position = start
         try:
             for index, found, error in self._dets[start:stop].outcomes(tolerate=READ_ERRORS):
                 w = self._wins.pixel_window(position)
                 rect = (int(w.col_off), int(w.row_off), int(w.width), int(w.height))
                 if error is None:
-                    assert found is not None  # outcomes() gives detections when there is no error
+                    assert found is not None  # outcomes gives a window's detections or its error
                     self._windows.inc()
                     self._boxes.inc(len(found))
                     yield WindowDetections(position, int(index), rect, found)
@@ -133,7 +148,7 @@ class _DetectShard(beam.DoFn):
             ) from err
 
 
-class DetectWindows(beam.PTransform):
+class DetectWindows(beam.PTransform[PBegin | PCollection[tuple[int, int]], DoOutputsTuple]):
     """Detect objects in a window sequence, shard by shard: ``lt.detect`` as a Beam transform.
 
     Applied to a pipeline (``p | DetectWindows(wins, model)``) it makes its shards with
@@ -199,16 +214,17 @@ class DetectWindows(beam.PTransform):
         self._wins, self._model, self._shard_size, self._options = wins, model, shard_size, options
         self._shared = Shared()
 
-    def expand(self, pcoll):
+    @_no_beam_hints
+    def expand(self, pcoll: PBegin | PCollection[tuple[int, int]]) -> DoOutputsTuple:
         if isinstance(pcoll, beam.pvalue.PBegin):
             pcoll = (
                 pcoll
                 | "Shards" >> beam.Create(shard_ranges(self._wins, self._shard_size))
                 | "Spread shards" >> beam.Reshuffle()
             )
-        return pcoll | "Detect" >> beam.ParDo(
-            _DetectShard(self._wins, self._model, self._options, self._shared)
-        ).with_outputs(DEAD_LETTER, main=DETECTIONS)
+        detect = beam.ParDo(_DetectShard(self._wins, self._model, self._options, self._shared))
+        out: DoOutputsTuple = pcoll | "Detect" >> detect.with_outputs(DEAD_LETTER, main=DETECTIONS)
+        return out
 
 
 def _span(indices: Any) -> str:
@@ -230,7 +246,8 @@ def _parse_device(device: Any) -> None:
 # -- merging: the transform ----------------------------------------------------------------------------------
 
 
-def _route_window(item, grid):
+@_no_beam_hints
+def _route_window(item: Any, grid: CellGrid) -> Iterator[tuple[Key, bytes]]:
     if not isinstance(item, WindowDetections):
         raise InvalidArgumentError(
             f"MergeDetections takes the WindowDetections of DetectWindows, got a {type(item).__name__}"
@@ -245,7 +262,8 @@ class _SettleCells(beam.DoFn):
     def __init__(self, grid: CellGrid, level: int, rule: MergeRule) -> None:
         self._grid, self._level, self._rule = grid, level, rule
 
-    def process(self, element):
+    @_no_beam_hints
+    def process(self, element: tuple[Any, Iterable[bytes]]) -> Iterator[bytes | TaggedOutput[str, tuple[Key, bytes]]]:
         key, chunks = element
         records = [np.frombuffer(c, RECORD) for c in chunks]
         out, up = settle_cell(self._grid, self._level, tuple(key), records, self._rule)
@@ -255,7 +273,7 @@ class _SettleCells(beam.DoFn):
             yield beam.pvalue.TaggedOutput(self.UP, (k2, r2.tobytes()))
 
 
-def merge_records(pcoll: Any, grid: CellGrid, rule: MergeRule) -> Any:
+def _merge_records(pcoll: PCollection[WindowDetections], grid: CellGrid, rule: MergeRule) -> PCollection[bytes]:
     """PCollection of WindowDetections -> PCollection of merged chunks (``MERGED`` records as bytes)."""
     routed = pcoll | "To cells" >> beam.FlatMap(_route_window, grid)
     merged = []
@@ -267,14 +285,16 @@ def merge_records(pcoll: Any, grid: CellGrid, rule: MergeRule) -> Any:
         )
         merged.append(out.merged)
         routed = out[_SettleCells.UP]
-    return tuple(merged) | "Merged chunks" >> beam.Flatten()
+    chunks: PCollection[bytes] = tuple(merged) | "Merged chunks" >> beam.Flatten()
+    return chunks
 
 
-def _to_detections(chunk, transform, crs):
+@_no_beam_hints
+def _to_detections(chunk: bytes, transform: Any, crs: Any) -> Detections:
     return merged_detections([np.frombuffer(chunk, MERGED)], transform, crs)
 
 
-class MergeDetections(beam.PTransform):
+class MergeDetections(beam.PTransform[PCollection[WindowDetections], PCollection[Detections]]):
     """The global, seam-aware merge of :class:`DetectWindows`' output: exactly ``lt.merge``'s result.
 
     Boxes are keyed by square cells with a halo, then by coarser cells for the groups that reach a
@@ -311,9 +331,11 @@ class MergeDetections(beam.PTransform):
         """The cells the merge uses."""
         return self._grid
 
-    def expand(self, pcoll):
-        chunks = merge_records(pcoll, self._grid, self._rule)
-        return chunks | "To Detections" >> beam.Map(_to_detections, *self._georef)
+    @_no_beam_hints
+    def expand(self, pcoll: PCollection[WindowDetections]) -> PCollection[Detections]:
+        chunks = _merge_records(pcoll, self._grid, self._rule)
+        found: PCollection[Detections] = chunks | "To Detections" >> beam.Map(_to_detections, *self._georef)
+        return found
 
 
 def merge_grid(wins: Any, rule: MergeRule, cell_size: Any, fanin: Any) -> CellGrid:
@@ -329,33 +351,34 @@ def merge_grid(wins: Any, rule: MergeRule, cell_size: Any, fanin: Any) -> CellGr
 
 
 @dataclass(frozen=True)
-class StoreSink:
+class _StoreSink:
     """Where a job's merged detections go besides files: its run store, with the rule they were merged by."""
 
     run: SharedRun
     rule: MergeRule
 
 
-class WriteOnce(beam.DoFn):
+class _WriteOnce(beam.DoFn):
     """Runs once (on a single element) and reads every merged chunk from a side input: the sinks."""
 
     def __init__(
         self,
         wins: WindowSequence,
-        geojson: Any,
-        gpkg: Any,
+        geojson: str | os.PathLike[str] | None,
+        gpkg: str | os.PathLike[str] | None,
         *,
-        store: StoreSink | None = None,
+        store: _StoreSink | None = None,
         as_records: bool = False,
     ) -> None:
         src = wins.source
         self._georef = (src.transform, src.crs)
         self._geojson, self._gpkg, self._store, self._as_records = _abs(geojson), _abs(gpkg), store, as_records
 
-    def process(self, _, chunks):
+    @_no_beam_hints
+    def process(self, _: None, chunks: Iterable[Any]) -> Iterator[dict[str, Any]]:
         records = (np.frombuffer(c, MERGED) if self._as_records else _detections_records(c) for c in chunks)
         found = merged_detections(records, *self._georef)
-        written = []
+        written: list[str] = []
         if self._store is not None:
             self._store.run.write(found, self._store.rule)
             written.append(self._store.run.path)
@@ -372,7 +395,7 @@ def _detections_records(d: Detections) -> np.ndarray:
     return merged_records(d.boxes, d.scores, d.labels, d.window_index, d.partial)
 
 
-class WriteDetections(beam.PTransform):
+class WriteDetections(beam.PTransform[PCollection[Detections], PCollection[dict[str, Any]]]):
     """Write merged detections once, at the end: one worker gathers them and writes each file.
 
     The input is :class:`MergeDetections`' output. The gathered boxes are put in ``lt.merge``'s
@@ -406,12 +429,13 @@ class WriteDetections(beam.PTransform):
         super().__init__()
         if geojson is not None and wins.source.crs is None:
             raise CRSError("geojson= writes lon/lat and needs the source's CRS, but it has none; use gpkg= instead")
-        self._fn = WriteOnce(wins, geojson, gpkg)
+        self._fn = _WriteOnce(wins, geojson, gpkg)
 
-    def expand(self, pcoll):
-        return (
-            pcoll.pipeline | "Once" >> beam.Create([None]) | "Write" >> beam.ParDo(self._fn, beam.pvalue.AsIter(pcoll))
-        )
+    @_no_beam_hints
+    def expand(self, pcoll: PCollection[Detections]) -> PCollection[dict[str, Any]]:
+        once = pcoll.pipeline | "Once" >> beam.Create([None])
+        written: PCollection[dict[str, Any]] = once | "Write" >> beam.ParDo(self._fn, beam.pvalue.AsIter(pcoll))
+        return written
 
 
 def _abs(path: str | os.PathLike[str] | None) -> str | None:

@@ -182,8 +182,8 @@ def _holder(path: Path) -> str:
         con = connect(path, readonly=True)
         try:
             row = con.execute(
-                "SELECT pid, host, started FROM lazytiles_sessions WHERE status = 'running' "
-                "ORDER BY session DESC LIMIT 1"
+                "SELECT pid, host, started FROM lazytiles_sessions"
+                " WHERE status = 'running' ORDER BY session DESC LIMIT 1"
             ).fetchone()
         finally:
             con.close()

@@ -7,12 +7,11 @@ writer fails at once instead of waiting, and a writer killed even by SIGKILL lea
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-try:
+if sys.platform != "win32":  # Windows: a sidecar lock file, see FileLock
     import fcntl
-except ImportError:  # Windows: a sidecar lock file, see FileLock
-    fcntl = None  # type: ignore[assignment]
 
 
 class LockHeldError(Exception):
@@ -46,7 +45,7 @@ class FileLock:
     def __init__(self, path: Path, *, sidecar_for: Path | None = None) -> None:
         self.path = path
         self._fd: int | None = None
-        if fcntl is not None:
+        if sys.platform != "win32":
             fd = os.open(path, os.O_RDONLY)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -65,7 +64,7 @@ class FileLock:
         self._fd = fd
 
     def fsync(self) -> None:
-        if self._fd is not None and fcntl is not None:
+        if self._fd is not None and sys.platform != "win32":
             os.fsync(self._fd)
 
     def release(self) -> None:

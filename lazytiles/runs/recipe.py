@@ -148,8 +148,8 @@ def run_recipe(
             recipe[f"model.{key}"] = value
     recipe["preprocess"] = _preprocess_identity(options.preprocess)
     recipe["score_threshold"] = float(options.score_threshold)
-    stored: dict[str, Any] = masked(json.loads(json.dumps(recipe)))
-    return stored
+    described: dict[str, Any] = masked(json.loads(json.dumps(recipe)))
+    return described
 
 
 _HINTS = {

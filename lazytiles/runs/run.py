@@ -127,12 +127,7 @@ def detect_region(
     options = DetectOptions(batch_size, device, workers, preprocess, score_threshold)
     run = RunLifecycle(wins, out, options, resume=resume, force_new=force_new, geojson=geojson)
     check_bool("progress", progress)
-    if (
-        isinstance(commit_interval, bool)
-        or not isinstance(commit_interval, numbers.Real)
-        or not (0 <= commit_interval < math.inf)
-    ):
-        raise InvalidArgumentError(f"commit_interval must be a number of seconds >= 0, got {commit_interval!r}")
+    _check_interval(commit_interval)
     rule = MergeRule(iou=iou, method=method, metric=metric, class_aware=class_aware, margin=margin)
     dets = options.detect(model, wins)  # checks the detection arguments; runs nothing
     with run.open(dets.model, options.session()):
@@ -140,6 +135,13 @@ def detect_region(
         run.write(found, rule)
     run.warn_failed()
     return found
+
+
+def _check_interval(value: Any) -> None:
+    """``commit_interval`` is a number of seconds >= 0 (any real number but a bool)."""
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not number or not (0 <= value < math.inf):
+        raise InvalidArgumentError(f"commit_interval must be a number of seconds >= 0, got {value!r}")
 
 
 def _run_windows(run: RunLifecycle, dets: Any, rule: MergeRule, commit_interval: float, progress: bool) -> Detections:

@@ -18,16 +18,25 @@ A run store is a GeoPackage (an SQLite database that QGIS, GDAL and pyogrio open
     No record holds a credential: URLs in the recipe, session options, session endings and window
     errors are masked (:func:`lazytiles.sources.http.redact`).
 
-Durable: a window's raw boxes and its ``done`` row go in one SQLite transaction with its batch, so
-after a kill a window is recorded completely or not at all (WAL, ``synchronous=NORMAL`` while
-writing; a closed store is one self-contained file again). One writer: it holds an exclusive
-``flock`` on the file for its life (the kernel drops it even on SIGKILL); a second gets
-:class:`~lazytiles.RunLockedError` at once; readers take no lock. Nothing is overwritten: a new store
-is built beside ``out`` and linked into place when complete; an existing file is replaced only by
-``force_new=True``, never when it is a database that is not a run store. Opening type-checks the
-``lazytiles_run`` rows and tables; whatever fails closes the store and releases its lock before the
-:class:`~lazytiles.RunStoreError` naming the file and what is wrong. Everything is written with
-Python's ``sqlite3``, never GDAL's own SQLite (two SQLite copies on one file break each other's locks).
+Why it is durable: a window's raw boxes and its ``done`` row are written in the same SQLite
+transaction as the other windows of its batch, so after a kill a window is recorded completely or not
+at all. The database runs in WAL mode with ``synchronous=NORMAL`` while a run writes: a commit costs
+no fsync and survives the process being killed (a power cut may lose the last commits, never
+consistency). A closed store is switched back to a single self-contained file (``journal_mode=DELETE``).
+
+Why two writers cannot collide: a writer holds an exclusive ``flock`` on the store file for its whole
+life (released by the kernel when the process dies, even by SIGKILL); a second writer gets a
+:class:`~lazytiles.RunLockedError` at once. Readers (``lt.open_run``) take no lock and see the last
+commit.
+
+Why nothing is overwritten: a new store is built under a temporary name beside ``out`` and linked into
+place only when complete; an existing file is replaced only by ``force_new=True``, and never when it is
+a GeoPackage or SQLite database that is not a run store. Opening a store reads and type-checks its
+``lazytiles_run`` rows and tables; whatever fails closes it and releases its lock before the
+:class:`~lazytiles.RunStoreError` naming the file and what is wrong.
+
+Everything, the GeoPackage tables included, is written with Python's ``sqlite3``: GDAL links its own
+SQLite, and two copies of SQLite with one file open in one process can break each other's locks.
 """
 
 from __future__ import annotations
@@ -67,7 +76,6 @@ from .tables import (
     MERGED_LAYER,
     RAW_FIELDS,
     RAW_LAYER,
-    TABLE_COLUMNS,
     StoreHeader,
     columns,
     merged_rows,
@@ -362,11 +370,9 @@ class RunStore:
         return {int(i): (str(e), int(a)) for i, e, a in rows}
 
     def sessions(self) -> list[dict[str, Any]]:
-        cols = [c for c in TABLE_COLUMNS["lazytiles_sessions"] if c != "options"]
-        return [
-            dict(zip(cols, r))
-            for r in self._query(f"SELECT {', '.join(cols)} FROM lazytiles_sessions ORDER BY session")
-        ]
+        cols = "session, started, ended, status, pid, host, lazytiles_version, windows_done, windows_failed"
+        rows = self._query(f"SELECT {cols} FROM lazytiles_sessions ORDER BY session")
+        return [dict(zip(cols.split(", "), r)) for r in rows]
 
     def raw(self, positions: slice | np.ndarray | None = None) -> StoredDetections:
         """The raw detections of every done window, per window, in the run's window order; given
@@ -387,15 +393,8 @@ class RunStore:
         rows = self._query(f"SELECT {', '.join(MERGED_FIELDS)} FROM {MERGED_LAYER} ORDER BY fid")
         c = columns(rows, MERGED_FIELDS)
         boxes = np.stack([c["x0"], c["y0"], c["x1"], c["y1"]], axis=1)
-        return Detections(
-            boxes,
-            c["score"],
-            c["label"],
-            c["window_index"],
-            partial=c["partial"],
-            transform=self.transform,
-            crs=self.crs,
-        )
+        scores, labels, index = c["score"], c["label"], c["window_index"]
+        return Detections(boxes, scores, labels, index, partial=c["partial"], transform=self.transform, crs=self.crs)
 
     def counts(self) -> dict[str, int]:
         rows = self._query("SELECT status, COUNT(*), COALESCE(SUM(boxes), 0) FROM lazytiles_windows GROUP BY status")
