@@ -6,10 +6,7 @@ says which windows cannot be read and what the others hold. Beam runs for real, 
 
 from __future__ import annotations
 
-import os
-import pickle
 import threading
-import uuid
 import warnings
 from pathlib import Path
 
@@ -27,6 +24,8 @@ from lazytiles.testing.xyztiles import write_xyz_tiles
 beam = pytest.importorskip("apache_beam")
 lb = pytest.importorskip("lazytiles.beam")
 
+from .test_beam import Dump, load  # noqa: E402  (after the skip: it needs Beam)
+
 MODEL = "lazytiles.detection.models:blob_detector"
 ZOOM, TOP_LEFT = 10, (550, 335)
 DIRECT = ["--runner=DirectRunner"]
@@ -39,22 +38,6 @@ def scene() -> np.ndarray:
         for c in range(4):
             image[(r + c) % 3, 128 * r + 40 : 128 * r + 60, 128 * c + 30 : 128 * c + 70] = 230
     return image
-
-
-class Dump(beam.DoFn):
-    """Pickle every element into its own file under ``directory``."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = str(directory)
-
-    def process(self, element):
-        os.makedirs(self.directory, exist_ok=True)
-        with open(os.path.join(self.directory, f"{uuid.uuid4().hex}.pkl"), "wb") as f:
-            pickle.dump(element, f)
-
-
-def load(directory: Path) -> list:
-    return [pickle.loads(p.read_bytes()) for p in sorted(directory.glob("*.pkl"))] if directory.exists() else []
 
 
 def run_detect(wins: lt.WindowSequence, tmp_path: Path, model=MODEL, **options) -> tuple[dict, dict]:
