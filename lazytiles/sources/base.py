@@ -24,7 +24,7 @@ from rasterio.windows import Window
 from ..cache import TileCache, TileKey, default_cache
 from ..errors import CacheTooSmallError, CRSError, InvalidArgumentError
 from ..grid import Bounds, TileGrid, window_bounds
-from ..mosaic import assemble
+from ..assembly import assemble
 
 #: A source with neither overviews nor lower zoom levels is read in full for an overview only up to
 #: this many pixels.

@@ -42,7 +42,7 @@ from rasterio.windows import Window
 from ..cache import TileCache, TileKey
 from ..errors import InvalidArgumentError, SourceOpenError, TileFetchError, TileMissingError
 from ..grid import mercator_transform, quadkey
-from ..mosaic import assemble
+from ..assembly import assemble
 from .base import FetchPool, TileSource
 from .diskcache import DiskCache
 from .http import BodyError, HttpClient, redact

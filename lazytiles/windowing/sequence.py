@@ -23,7 +23,7 @@ from rasterio.windows import Window as PixelWindow
 from ..cache import TileKey
 from ..errors import BoundsError, InvalidArgumentError, TileFetchError
 from ..grid import Bounds, as_bounds, pixel_window, to_crs, window_bounds, window_transform
-from ..mosaic import ReadInfo, assemble
+from ..assembly import ReadInfo, assemble
 from ..sources import open as open_source
 from ..sources.base import TileSource
 from .index import Positions, select

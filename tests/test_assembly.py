@@ -16,7 +16,7 @@ from numpy.testing import assert_array_equal
 from rasterio.windows import Window
 
 import lazytiles as lt
-from lazytiles.mosaic import assemble
+from lazytiles.assembly import assemble
 
 #: name: (dtype, bands, height, width, block (None = striped), nodata)
 RASTERS = {
