@@ -1,9 +1,8 @@
-"""Detections: boxes found in a source, in its pixel grid, with scores, labels and where they came from."""
+"""Detections: objects found in a source, in its pixel grid: boxes, optional outlines, scores, labels, windows."""
 
 from __future__ import annotations
 
 import html
-import json
 import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window as PixelWindow
 
 from .errors import CRSError, FrozenError, InvalidArgumentError, MissingDependencyError
+from .geometry import check_shapes, to_map, write_geojson, write_gpkg
 from .windowing.index import select
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 #: Rows shown by ``Detections._repr_html_``.
 HTML_ROWS = 10
 #: The per-box arrays of a Detections, named like its constructor's parameters.
-COLUMNS = ("boxes", "scores", "labels", "window_index", "partial")
+COLUMNS = ("boxes", "scores", "labels", "window_index", "partial", "shapes")
 
 
 def as_boxes(boxes: Any, what: str = "boxes") -> npt.NDArray[np.float64]:
@@ -125,6 +125,10 @@ class Detections:
     partial
         ``(N,)`` bool: the box touches an edge of its window that is inside the area processed, so
         the object may continue in a neighbouring window.
+    shapes
+        ``(N,)`` object array: each object's outline as a shapely Polygon or MultiPolygon in the
+        source's pixel grid (like ``boxes``), or None where only its box is known (a box detector).
+        Set by mask models, ``lt.polygons`` and merges of them; :meth:`polygons` maps them to a CRS.
     transform, crs
         The source's georeferencing: ``transform * (x, y)`` is a map coordinate in ``crs``.
     """
@@ -135,6 +139,7 @@ class Detections:
     labels: np.ndarray
     window_index: np.ndarray
     partial: np.ndarray
+    shapes: np.ndarray
     transform: Affine
     crs: CRS | None
 
@@ -146,6 +151,7 @@ class Detections:
         window_index: Any = None,
         *,
         partial: Any = None,
+        shapes: Any = None,
         transform: Affine | None = None,
         crs: CRS | str | None = None,
     ) -> None:
@@ -172,13 +178,14 @@ class Detections:
         init(self, "labels", column(labels, np.int64, 0, "labels"))
         init(self, "window_index", column(window_index, np.int64, -1, "window_index"))
         init(self, "partial", column(partial, bool, False, "partial"))
+        init(self, "shapes", check_shapes(shapes, n))
         init(self, "transform", Affine.identity() if transform is None else transform)
         init(self, "crs", CRS.from_user_input(crs) if isinstance(crs, str) else crs)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise FrozenError(
             f"lt.Detections is immutable: cannot set {name!r}; make a new one, e.g. lt.Detections(d.boxes, "
-            "d.scores, d.labels, d.window_index, partial=d.partial, transform=d.transform, crs=d.crs)"
+            "d.scores, d.labels, d.window_index, partial=d.partial, shapes=d.shapes, transform=d.transform, crs=d.crs)"
         )
 
     def __delattr__(self, name: str) -> None:
@@ -277,13 +284,21 @@ class Detections:
         return np.stack([ring[..., 0].min(1), ring[..., 1].min(1), ring[..., 0].max(1), ring[..., 1].max(1)], axis=1)
 
     def polygons(self, crs: CRS | str | int | None = None, *, densify: int = 0) -> np.ndarray:
-        """Each box as a shapely Polygon in map coordinates (source CRS, or ``crs``); an object array."""
+        """Each object as a shapely geometry in map coordinates (source CRS, or ``crs``); an object array.
+
+        An object's outline (:attr:`shapes`) where it has one, its box otherwise (``densify`` points
+        added along each box edge, as in :meth:`outlines`).
+        """
         import shapely
 
         ring = self.outlines(crs, densify=densify)
         if not len(ring):
             return np.empty(0, dtype=object)
         polygons: np.ndarray = shapely.polygons(np.concatenate([ring, ring[:, :1]], axis=1))
+        shaped = np.flatnonzero(self.shapes != None)  # noqa: E711 -- elementwise, on an object array
+        if len(shaped):
+            target = self._crs_for(crs, "polygons(crs=...)")
+            polygons[shaped] = to_map(self.shapes[shaped], self.transform, self.crs, target)
         return polygons
 
     def _columns(self) -> dict[str, np.ndarray]:
@@ -297,7 +312,7 @@ class Detections:
     # -- writers -----------------------------------------------------------------------------------
 
     def to_geojson(self, path: str | os.PathLike[str], *, densify: int = 0) -> str:
-        """Write an RFC 7946 GeoJSON FeatureCollection: one Polygon Feature per box, in lon/lat.
+        """Write an RFC 7946 GeoJSON FeatureCollection: one Feature per object (outline, else box), in lon/lat.
 
         Coordinates are EPSG:4326 longitude, latitude (as RFC 7946 requires, whatever the source CRS),
         rings counter-clockwise; properties ``score``, ``label``, ``window_index``, ``partial``.
@@ -313,45 +328,20 @@ class Detections:
                 "to_geojson writes lon/lat (RFC 7946) and needs the detections' CRS, but they have none; "
                 "detect on a georeferenced source, or use to_gpkg for pixel coordinates"
             )
-        ring = self.outlines("EPSG:4326", densify=densify)
-        x, y = ring[..., 0], ring[..., 1]
-        clockwise = (x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y).sum(axis=1) < 0
-        ring[clockwise] = ring[clockwise, ::-1]
-        cols, features = self._columns(), []
-        for i, coords in enumerate(ring.tolist()):
-            geometry = {"type": "Polygon", "coordinates": [coords + coords[:1]]}
-            # score, label, window_index, partial
-            properties = {name: values[i].item() for name, values in cols.items()}
-            features.append({"type": "Feature", "geometry": geometry, "properties": properties})
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({"type": "FeatureCollection", "features": features}, f)
-        return os.fspath(path)
+        return write_geojson(path, self.polygons("EPSG:4326", densify=densify), self._columns())
 
     def to_gpkg(self, path: str | os.PathLike[str], layer: str = "detections", *, append: bool = False) -> str:
-        """Write a GeoPackage layer of box polygons in the source CRS (via pyogrio / GDAL).
+        """Write a GeoPackage layer of the objects' :meth:`polygons` in the source CRS (via pyogrio / GDAL).
 
-        Fields ``score``, ``label``, ``window_index``, ``partial``. ``append=True`` adds to an existing
-        layer; otherwise the layer is replaced. Returns the path written.
+        Polygons, or MultiPolygons when some outline is one. Fields ``score``, ``label``,
+        ``window_index``, ``partial``. ``append=True`` adds to an existing layer; otherwise the layer is
+        replaced. Returns the path written.
         """
-        import shapely
-        from pyogrio.raw import write
-
-        cols = self._columns()
-        write(
-            os.fspath(path),
-            shapely.to_wkb(self.polygons()),
-            list(cols.values()),
-            list(cols),
-            layer=layer,
-            driver="GPKG",
-            geometry_type="Polygon",
-            crs=None if self.crs is None else self.crs.to_wkt(),
-            append=append,
-        )
-        return os.fspath(path)
+        crs = None if self.crs is None else self.crs.to_wkt()
+        return write_gpkg(path, self.polygons(), self._columns(), layer=layer, crs=crs, append=append)
 
     def to_geodataframe(self) -> Any:
-        """A ``geopandas.GeoDataFrame`` of box polygons in the source CRS, one row per box.
+        """A ``geopandas.GeoDataFrame`` of the objects' polygons (:meth:`polygons`) in the source CRS, one row each.
 
         Raises
         ------
@@ -445,4 +435,6 @@ class Detections:
         labels, counts = np.unique(self.labels, return_counts=True)
         by_label = ", ".join(f"{int(lab)}: {int(c)}" for lab, c in zip(labels[:8], counts[:8]))
         crs = None if self.crs is None else self.crs.to_string()
-        return f"<Detections: {len(self)} boxes (by label {{{by_label}}}), crs={crs}>"
+        shaped = int((self.shapes != None).sum())  # noqa: E711 -- elementwise, on an object array
+        outlines = f", {shaped} with outlines" if shaped else ""
+        return f"<Detections: {len(self)} boxes{outlines} (by label {{{by_label}}}), crs={crs}>"

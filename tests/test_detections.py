@@ -260,3 +260,69 @@ def test_equality_includes_every_column_and_the_georeferencing(dets):
     assert changed(labels=[1, 1, 1]) != dets and changed(boxes=np.add(dets.boxes, 1)) != dets
     assert changed(crs="EPSG:4326") != dets and changed(transform=Affine.identity()) != dets
     assert (dets == "boxes") is False and dets != 3
+
+
+# -- outlines ------------------------------------------------------------------------------------------------
+
+L_SHAPE = shapely.Polygon([(0, 0), (10, 0), (10, 5), (5, 5), (5, 20), (0, 20)])  # inside box 0
+TWO_PARTS = shapely.MultiPolygon([shapely.box(250, 300, 260, 310), shapely.box(390, 300, 400, 310)])  # box 2
+
+
+@pytest.fixture
+def shaped(dets) -> lt.Detections:
+    return lt.Detections(
+        dets.boxes, dets.scores, dets.labels, dets.window_index, partial=dets.partial,
+        shapes=[L_SHAPE, None, TWO_PARTS], transform=dets.transform, crs=dets.crs,
+    )  # fmt: skip
+
+
+def test_outlines_travel_through_slicing_concat_pickle_and_equality(shaped, dets):
+    assert list(shaped.shapes) == [L_SHAPE, None, TWO_PARTS] and not shaped.shapes.flags.writeable
+    assert list(dets.shapes) == [None, None, None]
+    assert list(shaped[::2].shapes) == [L_SHAPE, TWO_PARTS] and shaped[1].shapes[0] is None
+    both = lt.Detections.concat([dets[:1], shaped[2:]])
+    assert list(both.shapes) == [None, TWO_PARTS]
+    back = pickle.loads(pickle.dumps(shaped))
+    assert back == shaped and not back.shapes.flags.writeable
+    assert shaped != dets  # the same boxes, one outline more
+    moved = lt.Detections(shaped.boxes, shaped.scores, shaped.labels, shaped.window_index, partial=shaped.partial,
+                          shapes=[shapely.affinity.translate(L_SHAPE, 1), None, TWO_PARTS],
+                          transform=shaped.transform, crs=shaped.crs)  # fmt: skip
+    assert moved != shaped
+    assert "2 with outlines" in repr(shaped)
+
+
+def test_polygons_are_outlines_where_known_else_boxes(shaped, dets):
+    polys = shaped.polygons()
+    assert polys[0].equals(shapely.affinity.affine_transform(L_SHAPE, UTM_10M.to_shapely()))
+    assert polys[1].equals(dets.polygons()[1])
+    assert polys[2].geom_type == "MultiPolygon" and polys[2].area == pytest.approx(2 * 100 * 100)
+    lonlat = shaped.polygons("EPSG:4326")
+    want = [utm_to_lonlat(*(UTM_10M @ v), 33) for v in L_SHAPE.exterior.coords]  # the independent inverse UTM
+    np.testing.assert_allclose(np.asarray(lonlat[0].exterior.coords), want, atol=1e-9)
+
+
+def test_outlines_are_written_to_gpkg_and_geojson(shaped, tmp_path):
+    meta, _, geometry, _ = read(shaped.to_gpkg(tmp_path / "o.gpkg"))
+    assert meta["geometry_type"] == "MultiPolygon"
+    got = shapely.from_wkb(geometry)
+    for g, want in zip(got, shaped.polygons()):
+        assert g.equals(want)
+    shaped.to_geojson(tmp_path / "o.geojson")
+    doc = json.loads((tmp_path / "o.geojson").read_text(encoding="utf-8"))
+    kinds = [f["geometry"]["type"] for f in doc["features"]]
+    assert kinds == ["Polygon", "Polygon", "MultiPolygon"]
+    ring = shapely.Polygon(doc["features"][0]["geometry"]["coordinates"][0])
+    assert ring.exterior.is_ccw and len(ring.exterior.coords) == 7  # the L's six corners, closed
+    assert read(shaped[1:2].to_gpkg(tmp_path / "p.gpkg"))[0]["geometry_type"] == "Polygon"
+
+
+def test_outlines_are_checked():
+    with pytest.raises(lt.InvalidArgumentError, match=r"one outline \(or None\) per box \(1\), got 2"):
+        lt.Detections([[0, 0, 1, 1]], [1], [0], shapes=[None, None])
+    with pytest.raises(lt.InvalidArgumentError, match="got a LineString at position 1"):
+        lt.Detections([[0, 0, 1, 1]] * 2, [1, 1], [0, 0], shapes=[None, shapely.LineString([(0, 0), (1, 1)])])
+    with pytest.raises(lt.InvalidArgumentError, match="got a str at position 0"):
+        lt.Detections([[0, 0, 1, 1]], [1], [0], shapes=["box"])
+    with pytest.raises(lt.InvalidArgumentError, match="got a single Polygon; wrap it in a list"):
+        lt.Detections([[0, 0, 1, 1]], [1], [0], shapes=shapely.box(0, 0, 1, 1))

@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("sources",),
     ("windowing",),
     ("prefetching",),
+    ("geometry",),
     ("detections",),
     ("detection",),
     ("merging",),
