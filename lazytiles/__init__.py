@@ -32,6 +32,7 @@ from .errors import (
 )
 from .merging.rule import MergeRule
 from .merging.streaming import merge
+from .outputs.vectorize import polygons
 from .prefetching.sequence import Prefetched, prefetch
 from .runs.run import Run, detect_region, open_run
 from .sources import ArraySource, RasterSource, TileSource, open
@@ -89,6 +90,7 @@ __all__ = [
     "merge",
     "open",
     "open_run",
+    "polygons",
     "prefetch",
     "show",
     "windows",
