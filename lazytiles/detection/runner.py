@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InvalidArgumentError, LazyTilesError, ModelOutputError, WorkerError
+from .masks import mask_shapes
 from .preprocess import Preprocess
 
 #: What a model must return; quoted by every ModelOutputError.
@@ -25,8 +26,9 @@ EXPECTED = (
     "(torchvision's convention), or, for a window classifier, a tensor of (N,) scores or (N, K) class logits"
 )
 
-#: Per image: boxes (K, 4) float64 in window pixels (None: the whole window), scores, labels.
-ImageResult = tuple["np.ndarray | None", np.ndarray, np.ndarray]
+#: Per image: boxes (K, 4) float64 in window pixels (None: the whole window), scores, labels, and the
+#: objects' outlines in window pixels when the model gave ``masks`` (else None).
+ImageResult = tuple["np.ndarray | None", np.ndarray, np.ndarray, "np.ndarray | None"]
 
 
 def _span(windows: Sequence[int]) -> str:
@@ -93,7 +95,7 @@ def parse_outputs(out: Any, n: int, windows: Sequence[int]) -> list[ImageResult]
         if scores.ndim == 1 and len(scores) == n:
             scores = _float32(scores)
             _check_finite("scores", scores, windows)
-            return [(None, scores[i : i + 1], np.zeros(1, np.int64)) for i in range(n)]
+            return [(None, scores[i : i + 1], np.zeros(1, np.int64), None) for i in range(n)]
         if scores.ndim == 2 and len(scores) == n and scores.shape[1] > 1:
             _check_finite("class logits", scores, windows)
             logits = scores.astype(np.float64)
@@ -101,7 +103,7 @@ def parse_outputs(out: Any, n: int, windows: Sequence[int]) -> list[ImageResult]
             prob /= prob.sum(axis=1, keepdims=True)
             labels = prob.argmax(axis=1)
             best = prob[np.arange(n), labels].astype(np.float32)
-            return [(None, best[i : i + 1], labels[i : i + 1].astype(np.int64)) for i in range(n)]
+            return [(None, best[i : i + 1], labels[i : i + 1].astype(np.int64), None) for i in range(n)]
         raise ModelOutputError(f"the model returned {_describe(out)} {where} of {n} images; {EXPECTED}")
     if not isinstance(out, list | tuple) or len(out) != n:
         raise ModelOutputError(f"the model returned {_describe(out)} {where} of {n} images; {EXPECTED}")
@@ -128,7 +130,9 @@ def parse_outputs(out: Any, n: int, windows: Sequence[int]) -> list[ImageResult]
         boxes, scores = boxes.astype(np.float64), _float32(scores)
         for what, values in (("boxes", boxes), ("scores", scores), ("labels", labels)):
             _check_finite(what, values[None], windows, i)
-        results.append((boxes, scores, labels.astype(np.int64)))
+        masks = item.get("masks")
+        shapes = None if masks is None else mask_shapes(masks, k, _to_numpy, f"for image {i} {where}")
+        results.append((boxes, scores, labels.astype(np.int64), shapes))
     return results
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
+import shapely
 
 from ..detections import Detections, partial_flags
 from ..errors import InvalidArgumentError, TileFetchError
@@ -81,7 +82,9 @@ def detect(
         ``device`` at first use), a TorchScript module, any function — or a string that
         :func:`lazytiles.detection.models.load_model` loads (``"pkg.module:factory"`` or a TorchScript file).
         It returns, per image, a dict with ``boxes`` (K, 4) ``x0, y0, x1, y1`` in window pixels,
-        ``scores`` (K,) and ``labels`` (K,) (torchvision's convention). A *window classifier* returns
+        ``scores`` (K,) and ``labels`` (K,) (torchvision's convention), and optionally ``masks``
+        (K, 1, h, w) probabilities in window pixels (Mask R-CNN's): each, cut at 0.5, becomes the
+        object's outline (``Detections.shapes``), merged across seams by ``lt.merge``. A *window classifier* returns
         a tensor instead: ``(N,)`` scores, used as they are (label 0), or ``(N, K)`` class logits,
         whose softmax maximum is the score and argmax the label; its box is the whole window.
     wins
@@ -242,7 +245,7 @@ class DetectionSequence(Sequence[Detections]):
         return self._to_detections(w.index, w.window, result)
 
     def _to_detections(self, index: int, window: Any, result: ImageResult) -> Detections:
-        boxes, scores, labels = result
+        boxes, scores, labels, shapes = result
         src = self._wins.source
         col, row, width, height = int(window.col_off), int(window.row_off), int(window.width), int(window.height)
         if boxes is None:  # a window classifier: the box is the window
@@ -253,12 +256,16 @@ class DetectionSequence(Sequence[Detections]):
         keep = scores >= self._shared.options["score_threshold"]
         if not keep.all():
             boxes, scores, labels, partial = boxes[keep], scores[keep], labels[keep], partial[keep]
+            shapes = None if shapes is None else shapes[keep]
+        if shapes is not None:  # window pixels to source pixels
+            shapes = shapely.transform(shapes, lambda xy: xy + np.array([col, row], dtype=np.float64))
         return Detections(
             boxes + np.array([col, row, col, row], dtype=np.float64),
             scores,
             labels,
             np.full(len(scores), index, dtype=np.int64),
             partial=partial,
+            shapes=shapes,
             transform=src.transform,
             crs=src.crs,
         )

@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from ..detections import Detections
 from .boxes import Metric, csr, overlap, overlapping_pairs
+from .outlines import group_outlines, has_outlines, outline_overlap
 from .rule import MergeRule
 
 # -- matching ------------------------------------------------------------------------------------------
@@ -63,6 +64,7 @@ def _match_edges(
     metric: Metric,
     class_aware: bool,
     margin: float,
+    shapes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every matching pair ``(i, j)``, ``i < j``."""
     reach = margin + 1.0  # abutting seams: boxes that only touch must still become candidates
@@ -77,6 +79,8 @@ def _match_edges(
     value[plain] = overlap(boxes[i[plain]], boxes[j[plain]], metric)
     ci, cj = i[cross], j[cross]
     value[cross] = _seam_overlap(boxes[ci], boxes[cj], wrect[ci], wrect[cj], metric, margin)
+    if shapes is not None:
+        value = outline_overlap(value, i, j, shapes, wrect, widx, metric)
     hit = value >= iou
     return i[hit], j[hit]
 
@@ -107,7 +111,7 @@ def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 class BoxPool:
     """Columns of boxes waiting to be merged (one row per box)."""
 
-    __slots__ = ("boxes", "labels", "partial", "scores", "seq", "settle", "widx", "wrect")
+    __slots__ = ("boxes", "labels", "partial", "scores", "seq", "settle", "shapes", "widx", "wrect")
 
     def __init__(
         self,
@@ -120,6 +124,7 @@ class BoxPool:
         seq: npt.NDArray[np.int64],
         wrect: npt.NDArray[np.float64],
         settle: npt.NDArray[np.int64],
+        shapes: np.ndarray | None = None,
     ) -> None:
         self.boxes = boxes  # (N, 4) x0, y0, x1, y1
         self.scores = scores
@@ -129,6 +134,7 @@ class BoxPool:
         self.seq = seq  # arrival order, the last tie-break
         self.wrect = wrect  # (N, 4) the box's window as x0, y0, x1, y1; NaN when unknown
         self.settle = settle  # the last window position that can still add a matching box
+        self.shapes = np.full(len(seq), None, dtype=object) if shapes is None else shapes  # outlines or None
 
     @classmethod
     def empty(cls) -> BoxPool:
@@ -162,6 +168,7 @@ _OUT_COLUMNS = (
     ("labels", "labels"),
     ("window_index", "widx"),
     ("partial", "partial"),
+    ("shapes", "shapes"),
 )
 
 
@@ -206,6 +213,7 @@ def _resolve(pool: BoxPool, i: np.ndarray, j: np.ndarray, method: str) -> dict[s
     starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
     leaders = g[starts]
     has_complete = np.logical_or.reduceat(complete[members], starts)
+    use = None
     if method == "nms":
         out_boxes = b[leaders]
         out_scores = pool.scores[leaders]
@@ -225,6 +233,7 @@ def _resolve(pool: BoxPool, i: np.ndarray, j: np.ndarray, method: str) -> dict[s
         "labels": pool.labels[leaders],
         "window_index": pool.widx[leaders],
         "partial": ~has_complete,
+        "shapes": group_outlines(pool.shapes, members, starts, use, leaders),
     }
 
 
@@ -242,6 +251,7 @@ def settle_groups(pool: BoxPool, rule: MergeRule, final: np.ndarray | None) -> t
         metric=rule.metric,
         class_aware=rule.class_aware,
         margin=rule.margin,
+        shapes=pool.shapes if has_outlines(pool.shapes).any() else None,
     )
     if final is not None:
         comp = _components(len(pool), i, j)
@@ -273,6 +283,7 @@ def finish_groups(parts: list[dict[str, np.ndarray]], transform: Any, crs: Any) 
         cols["labels"][order],
         cols["window_index"][order],
         partial=cols["partial"][order],
+        shapes=cols["shapes"][order] if "shapes" in cols else None,
         transform=transform,
         crs=crs,
     )

@@ -60,6 +60,7 @@ def _columns(d: Detections, seq0: int, table: WindowTable | None) -> BoxPool:
         seq=np.arange(seq0, seq0 + n, dtype=np.int64),
         wrect=np.full((n, 4), np.nan) if table is None else table.lookup(d.window_index),
         settle=np.zeros(n, np.int64),
+        shapes=d.shapes,
     )
 
 

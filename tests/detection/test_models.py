@@ -168,12 +168,16 @@ def test_parse_outputs_accepts_the_three_shapes():
         {"boxes": torch.tensor([[1.0, 2, 3, 4]]), "scores": torch.tensor([0.5]), "labels": torch.tensor([7])},
         {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)},
     ]
-    (b0, s0, l0), (b1, s1, l1) = parse_outputs(dets, 2, [0, 1])
+    (b0, s0, l0, m0), (b1, s1, l1, m1) = parse_outputs(dets, 2, [0, 1])
+    assert m0 is None and m1 is None  # no masks, no outlines
     assert b0.tolist() == [[1, 2, 3, 4]] and l0.tolist() == [7] and b1.shape == (0, 4)
     scores = parse_outputs(torch.tensor([0.25, 0.75]), 2, [0, 1])
-    assert [(b, s.tolist(), lab.tolist()) for b, s, lab in scores] == [(None, [0.25], [0]), (None, [0.75], [0])]
+    assert [(b, s.tolist(), lab.tolist(), m) for b, s, lab, m in scores] == [
+        (None, [0.25], [0], None),
+        (None, [0.75], [0], None),
+    ]
     logits = parse_outputs(torch.tensor([[0.0, np.log(3.0)], [np.log(4.0), 0.0]]), 2, [0, 1])
-    assert [(round(float(s[0]), 6), int(lab[0])) for _, s, lab in logits] == [(0.75, 1), (0.8, 0)]
+    assert [(round(float(s[0]), 6), int(lab[0])) for _, s, lab, _ in logits] == [(0.75, 1), (0.8, 0)]
     # a scripted torchvision detector returns (losses, detections)
     assert parse_outputs(({}, dets), 2, [0, 1])[0][0].tolist() == [[1, 2, 3, 4]]
 
