@@ -32,6 +32,7 @@ from .errors import (
 )
 from .merging.rule import MergeRule
 from .merging.streaming import merge
+from .outputs.evaluation import Evaluation, evaluate
 from .outputs.vectorize import polygons
 from .prefetching.sequence import Prefetched, prefetch
 from .runs.run import Run, detect_region, open_run
@@ -52,6 +53,7 @@ __all__ = [
     "CacheTooSmallError",
     "DetectionSequence",
     "Detections",
+    "Evaluation",
     "FailedWindowsWarning",
     "FrozenError",
     "HttpClient",
@@ -86,6 +88,7 @@ __all__ = [
     "collate",
     "detect",
     "detect_region",
+    "evaluate",
     "kafka",
     "merge",
     "open",
