@@ -30,6 +30,9 @@ from ..errors import InvalidArgumentError
 from ..merging.boxes import Metric
 from ..merging.rule import MergeRule, Method
 from ..merging.streaming import Merger, merge_by_rule
+from ..outputs.matching import Match
+from ..outputs.sweep import sweep_merges
+from ..outputs.table import Table
 from ..windowing.sequence import WindowSequence
 from .lifecycle import RunLifecycle, check_bool
 from .recipe import DetectOptions
@@ -252,6 +255,29 @@ class Run:
         last = self._store.merge_rule or MergeRule()
         rule = dataclasses.replace(last, **{k: v for k, v in given.items() if v is not None})
         return merge_by_rule(self._store.raw(), rule, progress=progress)
+
+    def sweep(
+        self,
+        *,
+        iou: Any = None,
+        method: Any = None,
+        metric: Any = None,
+        truth: Any = None,
+        match: Match = "box",
+        eval_iou: float = 0.5,
+    ) -> Table:
+        """Replay the merge with every combination of settings (no model runs); one row per setting.
+
+        ``iou``, ``method``, ``metric``: a value or a list (left out: the run's last merge's). Each
+        row has the settings and ``objects``, the merged count; with ``truth`` (Detections or a vector
+        file, as :func:`lazytiles.evaluate` takes) also ``precision``, ``recall``, ``f1``, ``ap`` at
+        ``eval_iou`` (by ``match``) and ``seam_recall``, the recall of objects no window holds whole.
+        """
+        raw = self._store.raw()
+        base = self._store.merge_rule or MergeRule()
+        return sweep_merges(
+            raw, base, iou=iou, method=method, metric=metric, truth=truth, match=match, eval_iou=eval_iou
+        )
 
     def summary(self) -> dict[str, Any]:
         """Progress and outcome: window counts, failed windows with reasons, merge state, sessions.
