@@ -1,7 +1,7 @@
 """The ``lazytiles`` command: a thin layer that parses arguments and calls ``lt.*``.
 
 Each subcommand is two functions, ``<name>_arguments(parser)`` and ``run_<name>(args) -> int``, in a
-module of this package (commands.py: info, windows, detect, demo; options several share are in
+module of this package (commands.py: info, windows, detect, demo; vector.py: polygons, evaluate; options several share are in
 arguments.py), and one row of :data:`COMMANDS`; ``lazytiles detect --runner`` picks a row of :data:`RUNNERS`. Adding a
 subcommand or a runner touches only those places.
 
@@ -31,6 +31,7 @@ from .commands import (
     run_windows,
     windows_arguments,
 )
+from .vector import evaluate_arguments, polygons_arguments, run_evaluate, run_polygons
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,16 @@ COMMANDS: dict[str, Command] = {
         "count the windows a configuration gives; optionally draw them (--preview)", windows_arguments, run_windows
     ),
     "detect": Command("run a detector over a region, durably (--resume continues a run)", detect_arguments, run_detect),
+    "polygons": Command(
+        "vectorise a label raster into polygons joined across block seams (GeoPackage or GeoJSON)",
+        polygons_arguments,
+        run_polygons,
+    ),
+    "evaluate": Command(
+        "score a run's or a file's objects against true polygons: precision, recall, F1, AP per class",
+        evaluate_arguments,
+        run_evaluate,
+    ),
     "worker": Command(
         "take region jobs from a Kafka topic, publish each window's detections to another "
         "(pip install lazytiles[kafka])",

@@ -28,13 +28,15 @@ MAX_FEATURES = 5_000_000
 
 def read_truth(
     path: str | os.PathLike[str],
-    transform: Affine,
+    transform: Affine | None,
     crs: CRS | None,
     *,
     label_column: str | None = None,
     layer: str | int | None = None,
 ) -> Detections:
-    """The polygons of a vector file as :class:`~lazytiles.Detections` in the pixels of ``transform``."""
+    """The polygons of a vector file as :class:`~lazytiles.Detections` in the pixels of ``transform``
+    (None: in the file's own coordinates, an identity transform in its CRS); scores from a ``score``
+    column when there is one."""
     from pyogrio.errors import DataSourceError
     from pyogrio.raw import read
 
@@ -71,6 +73,14 @@ def read_truth(
             f"feature {int(np.flatnonzero(bad)[0])}; evaluation compares polygons"
         )
     file_crs = CRS.from_user_input(meta["crs"]) if meta["crs"] else None
+    scores = None
+    if "score" in columns:
+        scores = np.asarray(fields[columns.index("score")])
+        if scores.dtype.kind not in "iuf":
+            raise InvalidArgumentError(f"the column 'score' of {name!r} holds {scores.dtype} values, not numbers")
+    if transform is None:
+        boxes = np.asarray(shapely.bounds(geoms), dtype=np.float64).reshape(-1, 4)
+        return Detections(boxes, scores, labels, shapes=geoms, crs=file_crs)
     if (file_crs is None) != (crs is None):
         raise CRSError(
             f"truth file {name!r} has {'no CRS' if file_crs is None else 'a CRS'} but the found objects have "
@@ -78,7 +88,7 @@ def read_truth(
         )
     pixels = to_map(to_map(geoms, Affine.identity(), file_crs, crs), ~transform, None, None)
     boxes = np.asarray(shapely.bounds(pixels), dtype=np.float64).reshape(-1, 4)
-    return Detections(boxes, None, labels, shapes=pixels, transform=transform, crs=crs)
+    return Detections(boxes, scores, labels, shapes=pixels, transform=transform, crs=crs)
 
 
 def as_truth(truth: Any, found: Detections, label_column: str | None) -> Detections:
