@@ -1,8 +1,9 @@
 """The ``lazytiles`` command: a thin layer that parses arguments and calls ``lt.*``.
 
 Each subcommand is two functions, ``<name>_arguments(parser)`` and ``run_<name>(args) -> int``, in a
-module of this package (commands.py: info, windows, detect, demo; vector.py: polygons, evaluate; options
-several share are in arguments.py), and one row of :data:`COMMANDS`; ``lazytiles detect --runner`` picks a row of :data:`RUNNERS`. Adding a
+module of this package (commands.py: info, windows, detect, demo; vector.py: polygons, evaluate;
+options several share are in arguments.py), and one row of :data:`COMMANDS`; ``lazytiles detect
+--runner`` picks a row of :data:`RUNNERS`. Adding a
 subcommand or a runner touches only those places.
 
 Exit codes: 0 done; 1 failed (a file missing, a tile server down, the demo finding the wrong
