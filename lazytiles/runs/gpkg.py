@@ -81,7 +81,7 @@ _WGS84_WKT = (
     'AUTHORITY["EPSG","6326"]],PRIMEM["Greenwich",0,AUTHORITY["EPSG","8901"]],UNIT["degree",0.0174532925199433,'
     'AUTHORITY["EPSG","9122"]],AXIS["Latitude",NORTH],AXIS["Longitude",EAST],AUTHORITY["EPSG","4326"]]'
 )
-_SQL_TYPES = {np.int64: "INTEGER", np.bool_: "BOOLEAN", np.float64: "DOUBLE", np.float32: "FLOAT"}
+_SQL_TYPES = {np.int64: "INTEGER", np.bool_: "BOOLEAN", np.float64: "DOUBLE", np.float32: "FLOAT", np.object_: "BLOB"}
 
 
 def create_geopackage(con: sqlite3.Connection, crs: CRS | None, layers: dict[str, tuple[dict[str, Any], str]]) -> int:

@@ -76,6 +76,7 @@ from .tables import (
     MERGED_LAYER,
     RAW_FIELDS,
     RAW_LAYER,
+    StoreFormatError,
     StoreHeader,
     columns,
     merged_rows,
@@ -384,17 +385,23 @@ class RunStore:
             windows = self.windows[positions]
             rows = self._query(f"{select} WHERE window_index IN (?)", among=windows.indices.tolist())
             rows.sort(key=lambda row: (row[0], row[1]))  # window_index, rank, across the chunks queried
-        return StoredDetections(windows, columns(rows, RAW_FIELDS), self.transform, self.crs)
+        return StoredDetections(windows, self._columns(rows, RAW_FIELDS), self.transform, self.crs)
+
+    def _columns(self, rows: list[Row], fields: Sequence[str]) -> dict[str, np.ndarray]:
+        try:  # the outlines decoded: a bad blob is this store's error
+            return columns(rows, fields)
+        except StoreFormatError as err:
+            raise store_error(self.path, err, "read") from err
 
     def merged(self) -> Detections | None:
         """The ``detections`` layer as written by the last merge, or None before the first merge."""
         if self.merged_info is None:
             return None
         rows = self._query(f"SELECT {', '.join(MERGED_FIELDS)} FROM {MERGED_LAYER} ORDER BY fid")
-        c = columns(rows, MERGED_FIELDS)
+        c = self._columns(rows, MERGED_FIELDS)
         boxes = np.stack([c["x0"], c["y0"], c["x1"], c["y1"]], axis=1)
-        scores, labels, index = c["score"], c["label"], c["window_index"]
-        return Detections(boxes, scores, labels, index, partial=c["partial"], transform=self.transform, crs=self.crs)
+        cols = (boxes, c["score"], c["label"], c["window_index"])
+        return Detections(*cols, partial=c["partial"], shapes=c["outline"], transform=self.transform, crs=self.crs)
 
     def counts(self) -> dict[str, int]:
         rows = self._query("SELECT status, COUNT(*), COALESCE(SUM(boxes), 0) FROM lazytiles_windows GROUP BY status")

@@ -59,6 +59,7 @@ class StoredDetections(Sequence[Detections]):
             c["label"][idx],
             c["window_index"][idx],
             partial=c["partial"][idx],
+            shapes=c["outline"][idx],
             transform=self.transform,
             crs=self.crs,
         )

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
+import shapely
 from affine import Affine
 from rasterio.crs import CRS
 
@@ -34,9 +35,11 @@ STORE_SCHEMA = 1
 MERGED_LAYER = "detections"
 RAW_LAYER = "raw_detections"
 
-RAW_FIELDS = ("window_index", "rank", "x0", "y0", "x1", "y1", "score", "label", "partial")
-MERGED_FIELDS = ("score", "label", "window_index", "partial", "x0", "y0", "x1", "y1")
+RAW_FIELDS = ("window_index", "rank", "x0", "y0", "x1", "y1", "score", "label", "partial", "outline")
+MERGED_FIELDS = ("score", "label", "window_index", "partial", "x0", "y0", "x1", "y1", "outline")
+#: ``outline`` is the object's outline (``Detections.shapes``) as WKB in source pixels, NULL for none.
 FIELD_TYPES = {
+    "outline": np.object_,
     "window_index": np.int64,
     "rank": np.int64,
     "label": np.int64,
@@ -296,7 +299,8 @@ def raw_rows(found: Detections, transform: Affine, srs_id: int) -> list[tuple[An
     blobs = polygon_blobs(found.boxes, transform, srs_id)
     b = found.boxes.tolist()
     w, s, lab, p = found.window_index, found.scores, found.labels, found.partial
-    return [(blobs[k], int(w[k]), k, *b[k], float(s[k]), int(lab[k]), bool(p[k])) for k in range(n)]
+    o = _wkb(found)
+    return [(blobs[k], int(w[k]), k, *b[k], float(s[k]), int(lab[k]), bool(p[k]), o[k]) for k in range(n)]
 
 
 def merged_rows(found: Detections, transform: Affine, srs_id: int) -> list[tuple[Any, ...]]:
@@ -306,19 +310,45 @@ def merged_rows(found: Detections, transform: Affine, srs_id: int) -> list[tuple
     blobs = polygon_blobs(found.boxes, transform, srs_id)
     b = found.boxes.tolist()
     s, lab, w = found.scores.tolist(), found.labels.tolist(), found.window_index.tolist()
-    p = found.partial.tolist()
-    return [(k + 1, blobs[k], s[k], lab[k], w[k], p[k], *b[k]) for k in range(len(found))]
+    p, o = found.partial.tolist(), _wkb(found)
+    return [(k + 1, blobs[k], s[k], lab[k], w[k], p[k], *b[k], o[k]) for k in range(len(found))]
+
+
+def _wkb(found: Detections) -> list[bytes | None]:
+    """Each object's outline as WKB (None without one)."""
+    return list(shapely.to_wkb(found.shapes))
+
+
+def outlines(blobs: np.ndarray) -> np.ndarray:
+    """The ``outline`` column read back: shapely geometries (None where NULL); :class:`StoreFormatError`
+    when a value is not WKB."""
+    if not len(blobs):
+        return np.empty(0, dtype=object)
+    if not all(v is None or isinstance(v, bytes) for v in blobs):
+        raise StoreFormatError("its column outline holds values that are not WKB blobs")
+    try:
+        shapes: np.ndarray = shapely.from_wkb(blobs)
+    except shapely.errors.GEOSException as err:
+        raise StoreFormatError(f"its column outline holds a blob that is not WKB ({err})") from None
+    return shapes
 
 
 def columns(rows: list[tuple[Any, ...]], names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Selected ``rows`` of the fields ``names`` as one typed numpy array per field."""
+    """Selected ``rows`` of the fields ``names`` as one typed numpy array per field (``outline``: shapely
+    geometries or None); :class:`StoreFormatError` when an outline is not WKB."""
     if not rows:
         return {name: np.empty(0, dtype=FIELD_TYPES[name]) for name in names}
     cols = list(zip(*rows))
-    return {
-        name: np.array(col, dtype=np.float64 if name == "score" else FIELD_TYPES[name]).astype(FIELD_TYPES[name])
-        for name, col in zip(names, cols)
-    }
+    out = {}
+    for name, col in zip(names, cols):
+        if name == "outline":
+            blobs = np.empty(len(col), dtype=object)
+            blobs[:] = col
+            out[name] = outlines(blobs)
+        else:
+            kind = FIELD_TYPES[name]
+            out[name] = np.array(col, dtype=np.float64 if name == "score" else kind).astype(kind)
+    return out
 
 
 __all__ = [
@@ -339,6 +369,7 @@ __all__ = [
     "create_tables",
     "merged_rows",
     "now",
+    "outlines",
     "pack",
     "raw_rows",
     "read_run_rows",
