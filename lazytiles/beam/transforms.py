@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.metrics.metric import Metrics
 from apache_beam.pvalue import DoOutputsTuple, PBegin, PCollection, TaggedOutput
 from apache_beam.typehints.decorators import no_annotations
@@ -32,8 +31,9 @@ from ..merging.cells import (
     merged_detections,
     merged_records,
     settle_cell,
-    window_records,
+    window_chunk,
 )
+from ..merging.chunks import Chunk
 from ..merging.rule import MergeRule
 from ..runs.files import write_output
 from ..runs.lifecycle import SharedRun
@@ -252,8 +252,8 @@ def _route_window(item: Any, grid: CellGrid) -> Iterator[tuple[Key, bytes]]:
         raise InvalidArgumentError(
             f"MergeDetections takes the WindowDetections of DetectWindows, got a {type(item).__name__}"
         )
-    for key, rec in grid.route(window_records(item.position, item.window, item.detections), 0):
-        yield key, rec.tobytes()
+    for key, chunk in grid.route(window_chunk(item.position, item.window, item.detections), 0):
+        yield key, chunk.tobytes()
 
 
 class _SettleCells(beam.DoFn):
@@ -265,7 +265,7 @@ class _SettleCells(beam.DoFn):
     @_no_beam_hints
     def process(self, element: tuple[Any, Iterable[bytes]]) -> Iterator[bytes | TaggedOutput[str, tuple[Key, bytes]]]:
         key, chunks = element
-        records = [np.frombuffer(c, RECORD) for c in chunks]
+        records = [Chunk.frombytes(c, RECORD) for c in chunks]
         out, up = settle_cell(self._grid, self._level, tuple(key), records, self._rule)
         if len(out):
             yield out.tobytes()
@@ -291,7 +291,7 @@ def _merge_records(pcoll: PCollection[WindowDetections], grid: CellGrid, rule: M
 
 @_no_beam_hints
 def _to_detections(chunk: bytes, transform: Any, crs: Any) -> Detections:
-    return merged_detections([np.frombuffer(chunk, MERGED)], transform, crs)
+    return merged_detections([Chunk.frombytes(chunk, MERGED)], transform, crs)
 
 
 class MergeDetections(beam.PTransform[PCollection[WindowDetections], PCollection[Detections]]):
@@ -376,7 +376,7 @@ class _WriteOnce(beam.DoFn):
 
     @_no_beam_hints
     def process(self, _: None, chunks: Iterable[Any]) -> Iterator[dict[str, Any]]:
-        records = (np.frombuffer(c, MERGED) if self._as_records else _detections_records(c) for c in chunks)
+        records = (Chunk.frombytes(c, MERGED) if self._as_records else _detections_records(c) for c in chunks)
         found = merged_detections(records, *self._georef)
         written: list[str] = []
         if self._store is not None:
@@ -391,8 +391,8 @@ class _WriteOnce(beam.DoFn):
         yield {"objects": len(found), "written": written}
 
 
-def _detections_records(d: Detections) -> np.ndarray:
-    return merged_records(d.boxes, d.scores, d.labels, d.window_index, d.partial)
+def _detections_records(d: Detections) -> Chunk:
+    return Chunk.with_shapes(merged_records(d.boxes, d.scores, d.labels, d.window_index, d.partial), d.shapes)
 
 
 class WriteDetections(beam.PTransform[PCollection[Detections], PCollection[dict[str, Any]]]):

@@ -27,7 +27,8 @@ the same way. The union of the cells' results, sorted as ``lt.merge`` sorts, is 
 
 What moves
 ----------
-A box is a 93-byte record (:data:`RECORD`) and a merged box a 53-byte one (:data:`MERGED`). At level
+A box is a 93-byte record (:data:`RECORD`) and a merged box a 53-byte one (:data:`MERGED`); outlines, when
+boxes have them, travel beside their records as WKB (:class:`~lazytiles.merging.chunks.Chunk`). At level
 0 a box is copied to 1 cell, or 2 to 4 within ``halo`` px of a cell's edge; at each later level only
 the boxes of groups that reach an edge move, a fraction that shrinks about ``fanin`` times a level.
 """
@@ -44,6 +45,7 @@ import numpy as np
 
 from ..detections import Detections
 from ..errors import InvalidArgumentError, is_int, is_real
+from .chunks import Chunk
 from .grouping import BoxPool, finish_groups, settle_groups
 from .rule import MergeRule
 
@@ -128,25 +130,28 @@ class CellGrid:
         x0, y0 = key[0] * s, key[1] * s
         return (lo_x - g >= x0) & (hi_x + g <= x0 + s) & (lo_y - g >= y0) & (hi_y + g <= y0 + s)
 
-    def route(self, records: np.ndarray, level: int) -> list[tuple[Key, np.ndarray]]:
-        """``(cell key, records)`` for each cell of ``level`` that ``records`` go to: home and halo copies."""
+    def route(self, records: Any, level: int) -> list[tuple[Key, Any]]:
+        """``(cell key, records)`` for each cell of ``level`` that ``records`` (an array of :data:`RECORD`,
+        or a :class:`~lazytiles.merging.chunks.Chunk` of them) go to: home and halo copies."""
         if not len(records):
             return []
         if level >= self.levels:
             return [((0, 0), records)]
-        lo_x, lo_y, hi_x, hi_y = self._extent(records["box"])
+        rec = records.records if isinstance(records, Chunk) else records
+        pick = records.take if isinstance(records, Chunk) else records.__getitem__
+        lo_x, lo_y, hi_x, hi_y = self._extent(rec["box"])
         s, g = self.side(level), self.halo
         cx0, cx1 = np.floor((lo_x - g) / s).astype(np.int64), np.floor((hi_x + g) / s).astype(np.int64)
         cy0, cy1 = np.floor((lo_y - g) / s).astype(np.int64), np.floor((hi_y + g) / s).astype(np.int64)
         nx = cx1 - cx0 + 1
         count = nx * (cy1 - cy0 + 1)
-        box = np.repeat(np.arange(len(records)), count)
+        box = np.repeat(np.arange(len(rec)), count)
         k = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
         cx, cy = cx0[box] + k % nx[box], cy0[box] + k // nx[box]
         order = np.lexsort((box, cy, cx))
         cx, cy, box = cx[order], cy[order], box[order]
         cut = np.flatnonzero((cx[1:] != cx[:-1]) | (cy[1:] != cy[:-1])) + 1
-        return [((int(cx[a]), int(cy[a])), records[box[a:b]]) for a, b in zip(np.r_[0, cut], np.r_[cut, len(box)])]
+        return [((int(cx[a]), int(cy[a])), pick(box[a:b])) for a, b in zip(np.r_[0, cut], np.r_[cut, len(box)])]
 
 
 def window_records(position: int, window: Sequence[int], detections: Detections) -> np.ndarray:
@@ -170,7 +175,13 @@ def window_records(position: int, window: Sequence[int], detections: Detections)
     return rec
 
 
-def _pool(rec: np.ndarray) -> BoxPool:
+def window_chunk(position: int, window: Sequence[int], detections: Detections) -> Chunk:
+    """:func:`window_records` with the boxes' outlines beside them."""
+    return Chunk.with_shapes(window_records(position, window, detections), detections.shapes)
+
+
+def _pool(chunk: Chunk) -> BoxPool:
+    rec = chunk.records
     return BoxPool(
         boxes=np.ascontiguousarray(rec["box"]),
         scores=rec["score"].copy(),
@@ -180,14 +191,15 @@ def _pool(rec: np.ndarray) -> BoxPool:
         seq=rec["seq"].copy(),
         wrect=np.ascontiguousarray(rec["wrect"]),
         settle=np.zeros(len(rec), np.int64),
+        shapes=chunk.shapes,
     )
 
 
-def _records_of(pool: BoxPool) -> np.ndarray:
+def _records_of(pool: BoxPool) -> Chunk:
     rec = np.empty(len(pool), RECORD)
     rec["box"], rec["wrect"], rec["seq"], rec["widx"] = pool.boxes, pool.wrect, pool.seq, pool.widx
     rec["label"], rec["score"], rec["partial"] = pool.labels, pool.scores, pool.partial
-    return rec
+    return Chunk.with_shapes(rec, pool.shapes)
 
 
 def merged_records(boxes: Any, scores: Any, labels: Any, window_index: Any, partial: Any) -> np.ndarray:
@@ -198,8 +210,8 @@ def merged_records(boxes: Any, scores: Any, labels: Any, window_index: Any, part
 
 
 def settle_cell(
-    grid: CellGrid, level: int, key: Key, chunks: Iterable[np.ndarray], rule: MergeRule
-) -> tuple[np.ndarray, list[tuple[Key, np.ndarray]]]:
+    grid: CellGrid, level: int, key: Key, chunks: Iterable[Any], rule: MergeRule
+) -> tuple[Chunk, list[tuple[Key, Chunk]]]:
     """Merge the groups complete in one cell; send the others' boxes on from their home cell.
 
     Parameters
@@ -207,47 +219,48 @@ def settle_cell(
     grid, level, key
         The cell.
     chunks
-        :data:`RECORD` arrays: every box whose home or halo is the cell.
+        :data:`RECORD` arrays, or :class:`~lazytiles.merging.chunks.Chunk` s of them with outlines:
+        every box whose home or halo is the cell.
     rule
         The :class:`~lazytiles.MergeRule`.
 
     Returns
     -------
     merged, up
-        The merged boxes (:data:`MERGED`), and ``(key, records)`` of the next level.
+        The merged boxes (a chunk of :data:`MERGED`), and ``(key, chunk)`` of the next level.
     """
-    parts = [np.asarray(c, RECORD) for c in chunks]
-    rec = np.concatenate(parts) if parts else np.empty(0, RECORD)
-    if not len(rec):
-        return np.empty(0, MERGED), []
-    pool = _pool(rec)
+    chunk = Chunk.concat([Chunk.of(c, RECORD) for c in chunks], RECORD)
+    if not len(chunk):
+        return Chunk(np.empty(0, MERGED)), []
+    pool = _pool(chunk)
     final = grid.inside(pool.boxes, level, key) if level < grid.levels else None
     out, rest = settle_groups(pool, rule, final)
-    up: list[tuple[Key, np.ndarray]] = []
+    up: list[tuple[Key, Chunk]] = []
     if len(rest):
         hx, hy = grid.home(rest.boxes, level)
         mine = (hx == key[0]) & (hy == key[1])  # halo copies are sent on by their own home cell
         up = grid.route(_records_of(rest.take(np.flatnonzero(mine))), level + 1)
-    return merged_records(out["boxes"], out["scores"], out["labels"], out["window_index"], out["partial"]), up
+    merged = merged_records(out["boxes"], out["scores"], out["labels"], out["window_index"], out["partial"])
+    return Chunk.with_shapes(merged, out["shapes"]), up
 
 
 def merge_in_cells(
     items: Iterable[tuple[int, Sequence[int], Detections]], grid: CellGrid, rule: MergeRule
-) -> tuple[list[np.ndarray], list[dict[str, int]]]:
+) -> tuple[list[Chunk], list[dict[str, int]]]:
     """Every level of the merge, in this process: what :class:`lazytiles.beam.MergeDetections` runs.
 
     ``items`` are ``(position, window, detections)`` of each window (see :func:`window_records`).
-    Returns the merged chunks (:data:`MERGED`, one per cell and level) and, per level, ``cells``
+    Returns the merged chunks (of :data:`MERGED`, one per cell and level) and, per level, ``cells``
     (how many), ``records`` (box records shuffled into them, halo copies included) and ``merged``
     (boxes that came out there).
     """
-    routed: dict[Key, list[np.ndarray]] = defaultdict(list)
+    routed: dict[Key, list[Chunk]] = defaultdict(list)
     for position, window, detections in items:
-        for key, rec in grid.route(window_records(position, window, detections), 0):
+        for key, rec in grid.route(window_chunk(position, window, detections), 0):
             routed[key].append(rec)
     merged, stats = [], []
     for level in range(grid.levels + 1):
-        nxt: dict[Key, list[np.ndarray]] = defaultdict(list)
+        nxt: dict[Key, list[Chunk]] = defaultdict(list)
         done = 0
         for key, chunks in sorted(routed.items()):
             out, up = settle_cell(grid, level, key, chunks, rule)
@@ -261,11 +274,13 @@ def merge_in_cells(
     return merged, stats
 
 
-def merged_detections(chunks: Iterable[np.ndarray], transform: Any, crs: Any) -> Detections:
-    """One :class:`~lazytiles.Detections` from merged chunks (:data:`MERGED`), in ``lt.merge``'s order."""
+def merged_detections(chunks: Iterable[Any], transform: Any, crs: Any) -> Detections:
+    """One :class:`~lazytiles.Detections` from merged chunks (:data:`MERGED` arrays, or chunks of them
+    with outlines), in ``lt.merge``'s order."""
     parts = []
     for chunk in chunks:
-        c = np.asarray(chunk, MERGED)
+        merged = Chunk.of(chunk, MERGED)
+        c = merged.records
         if len(c):
             parts.append(
                 {
@@ -274,6 +289,7 @@ def merged_detections(chunks: Iterable[np.ndarray], transform: Any, crs: Any) ->
                     "labels": c["label"].copy(),
                     "window_index": c["widx"].copy(),
                     "partial": c["partial"].copy(),
+                    "shapes": merged.all_shapes(),
                 }
             )
     return finish_groups(parts, transform, crs)
@@ -337,5 +353,6 @@ __all__ = [
     "merged_detections",
     "merged_records",
     "settle_cell",
+    "window_chunk",
     "window_records",
 ]

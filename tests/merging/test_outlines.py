@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import shapely
 import torch
+from rasterio.features import rasterize, shapes
 from torch import nn
 
 import lazytiles as lt
@@ -113,3 +114,79 @@ def test_masks_that_do_not_fit_the_boxes_are_named():
         parse_outputs([{**item, "masks": torch.full((2, 8, 8), float("nan"))}], 1, [5])
     ((_, _, _, shapes),) = parse_outputs([{**item, "masks": torch.zeros(2, 8, 8)}], 1, [5])
     assert list(shapes) == [None, None]  # nothing above 0.5: box only
+
+
+# -- the cell merge (Beam's algorithm) ---------------------------------------------------------------------
+
+
+def discs_scene(seed: int = 0, size: int = 256, n: int = 14) -> np.ndarray:
+    """Discs of 6..30 px radius, many across window seams, a few touching each other."""
+    rng = np.random.default_rng(seed)
+    r, c = np.indices((size, size))
+    scene = np.zeros((size, size), np.uint8)
+    for _ in range(n):
+        y, x, rad = rng.integers(0, size, 2).tolist() + [int(rng.integers(6, 30))]
+        scene[(r - y) ** 2 + (c - x) ** 2 <= rad**2] = 255
+    return scene
+
+
+class ComponentMasks(nn.Module):
+    """Every 4-connected bright area of a window is an object, with its mask (what a Mask R-CNN gives)."""
+
+    def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for img in x:
+            m = (img[0] > 0).numpy().astype(np.uint8)
+            parts = [shapely.geometry.shape(g) for g, _ in shapes(m, mask=m.astype(bool))]
+            masks = torch.zeros(len(parts), 1, *m.shape)
+            for k, g in enumerate(parts):
+                masks[k, 0] = torch.from_numpy(rasterize([g], out_shape=m.shape).astype(np.float32))
+            boxes = torch.tensor([g.bounds for g in parts], dtype=torch.float32).reshape(-1, 4)
+            out.append({"boxes": boxes, "scores": torch.linspace(0.9, 0.5, len(parts)),
+                        "labels": torch.ones(len(parts), dtype=torch.int64), "masks": masks})  # fmt: skip
+        return out
+
+
+@pytest.fixture(scope="module")
+def masked():
+    scene = discs_scene()
+    wins = lt.windows(lt.ArraySource(scene[None]), 64, overlap=0.25)
+    per_window = list(lt.detect(ComponentMasks(), wins, progress=False))
+    merged = lt.merge(per_window, windows=wins, progress=False)
+    return scene, wins, per_window, merged
+
+
+def test_each_object_is_one_polygon_equal_to_the_truth(masked):
+    scene, _, _, merged = masked
+    truth = [shapely.geometry.shape(g) for g, _ in shapes(scene, mask=scene > 0)]  # one trace of the whole scene
+    assert len(merged) == len(truth) > 10
+    for g in merged.shapes:  # every merged outline is one object of the whole-scene trace
+        assert sum(g.equals(t) for t in truth) == 1
+
+
+@pytest.mark.parametrize("cell, fanin", [(17, 2), (64, 3), (5000, 4)])
+def test_the_cell_merge_gives_the_local_merge_with_outlines(masked, cell, fanin):
+    from lazytiles.merging.cells import merge_by_cells
+
+    _, wins, per_window, merged = masked
+    by_cells = merge_by_cells(per_window, wins, cell_size=cell, fanin=fanin)
+    assert by_cells == merged  # boxes, scores, ... and the outlines, exactly
+
+
+def test_chunks_carry_outlines_through_bytes(masked):
+    from lazytiles.merging.cells import MERGED, RECORD, merged_records, window_chunk
+    from lazytiles.merging.chunks import Chunk
+
+    _, wins, per_window, merged = masked
+    k = next(i for i, d in enumerate(per_window) if len(d) > 1)
+    chunk = window_chunk(k, wins.pixel_windows()[k].tolist(), per_window[k])
+    back = Chunk.frombytes(chunk.tobytes(), RECORD)
+    assert back.records.tobytes() == chunk.records.tobytes() and list(back.shapes) == list(per_window[k].shapes)
+    records = merged_records(merged.boxes, merged.scores, merged.labels, merged.window_index, merged.partial)
+    one = np.full(len(merged), None, dtype=object)
+    one[0] = merged.shapes[0]
+    mixed = Chunk.with_shapes(records, one)
+    assert list(Chunk.frombytes(mixed.tobytes(), MERGED).shapes) == list(mixed.shapes)
+    plain = Chunk(chunk.records)
+    assert len(plain.tobytes()) == len(chunk.records.tobytes()) + 9
+    assert Chunk.frombytes(plain.tobytes(), RECORD).shapes is None
