@@ -58,7 +58,7 @@ def _found(path: str) -> tuple[Any, Any]:
         return read_truth(path, None, None), None
     with run:
         result = run.result()
-        return (run.merge() if result is None else result), run.per_window().windows
+        return (run.merge() if result is None else result), run.window_table
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -114,13 +114,16 @@ def polygons(
     """Vectorise a label raster into one polygon per object, block by block, joined across block seams.
 
     An object is a 4-connected area of pixels with one value: exactly what one
-    ``rasterio.features.shapes`` over the whole raster gives, without holding the whole raster.
+    ``rasterio.features.shapes`` over the whole raster gives, without holding the whole raster (one
+    row of blocks and the objects touching its lower edge; GDAL's block cache, ``GDAL_CACHEMAX``,
+    may keep blocks already read).
 
     Parameters
     ----------
     raster
-        A path (any GDAL raster, e.g. what ``lt.write_raster`` wrote) or an open rasterio dataset
-        (left open).
+        A path (any GDAL raster, e.g. what ``lt.write_raster`` wrote; opened for this call, so calls
+        from many threads are safe) or an open rasterio dataset (left open; no other thread may read
+        it meanwhile, as for any rasterio dataset).
     classes
         The values to vectorise; None: every value. Pixels that are nodata (the raster's mask) are
         never vectorised, so give the background a nodata value or leave it out of ``classes``.

@@ -30,6 +30,7 @@ from ..errors import InvalidArgumentError
 from ..merging.boxes import Metric
 from ..merging.rule import MergeRule, Method
 from ..merging.streaming import Merger, merge_by_rule
+from ..merging.window_table import WindowTable
 from ..outputs.matching import Match
 from ..outputs.sweep import sweep_merges
 from ..outputs.table import Table
@@ -195,6 +196,11 @@ class Run:
     def windows(self) -> np.ndarray:
         """Indices of the run's windows, in its order."""
         return self._store.windows.indices
+
+    @property
+    def window_table(self) -> WindowTable:
+        """The run's windows with their pixel rectangles (what ``lt.evaluate(windows=...)`` takes)."""
+        return self._store.windows
 
     @property
     def done(self) -> np.ndarray:
