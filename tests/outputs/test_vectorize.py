@@ -7,6 +7,8 @@ import pytest
 import rasterio
 import shapely
 from conftest import UTM_10M, write_tif
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rasterio.features import shapes
 
 import lazytiles as lt
@@ -124,3 +126,45 @@ def test_bad_input_is_named(tmp_path):
         lt.polygons(tmp_path / "nowhere.tif")
     with pytest.raises(lt.InvalidArgumentError, match="path or an open rasterio dataset, got list"):
         lt.polygons([1, 2])
+
+
+class ReadLog:
+    """An open dataset that records the windows read (everything else is the real dataset's)."""
+
+    def __init__(self, ds) -> None:
+        self._ds, self.reads = ds, []
+
+    def __getattr__(self, name):
+        return getattr(self._ds, name)
+
+    def read(self, band, window):
+        self.reads.append(window)
+        return self._ds.read(band, window=window)
+
+
+def test_each_block_is_read_once_in_row_order(tmp_path):
+    labels = labels_scene(seed=3)
+    path = write_tif(tmp_path / "labels.tif", labels[None], block=(16, 16), nodata=0)
+    with rasterio.open(path) as ds:
+        log = ReadLog(ds)
+        found = lt.polygons(log, block=(16, 32))
+    assert_objects_equal(found, truth(labels, labels != 0))
+    got = [(w.row_off, w.col_off, w.height, w.width) for w in log.reads]
+    assert got == [(r, c, 16, 32) for r in range(0, 96, 16) for c in range(0, 128, 32)]  # no pixel twice
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    shape=st.tuples(st.integers(1, 40), st.integers(1, 40)),
+    block=st.tuples(st.integers(1, 17), st.integers(1, 17)),
+    classes=st.integers(2, 4),
+)
+def test_any_raster_in_any_blocks_equals_one_whole_trace(tmp_path_factory, seed, shape, block, classes):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, shape, dtype=np.uint8)
+    if seed % 2:  # blocky regions, not only noise
+        labels = np.kron(rng.integers(0, classes, (shape[0] // 4 + 1, shape[1] // 4 + 1)), np.ones((4, 4)))
+        labels = labels[: shape[0], : shape[1]].astype(np.uint8)
+    path = write_tif(tmp_path_factory.mktemp("h") / "l.tif", labels[None], block=None, nodata=0)
+    assert_objects_equal(lt.polygons(path, block=block), truth(labels, labels != 0))
