@@ -29,7 +29,10 @@ def _ratio(a: int, b: int) -> float:
 def _row(name: Any, found: Detections, truth: Detections, hit: np.ndarray, taken: np.ndarray) -> dict[str, Any]:
     tp = int(hit.sum())
     p, r = _ratio(tp, len(found)), _ratio(int(taken.sum()), len(truth))
-    f1 = 2 * p * r / (p + r) if p + r > 0 else (0.0 if not (math.isnan(p) or math.isnan(r)) else float("nan"))
+    if math.isnan(p) or math.isnan(r):
+        f1 = float("nan")
+    else:
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
     return {
         "class": name,
         "truth": len(truth),
