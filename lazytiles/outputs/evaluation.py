@@ -6,6 +6,7 @@ See :mod:`lazytiles.outputs.matching` for the matching rule and the average prec
 
 from __future__ import annotations
 
+import html
 import math
 import os
 from dataclasses import dataclass
@@ -117,10 +118,16 @@ class Evaluation:
         """Mean average precision over the classes with true objects."""
         return float(self.table[-1]["ap"])
 
+    def _head(self) -> str:
+        return f"Evaluation: {self.match} IoU >= {self.iou:g}; {len(self.missed)} missed, {len(self.extra)} extra"
+
     def __repr__(self) -> str:
-        head = f"<Evaluation: {self.match} IoU >= {self.iou:g}; {len(self.missed)} missed, {len(self.extra)} extra>"
         seams = "" if self.seams is None else f"\nobjects on window seams:\n{self.seams!r}"
-        return f"{head}\n{self.table!r}{seams}"
+        return f"<{self._head()}>\n{self.table!r}{seams}"
+
+    def _repr_html_(self) -> str:
+        seams = "" if self.seams is None else f"<br>objects on window seams:{self.seams._repr_html_()}"
+        return f"<div><b>lt.{html.escape(self._head())}</b>{self.table._repr_html_()}{seams}</div>"
 
 
 def evaluate(

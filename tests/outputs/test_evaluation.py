@@ -131,3 +131,10 @@ def test_nothing_found_or_nothing_true():
     assert result.recall == 0.0 and math.isnan(result.precision) and result.ap == 0.0
     result = lt.evaluate(truth, none)
     assert result.precision == 0.0 and math.isnan(result.recall) and math.isnan(result.ap)
+
+
+def test_the_result_shows_as_html_in_a_notebook():
+    truth = squares(3)
+    page = lt.evaluate(truth[:2], truth)._repr_html_()
+    assert page.startswith("<div><b>lt.Evaluation: box IoU &gt;= 0.5; 1 missed, 0 extra</b><table>")
+    assert "<td>0.6667</td>" in page and page.count("<tr>") == 3  # header, class 1, all
