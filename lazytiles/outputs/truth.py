@@ -68,9 +68,10 @@ def read_truth(
     kinds = shapely.get_type_id(geoms)
     bad = ~np.isin(kinds, OUTLINE_TYPES)
     if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        kind = "an empty geometry" if geoms[first] is None else f"a {geoms[first].geom_type}"
         raise InvalidArgumentError(
-            f"truth file {name!r} holds a {shapely.get_type_id(geoms[bad][0])!r}-type geometry (shapely type id) at "
-            f"feature {int(np.flatnonzero(bad)[0])}; evaluation compares polygons"
+            f"truth file {name!r} holds {kind} at feature {first}; evaluation compares polygons (or multipolygons)"
         )
     file_crs = CRS.from_user_input(meta["crs"]) if meta["crs"] else None
     scores = None

@@ -116,6 +116,11 @@ def test_truth_files_are_read_with_their_class_column(tmp_path):
     names = write_truth(tmp_path / "n.gpkg", pixels, {"label": np.array(["a", "b", "c"], dtype=object)})
     with pytest.raises(lt.InvalidArgumentError, match="holds object values, not integer class ids"):
         lt.evaluate(found, names)
+    points = tmp_path / "points.gpkg"
+    write(str(points), shapely.to_wkb(shapely.points([[0, 0], [1, 1]])), [np.array([1, 2])], ["label"],
+          driver="GPKG", geometry_type="Point", crs="EPSG:32633")  # fmt: skip
+    with pytest.raises(lt.InvalidArgumentError, match="holds a Point at feature 0; evaluation compares polygons"):
+        lt.evaluate(found, points)
     with pytest.raises(lt.SourceNotFoundError, match="does not exist"):
         lt.evaluate(found, tmp_path / "none.gpkg")
     with pytest.raises(lt.InvalidArgumentError, match=r"match must be 'box' or 'polygon', got 'mask'"):
