@@ -165,6 +165,59 @@ _OUT_COLUMNS = (
 )
 
 
+def _leaders(i: np.ndarray, j: np.ndarray, rank: np.ndarray, order: np.ndarray, complete: np.ndarray) -> np.ndarray:
+    """Which complete boxes greedy matching keeps: best-ranked first, each taking every box it matches.
+
+    A complete box leads exactly when no better-ranked complete box matching it leads, so rounds of
+    numpy decide every box whose better neighbours are all decided (a handful of rounds: chains of
+    matches are short). Should a chain be long, a plain loop in rank order finishes it.
+    """
+    n = len(rank)
+    undecided, lead = complete.copy(), np.zeros(n, bool)
+    both = complete[i] & complete[j]
+    better = np.where(rank[i] < rank[j], i, j)[both]  # each match between complete boxes, oriented
+    worse = np.where(rank[i] < rank[j], j, i)[both]
+    for _ in range(32):
+        if not undecided.any():
+            return lead
+        live = undecided[worse]
+        better, worse = better[live], worse[live]
+        taken = np.zeros(n, bool)  # a better box leads: this one is taken
+        taken[worse[lead[better]]] = True
+        waiting = np.zeros(n, bool)  # a better box is still undecided
+        waiting[worse[undecided[better]]] = True
+        leads = undecided & ~taken & ~waiting
+        lead |= leads
+        undecided &= ~(taken | leads)
+    start, nbrs = csr(n, better, worse)  # the rest, one box at a time
+    for k in order[undecided[order]].tolist():
+        near = nbrs[start[k] : start[k + 1]]
+        lead[k] = not (lead[near] & (rank[near] < rank[k])).any()
+    return lead
+
+
+def _greedy_groups(
+    n: int, i: np.ndarray, j: np.ndarray, rank: np.ndarray, order: np.ndarray, complete: np.ndarray
+) -> np.ndarray:
+    """Each box's group (its leader's id) under greedy matching; -1 for partial boxes no leader took.
+
+    Equal to walking the complete boxes best-ranked first, each not yet taken becoming a leader that
+    takes every box not yet taken that matches it: a box goes to the best-ranked leader it matches.
+    """
+    lead = _leaders(i, j, rank, order, complete)
+    a = np.concatenate([i, j])
+    b = np.concatenate([j, i])
+    by_leader = lead[a] & ~lead[b]
+    a, b = a[by_leader], b[by_leader]
+    best = np.full(n, n, np.int64)
+    np.minimum.at(best, b, rank[a])
+    group = np.full(n, -1, np.int64)
+    group[lead] = np.flatnonzero(lead)
+    took = best < n
+    group[took] = order[best[took]]
+    return group
+
+
 def _resolve(pool: BoxPool, i: np.ndarray, j: np.ndarray, method: str) -> dict[str, np.ndarray]:
     """One box per group of ``pool``, given its matching pairs ``(i, j)``."""
     n = len(pool)
@@ -176,19 +229,8 @@ def _resolve(pool: BoxPool, i: np.ndarray, j: np.ndarray, method: str) -> dict[s
     )
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(n)
-    start, nbrs = csr(n, i, j)
-    degree = np.diff(start)
-    group = np.full(n, -1, np.int64)
     complete = ~pool.partial
-
-    alone = complete & (degree == 0)
-    group[alone] = np.flatnonzero(alone)
-    for k in order[complete[order] & (degree[order] > 0)].tolist():  # greedy, best complete box first
-        if group[k] >= 0:
-            continue
-        group[k] = k
-        near = nbrs[start[k] : start[k + 1]]
-        group[near[group[near] < 0]] = k
+    group = _greedy_groups(n, i, j, rank, order, complete)
 
     left = group < 0  # partial boxes no complete box took: join the pieces of each object
     if left.any():

@@ -216,7 +216,8 @@ class Merger:
         self._transform, self._crs = getattr(src, "transform", None), getattr(src, "crs", None)
         self._batch = int(batch)
         self._reach = rule.margin + 2.0
-        self._pending: list[BoxPool] = []
+        self._pending: list[tuple[int, Detections]] = []  # (position, boxes) of windows not yet pooled
+        self._npending = 0
         self._pool = BoxPool.empty()
         self._held = 0  # boxes still waiting after the last settling pass
         self._seq = 0
@@ -231,7 +232,7 @@ class Merger:
     @property
     def held(self) -> int:
         """Boxes added but not yet settled into merged boxes."""
-        return len(self._pool) + sum(len(p) for p in self._pending)
+        return len(self._pool) + self._npending
 
     @property
     def seen(self) -> int:
@@ -255,24 +256,32 @@ class Merger:
                     "a lazy merge needs one Detections per window, in window order (merge a "
                     "Detections.concat(...) of them instead)"
                 )
-            cols = _columns(d, self._seq, self._table)
-            cols.settle = np.maximum(self._table.last_position(d.boxes, self._reach), k)
-            self._pending.append(cols)
-            self._seq += len(d)
+            self._pending.append((k, d))
+            self._npending += len(d)
         self._next = k + 1
         if self.held >= 2 * self._held + self._batch:  # amortised: each pass works mostly on new boxes
-            pool = BoxPool.concat([self._pool, *self._pending])
-            self._pending = []
+            pool = self._pooled()
             out, self._pool = settle_groups(pool, self._rule, pool.settle <= k)
             self._parts.append(out)
             self._held = len(self._pool)
 
+    def _pooled(self) -> BoxPool:
+        """The held boxes and the pending windows' boxes as one pool (the windows' columns made in one go)."""
+        if not self._pending:
+            return self._pool
+        positions = np.repeat([k for k, _ in self._pending], [len(d) for _, d in self._pending])
+        cols = _columns(Detections.concat([d for _, d in self._pending]), self._seq, self._table)
+        cols.settle = np.maximum(self._table.last_position(cols.boxes, self._reach), positions)
+        self._seq += len(cols)
+        self._pending, self._npending = [], 0
+        return BoxPool.concat([self._pool, cols])
+
     def result(self) -> Detections:
         """Settle every box still held and return the merged :class:`Detections`."""
-        pool = BoxPool.concat([self._pool, *self._pending])
+        pool = self._pooled()
         if len(pool):
             self._parts.append(settle_groups(pool, self._rule, None)[0])
-        self._pool, self._pending, self._held = BoxPool.empty(), [], 0
+        self._pool, self._held = BoxPool.empty(), 0
         return finish_groups([p for p in self._parts if len(p["boxes"])], self._transform, self._crs)
 
 
