@@ -271,7 +271,7 @@ class Merger:
             return self._pool
         positions = np.repeat([k for k, _ in self._pending], [len(d) for _, d in self._pending])
         cols = _columns(Detections.concat([d for _, d in self._pending]), self._seq, self._table)
-        cols.settle = np.maximum(self._table.last_position(cols.boxes, self._reach), positions)
+        cols.settle = np.maximum(self._table.last_position(cols.boxes, self._reach, positions), positions)
         self._seq += len(cols)
         self._pending, self._npending = [], 0
         return BoxPool.concat([self._pool, cols])
