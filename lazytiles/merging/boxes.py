@@ -95,10 +95,12 @@ def overlap(a: Any, b: Any, metric: Metric = "iou") -> np.ndarray:
 
 
 def overlapping_pairs(boxes: Any, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
-    """Every pair ``i < j`` of boxes that overlap with a positive area, found with a spatial index.
+    """Every pair ``i < j`` of boxes that overlap with a positive area.
 
     Returns two int64 arrays ``(i, j)``, sorted by ``i`` then ``j``. Boxes that only touch along an
-    edge or at a corner are not a pair; empty boxes pair with nothing.
+    edge or at a corner are not a pair; empty boxes pair with nothing. Boxes are bucketed on a grid of
+    cells as large as nearly all of them (in numpy); the few larger ones are looked up in a spatial
+    index, ``chunk`` at a time.
 
     Examples
     --------
@@ -110,22 +112,80 @@ def overlapping_pairs(boxes: Any, chunk: int = 1 << 16) -> tuple[np.ndarray, np.
     if len(good) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     g = b[good]
-    geoms = shapely.box(g[:, 0], g[:, 1], g[:, 2], g[:, 3])
-    tree = shapely.STRtree(geoms)
-    found_i, found_j = [], []
-    for start in range(0, len(g), chunk):  # the envelope query is exact for rectangles
-        qi, tj = tree.query(geoms[start : start + chunk])
-        qi = qi + start
-        keep = qi < tj
-        qi, tj = qi[keep], tj[keep]
-        w = np.minimum(g[qi, 2], g[tj, 2]) - np.maximum(g[qi, 0], g[tj, 0])
-        h = np.minimum(g[qi, 3], g[tj, 3]) - np.maximum(g[qi, 1], g[tj, 1])
-        keep = (w > 0) & (h > 0)
-        found_i.append(qi[keep])
-        found_j.append(tj[keep])
-    i, j = good[np.concatenate(found_i)], good[np.concatenate(found_j)]
+    extent = np.maximum(g[:, 2] - g[:, 0], g[:, 3] - g[:, 1])
+    cell = float(np.quantile(extent, 0.95))
+    if extent.max() <= 2 * cell:  # sizes alike (the usual case): every box on the grid
+        cell = float(extent.max())
+    span = g[:, 2:].max(axis=0) - g[:, :2].min(axis=0)
+    if (span[0] / cell + 2) * (span[1] / cell + 3) > 2.0**60:  # too many cells to number: no grid
+        cell = 0.0
+    small = np.flatnonzero(extent <= cell)
+    found = [_grid_pairs(g, small, cell)]
+    big = np.flatnonzero(extent > cell)
+    if len(big):
+        found.append(_indexed_pairs(g, big, chunk))
+    i, j = np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+    w = np.minimum(g[i, 2], g[j, 2]) - np.maximum(g[i, 0], g[j, 0])
+    h = np.minimum(g[i, 3], g[j, 3]) - np.maximum(g[i, 1], g[j, 1])
+    keep = (w > 0) & (h > 0)
+    i, j = good[i[keep]], good[j[keep]]
     order = np.lexsort((j, i))
     return i[order].astype(np.int64), j[order].astype(np.int64)
+
+
+def _grid_pairs(g: np.ndarray, which: np.ndarray, cell: float) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs ``i < j`` among the boxes ``which`` of ``g``, none wider or taller than ``cell``.
+
+    A box goes to the grid cell of its top-left corner; two such boxes can only overlap from the same
+    or neighbouring cells, so each pair is met once, from (0, 0), (0, 1), (1, -1), (1, 0) or (1, 1).
+    """
+    if len(which) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    corner = g[which, :2]
+    cx = np.floor((corner[:, 0] - corner[:, 0].min()) / cell).astype(np.int64)
+    cy = np.floor((corner[:, 1] - corner[:, 1].min()) / cell).astype(np.int64) + 1  # rows 0, ny-1 stay empty
+    ny = int(cy.max()) + 2
+    key = cx * ny + cy
+    order = np.argsort(key, kind="stable")
+    key, ids = key[order], which[order]
+    n = len(key)
+    here = np.arange(n)
+    out_i, out_j = [], []
+    for dx, dy in ((0, 0), (0, 1), (1, -1), (1, 0), (1, 1)):
+        target = key + (dx * ny + dy)
+        hi = np.searchsorted(key, target, "right")
+        lo = here + 1 if dx == dy == 0 else np.searchsorted(key, target, "left")
+        count = np.clip(hi - lo, 0, None)
+        total = int(count.sum())
+        if not total:
+            continue
+        first = np.cumsum(count) - count
+        p = np.repeat(here, count)
+        q = np.arange(total) - np.repeat(first - lo, count)
+        a, c = ids[p], ids[q]
+        out_i.append(np.minimum(a, c))
+        out_j.append(np.maximum(a, c))
+    if not out_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(out_i), np.concatenate(out_j)
+
+
+def _indexed_pairs(g: np.ndarray, which: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs ``i < j`` with at least one box in ``which``, each once, from a spatial index."""
+    geoms = shapely.box(g[:, 0], g[:, 1], g[:, 2], g[:, 3])
+    tree = shapely.STRtree(geoms)
+    is_big = np.zeros(len(g), bool)
+    is_big[which] = True
+    out_i, out_j = [], []
+    for start in range(0, len(which), chunk):  # the envelope query is exact for rectangles
+        part = which[start : start + chunk]
+        qi, tj = tree.query(geoms[part])
+        qi = part[qi]
+        keep = (qi != tj) & (~is_big[tj] | (qi < tj))  # a pair of two big boxes is met twice
+        qi, tj = qi[keep], tj[keep]
+        out_i.append(np.minimum(qi, tj))
+        out_j.append(np.maximum(qi, tj))
+    return np.concatenate(out_i), np.concatenate(out_j)
 
 
 def csr(n: int, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
