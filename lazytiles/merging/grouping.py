@@ -104,6 +104,28 @@ def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 # -- resolving groups ------------------------------------------------------------------------------
 
 
+def _same(a: np.ndarray) -> np.ndarray:
+    """Whether each element of ``a`` after the first equals the one before it (NaN equal to NaN)."""
+    eq: np.ndarray = a[1:] == a[:-1]
+    if a.dtype.kind == "f":
+        eq |= np.isnan(a[1:]) & np.isnan(a[:-1])
+    return eq
+
+
+def lexsort_ties(keys: tuple[np.ndarray, ...]) -> np.ndarray:
+    """``np.lexsort(keys)`` (last key primary), sorting by the two primary keys and by the others only
+    among the elements those two leave tied: scores are rarely equal, so this is about one sort."""
+    order = np.lexsort(keys[-2:])
+    tie = _same(keys[-1][order]) & _same(keys[-2][order])
+    if tie.any():
+        in_run = np.r_[tie, False] | np.r_[False, tie]
+        run = np.cumsum(np.r_[True, ~tie])
+        at = np.flatnonzero(in_run)
+        tied = order[at]
+        order[at] = tied[np.lexsort((*(k[tied] for k in keys[:-2]), run[at]))]
+    return order
+
+
 class BoxPool:
     """Columns of boxes waiting to be merged (one row per box)."""
 
@@ -224,7 +246,7 @@ def _resolve(pool: BoxPool, i: np.ndarray, j: np.ndarray, method: str) -> dict[s
     if n == 0:
         return {name: getattr(pool, col)[:0] for name, col in _OUT_COLUMNS}
     b = pool.boxes
-    order = np.lexsort(
+    order = lexsort_ties(
         (pool.seq, pool.labels, b[:, 2], b[:, 3], b[:, 0], b[:, 1], -pool.scores.astype(np.float64), pool.partial)
     )
     rank = np.empty(n, np.int64)
@@ -243,7 +265,7 @@ def _resolve(pool: BoxPool, i: np.ndarray, j: np.ndarray, method: str) -> dict[s
         leader_of[comp[by][first]] = by[first]
         group[idx] = leader_of[comp[idx]]
 
-    members = np.lexsort((rank, group))
+    members = np.argsort(group * n + rank)  # by group, then rank
     g = group[members]
     starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
     leaders = g[starts]
@@ -306,7 +328,7 @@ def finish_groups(parts: list[dict[str, np.ndarray]], transform: Any, crs: Any) 
         return Detections.empty(transform=transform, crs=crs)
     cols = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     b = cols["boxes"]
-    order = np.lexsort(
+    order = lexsort_ties(
         (cols["window_index"], cols["labels"], b[:, 2], b[:, 3], b[:, 0], b[:, 1], -cols["scores"].astype(np.float64))
     )
     return Detections(

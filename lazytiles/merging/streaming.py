@@ -247,9 +247,10 @@ class Merger:
         d = _as_detections(dets, f"item {k} of dets")
         if k == 0:
             self._transform, self._crs = d.transform, d.crs
-        if len(d):
+        n = len(d.boxes)
+        if n:
             expected = self._table.indices[k]
-            if np.any(d.window_index != expected):
+            if (d.window_index != expected).any():
                 bad = int(d.window_index[d.window_index != expected][0])
                 raise InvalidArgumentError(
                     f"item {k} of dets holds a box from window {bad}, but item {k} is window {expected}; "
@@ -257,9 +258,10 @@ class Merger:
                     "Detections.concat(...) of them instead)"
                 )
             self._pending.append((k, d))
-            self._npending += len(d)
+            self._npending += n
         self._next = k + 1
-        if self.held >= 2 * self._held + self._batch:  # amortised: each pass works mostly on new boxes
+        # amortised: each pass works mostly on new boxes
+        if len(self._pool) + self._npending >= 2 * self._held + self._batch:
             pool = self._pooled()
             out, self._pool = settle_groups(pool, self._rule, pool.settle <= k)
             self._parts.append(out)
@@ -269,10 +271,22 @@ class Merger:
         """The held boxes and the pending windows' boxes as one pool (the windows' columns made in one go)."""
         if not self._pending:
             return self._pool
-        positions = np.repeat([k for k, _ in self._pending], [len(d) for _, d in self._pending])
-        cols = _columns(Detections.concat([d for _, d in self._pending]), self._seq, self._table)
-        cols.settle = np.maximum(self._table.last_position(cols.boxes, self._reach, positions), positions)
-        self._seq += len(cols)
+        ds = [d for _, d in self._pending]
+        positions = np.repeat([k for k, _ in self._pending], [len(d.boxes) for d in ds])
+        n = len(positions)
+        boxes = np.concatenate([d.boxes for d in ds])
+        widx = np.concatenate([d.window_index for d in ds])
+        cols = BoxPool(
+            boxes=boxes,
+            scores=np.concatenate([d.scores for d in ds]),
+            labels=np.concatenate([d.labels for d in ds]),
+            widx=widx,
+            partial=np.concatenate([d.partial for d in ds]),
+            seq=np.arange(self._seq, self._seq + n, dtype=np.int64),
+            wrect=self._table.lookup(widx),
+            settle=np.maximum(self._table.last_position(boxes, self._reach, positions), positions),
+        )
+        self._seq += n
         self._pending, self._npending = [], 0
         return BoxPool.concat([self._pool, cols])
 

@@ -19,6 +19,7 @@ from rasterio.windows import Window
 
 import lazytiles as lt
 from lazytiles.detections import partial_flags
+from lazytiles.merging.grouping import lexsort_ties
 from lazytiles.merging.streaming import Merger
 
 UTM_10M = Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 6_000_000.0)
@@ -611,3 +612,14 @@ def test_boxes_must_come_from_the_windows_given():
     merger.add(lt.Detections.empty())
     with pytest.raises(lt.InvalidArgumentError, match="all 2 windows have been added"):
         merger.add(lt.Detections.empty())
+
+
+def test_lexsort_ties_equals_lexsort():
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 2, 50, 3000):
+        keys = [rng.integers(0, 4, n), rng.integers(0, 3, n).astype(float), rng.integers(0, 2, n).astype(float)]
+        keys[1][rng.random(n) < 0.2] = np.nan  # NaNs sort last and tie with each other
+        keys[2][rng.random(n) < 0.1] = np.nan
+        keys.insert(0, np.arange(n)[::-1])  # least significant: every tie broken
+        assert np.array_equal(lexsort_ties(tuple(keys)), np.lexsort(tuple(keys)))
+        assert np.array_equal(lexsort_ties(tuple(keys[1:])), np.lexsort(tuple(keys[1:])))
