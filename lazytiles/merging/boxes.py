@@ -94,8 +94,11 @@ def overlap(a: Any, b: Any, metric: Metric = "iou") -> np.ndarray:
     return _ratio(inter, area(a), area(b), metric)
 
 
-def overlapping_pairs(boxes: Any, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
-    """Every pair ``i < j`` of boxes that overlap with a positive area.
+def overlapping_pairs(
+    boxes: Any, chunk: int = 1 << 16, *, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair ``i < j`` of boxes that overlap with a positive area (and are in the same ``groups``,
+    when given: one value per box, such as its label).
 
     Returns two int64 arrays ``(i, j)``, sorted by ``i`` then ``j``. Boxes that only touch along an
     edge or at a corner are not a pair; empty boxes pair with nothing. Boxes are bucketed on a grid of
@@ -117,27 +120,37 @@ def overlapping_pairs(boxes: Any, chunk: int = 1 << 16) -> tuple[np.ndarray, np.
     if extent.max() <= 2 * cell:  # sizes alike (the usual case): every box on the grid
         cell = float(extent.max())
     span = g[:, 2:].max(axis=0) - g[:, :2].min(axis=0)
-    if (span[0] / cell + 2) * (span[1] / cell + 3) > 2.0**60:  # too many cells to number: no grid
+    code = np.zeros(len(g), np.int64)
+    if groups is not None:
+        group = np.asarray(groups)[good]
+        low = group.min()
+        if group.dtype.kind in "iu" and int(group.max()) - int(low) < 4 * len(group):  # labels: small ints
+            code = group.astype(np.int64) - int(low)
+        else:
+            code = np.unique(group, return_inverse=True)[1].reshape(-1)
+    if (span[0] / cell + 2) * (span[1] / cell + 3) * (code.max() + 1) > 2.0**60:  # too many cells to number
         cell = 0.0
     small = np.flatnonzero(extent <= cell)
-    found = [_grid_pairs(g, small, cell)]
+    found = [_grid_pairs(g, small, cell, code)]
     big = np.flatnonzero(extent > cell)
     if len(big):
         found.append(_indexed_pairs(g, big, chunk))
     i, j = np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
     w = np.minimum(g[i, 2], g[j, 2]) - np.maximum(g[i, 0], g[j, 0])
     h = np.minimum(g[i, 3], g[j, 3]) - np.maximum(g[i, 1], g[j, 1])
-    keep = (w > 0) & (h > 0)
+    keep = (w > 0) & (h > 0) & (code[i] == code[j])
     i, j = good[i[keep]], good[j[keep]]
     order = np.lexsort((j, i))
     return i[order].astype(np.int64), j[order].astype(np.int64)
 
 
-def _grid_pairs(g: np.ndarray, which: np.ndarray, cell: float) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate pairs ``i < j`` among the boxes ``which`` of ``g``, none wider or taller than ``cell``.
+def _grid_pairs(g: np.ndarray, which: np.ndarray, cell: float, code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs ``i < j`` among the boxes ``which`` of ``g``, none wider or taller than ``cell``,
+    with the same ``code``.
 
-    A box goes to the grid cell of its top-left corner; two such boxes can only overlap from the same
-    or neighbouring cells, so each pair is met once, from (0, 0), (0, 1), (1, -1), (1, 0) or (1, 1).
+    A box goes to the grid cell of its top-left corner (one grid per code); two such boxes can only
+    overlap from the same or neighbouring cells, so each pair is met once, from (0, 0), (0, 1), (1, -1),
+    (1, 0) or (1, 1).
     """
     if len(which) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -145,16 +158,25 @@ def _grid_pairs(g: np.ndarray, which: np.ndarray, cell: float) -> tuple[np.ndarr
     cx = np.floor((corner[:, 0] - corner[:, 0].min()) / cell).astype(np.int64)
     cy = np.floor((corner[:, 1] - corner[:, 1].min()) / cell).astype(np.int64) + 1  # rows 0, ny-1 stay empty
     ny = int(cy.max()) + 2
-    key = cx * ny + cy
+    key = (code[which] * (int(cx.max()) + 2) + cx) * ny + cy  # column cx.max() + 1 stays empty
     order = np.argsort(key, kind="stable")
     key, ids = key[order], which[order]
     n = len(key)
     here = np.arange(n)
+    cells = int(key[-1]) + ny + 2
+    start = None
+    if cells <= 8 * n + 1024:  # few cells: where each begins, by counting
+        start = np.zeros(cells + 1, np.int64)
+        np.cumsum(np.bincount(key, minlength=cells), out=start[1:])
     out_i, out_j = [], []
     for dx, dy in ((0, 0), (0, 1), (1, -1), (1, 0), (1, 1)):
         target = key + (dx * ny + dy)
-        hi = np.searchsorted(key, target, "right")
-        lo = here + 1 if dx == dy == 0 else np.searchsorted(key, target, "left")
+        if start is None:
+            hi = np.searchsorted(key, target, "right")
+            lo = here + 1 if dx == dy == 0 else np.searchsorted(key, target, "left")
+        else:
+            hi = start[target + 1]
+            lo = here + 1 if dx == dy == 0 else start[target]
         count = np.clip(hi - lo, 0, None)
         total = int(count.sum())
         if not total:

@@ -66,10 +66,8 @@ def _match_edges(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every matching pair ``(i, j)``, ``i < j``."""
     reach = margin + 1.0  # abutting seams: boxes that only touch must still become candidates
-    i, j = overlapping_pairs(boxes + np.array([-reach, -reach, reach, reach]))
-    if class_aware:
-        same = labels[i] == labels[j]
-        i, j = i[same], j[same]
+    grown = boxes + np.array([-reach, -reach, reach, reach])
+    i, j = overlapping_pairs(grown, groups=labels if class_aware else None)
     known = ~np.isnan(wrect[:, 0])
     cross = known[i] & known[j] & (widx[i] != widx[j])
     value = np.zeros(len(i))
