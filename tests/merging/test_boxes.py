@@ -160,3 +160,19 @@ def test_bad_input_names_the_problem():
         nms([[0, 0, 1, 1]], [1.0], 0)
     with pytest.raises(lt.InvalidArgumentError, match=r"one value per box \(1\), got 2"):
         nms([[0, 0, 1, 1]], [1.0, 0.5])
+
+
+def test_overlapping_pairs_within_groups_are_the_pairs_of_equal_group():
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 300, (1500, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(1, 25, (1500, 2))], axis=1)
+    boxes[::50, 2:] += 200  # a few much larger ones
+    i, j = overlapping_pairs(boxes)
+    for groups in (
+        rng.integers(0, 3, 1500),
+        rng.integers(-(10**12), 10**12, 1500) % 3 * 10**11,
+        rng.random(1500) < 0.5,
+    ):
+        gi, gj = overlapping_pairs(boxes, groups=groups)
+        same = groups[i] == groups[j]
+        assert np.array_equal(gi, i[same]) and np.array_equal(gj, j[same]) and len(gi) > 100
