@@ -3,8 +3,9 @@
 Boxes are half-open pixel rectangles (``x1``/``y1`` exclusive, like a window's right and bottom
 edges), so two boxes that only share an edge do not overlap. Every function takes anything
 ``np.asarray`` accepts (lists, numpy arrays, CPU torch tensors); :func:`nms` also hands a torch tensor
-back when given one. Finding which boxes overlap uses a spatial index (shapely's STRtree), so the cost
-grows with the number of overlapping pairs, not with ``N ** 2``.
+back when given one. Finding which boxes overlap buckets them on a grid of box-sized cells (a spatial
+index, shapely's STRtree, for the few much larger ones), so the cost grows with the number of boxes
+near each other, not with ``N ** 2``.
 """
 
 from __future__ import annotations
