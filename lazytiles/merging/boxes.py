@@ -116,12 +116,13 @@ def overlapping_pairs(
     if len(good) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     g = b[good]
-    extent = np.maximum(g[:, 2] - g[:, 0], g[:, 3] - g[:, 1])
+    x0, y0, x1, y1 = (np.ascontiguousarray(g[:, k]) for k in range(4))
+    extent = np.maximum(x1 - x0, y1 - y0)
     k = (len(extent) * 19) // 20
     cell = float(np.partition(extent, k)[k])  # the 95th percentile
     if extent.max() <= 2 * cell:  # sizes alike (the usual case): every box on the grid
         cell = float(extent.max())
-    span = g[:, 2:].max(axis=0) - g[:, :2].min(axis=0)
+    span = (x1.max() - x0.min(), y1.max() - y0.min())
     code = np.zeros(len(g), np.int64)
     if groups is not None:
         group = np.asarray(groups)[good]
@@ -137,12 +138,14 @@ def overlapping_pairs(
     big = np.flatnonzero(extent > cell)
     if len(big):
         found.append(_indexed_pairs(g, big, chunk))
-    i, j = np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
-    w = np.minimum(g[i, 2], g[j, 2]) - np.maximum(g[i, 0], g[j, 0])
-    h = np.minimum(g[i, 3], g[j, 3]) - np.maximum(g[i, 1], g[j, 1])
-    keep = (w > 0) & (h > 0) & (code[i] == code[j])
+    i, j = (
+        found[0] if len(found) == 1 else (np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found]))
+    )
+    keep = np.minimum(x1[i], x1[j]) > np.maximum(x0[i], x0[j])
+    keep &= np.minimum(y1[i], y1[j]) > np.maximum(y0[i], y0[j])
+    keep &= code[i] == code[j]
     i, j = good[i[keep]], good[j[keep]]
-    order = np.lexsort((j, i))
+    order = np.argsort(i * len(b) + j)  # by i, then j
     return i[order].astype(np.int64), j[order].astype(np.int64)
 
 
@@ -156,12 +159,12 @@ def _grid_pairs(g: np.ndarray, which: np.ndarray, cell: float, code: np.ndarray)
     """
     if len(which) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    corner = g[which, :2]
-    cx = np.floor((corner[:, 0] - corner[:, 0].min()) / cell).astype(np.int64)
-    cy = np.floor((corner[:, 1] - corner[:, 1].min()) / cell).astype(np.int64) + 1  # rows 0, ny-1 stay empty
+    left, top = g[which, 0], g[which, 1]
+    cx = np.floor((left - left.min()) / cell).astype(np.int64)
+    cy = np.floor((top - top.min()) / cell).astype(np.int64) + 1  # rows 0, ny-1 stay empty
     ny = int(cy.max()) + 2
     key = (code[which] * (int(cx.max()) + 2) + cx) * ny + cy  # column cx.max() + 1 stays empty
-    order = np.argsort(key, kind="stable")
+    order = np.argsort(key)
     key, ids = key[order], which[order]
     n = len(key)
     here = np.arange(n)

@@ -111,16 +111,19 @@ def _same(a: np.ndarray) -> np.ndarray:
 
 
 def lexsort_ties(keys: tuple[np.ndarray, ...]) -> np.ndarray:
-    """``np.lexsort(keys)`` (last key primary), sorting by the two primary keys and by the others only
-    among the elements those two leave tied: scores are rarely equal, so this is about one sort."""
-    order = np.lexsort(keys[-2:])
-    tie = _same(keys[-1][order]) & _same(keys[-2][order])
+    """``np.lexsort(keys)`` (last key primary, stable), sorting by the two primary keys and by the others
+    (and the position) only among the elements those two leave tied: scores are rarely equal, so this is
+    about one sort."""
+    second, first = keys[-2], keys[-1]
+    order = np.argsort(second)  # not stable: ties are ordered below
+    order = order[np.argsort(first[order], kind="stable")]
+    tie = _same(first[order]) & _same(second[order])
     if tie.any():
         in_run = np.r_[tie, False] | np.r_[False, tie]
         run = np.cumsum(np.r_[True, ~tie])
         at = np.flatnonzero(in_run)
         tied = order[at]
-        order[at] = tied[np.lexsort((*(k[tied] for k in keys[:-2]), run[at]))]
+        order[at] = tied[np.lexsort((tied, *(k[tied] for k in keys[:-2]), run[at]))]
     return order
 
 
