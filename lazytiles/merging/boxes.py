@@ -3,8 +3,9 @@
 Boxes are half-open pixel rectangles (``x1``/``y1`` exclusive, like a window's right and bottom
 edges), so two boxes that only share an edge do not overlap. Every function takes anything
 ``np.asarray`` accepts (lists, numpy arrays, CPU torch tensors); :func:`nms` also hands a torch tensor
-back when given one. Finding which boxes overlap uses a spatial index (shapely's STRtree), so the cost
-grows with the number of overlapping pairs, not with ``N ** 2``.
+back when given one. Finding which boxes overlap buckets them on a grid of box-sized cells (a spatial
+index, shapely's STRtree, for the few much larger ones), so the cost grows with the number of boxes
+near each other, not with ``N ** 2``.
 """
 
 from __future__ import annotations
@@ -94,11 +95,16 @@ def overlap(a: Any, b: Any, metric: Metric = "iou") -> np.ndarray:
     return _ratio(inter, area(a), area(b), metric)
 
 
-def overlapping_pairs(boxes: Any, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
-    """Every pair ``i < j`` of boxes that overlap with a positive area, found with a spatial index.
+def overlapping_pairs(
+    boxes: Any, chunk: int = 1 << 16, *, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair ``i < j`` of boxes that overlap with a positive area (and are in the same ``groups``,
+    when given: one value per box, such as its label).
 
     Returns two int64 arrays ``(i, j)``, sorted by ``i`` then ``j``. Boxes that only touch along an
-    edge or at a corner are not a pair; empty boxes pair with nothing.
+    edge or at a corner are not a pair; empty boxes pair with nothing. Boxes are bucketed on a grid of
+    cells as large as nearly all of them (in numpy); the few larger ones are looked up in a spatial
+    index, ``chunk`` at a time.
 
     Examples
     --------
@@ -110,22 +116,103 @@ def overlapping_pairs(boxes: Any, chunk: int = 1 << 16) -> tuple[np.ndarray, np.
     if len(good) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     g = b[good]
+    x0, y0, x1, y1 = (np.ascontiguousarray(g[:, k]) for k in range(4))
+    extent = np.maximum(x1 - x0, y1 - y0)
+    k = (len(extent) * 19) // 20
+    cell = float(np.partition(extent, k)[k])  # the 95th percentile
+    if extent.max() <= 2 * cell:  # sizes alike (the usual case): every box on the grid
+        cell = float(extent.max())
+    span = (x1.max() - x0.min(), y1.max() - y0.min())
+    code = np.zeros(len(g), np.int64)
+    if groups is not None:
+        group = np.asarray(groups)[good]
+        low = group.min()
+        if group.dtype.kind in "iu" and int(group.max()) - int(low) < 4 * len(group):  # labels: small ints
+            code = group.astype(np.int64) - int(low)
+        else:
+            code = np.unique(group, return_inverse=True)[1].reshape(-1)
+    if (span[0] / cell + 2) * (span[1] / cell + 3) * (code.max() + 1) > 2.0**60:  # too many cells to number
+        cell = 0.0
+    small = np.flatnonzero(extent <= cell)
+    found = [_grid_pairs(g, small, cell, code)]
+    big = np.flatnonzero(extent > cell)
+    if len(big):
+        found.append(_indexed_pairs(g, big, chunk))
+    i, j = (
+        found[0] if len(found) == 1 else (np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found]))
+    )
+    keep = np.minimum(x1[i], x1[j]) > np.maximum(x0[i], x0[j])
+    keep &= np.minimum(y1[i], y1[j]) > np.maximum(y0[i], y0[j])
+    keep &= code[i] == code[j]
+    i, j = good[i[keep]], good[j[keep]]
+    order = np.argsort(i * len(b) + j)  # by i, then j
+    return i[order].astype(np.int64), j[order].astype(np.int64)
+
+
+def _grid_pairs(g: np.ndarray, which: np.ndarray, cell: float, code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs ``i < j`` among the boxes ``which`` of ``g``, none wider or taller than ``cell``,
+    with the same ``code``.
+
+    A box goes to the grid cell of its top-left corner (one grid per code); two such boxes can only
+    overlap from the same or neighbouring cells, so each pair is met once, from (0, 0), (0, 1), (1, -1),
+    (1, 0) or (1, 1).
+    """
+    if len(which) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    left, top = g[which, 0], g[which, 1]
+    cx = np.floor((left - left.min()) / cell).astype(np.int64)
+    cy = np.floor((top - top.min()) / cell).astype(np.int64) + 1  # rows 0, ny-1 stay empty
+    ny = int(cy.max()) + 2
+    key = (code[which] * (int(cx.max()) + 2) + cx) * ny + cy  # column cx.max() + 1 stays empty
+    order = np.argsort(key)
+    key, ids = key[order], which[order]
+    n = len(key)
+    here = np.arange(n)
+    cells = int(key[-1]) + ny + 2
+    start = None
+    if cells <= 8 * n + 1024:  # few cells: where each begins, by counting
+        start = np.zeros(cells + 1, np.int64)
+        np.cumsum(np.bincount(key, minlength=cells), out=start[1:])
+    out_i, out_j = [], []
+    for dx, dy in ((0, 0), (0, 1), (1, -1), (1, 0), (1, 1)):
+        target = key + (dx * ny + dy)
+        if start is None:
+            hi = np.searchsorted(key, target, "right")
+            lo = here + 1 if dx == dy == 0 else np.searchsorted(key, target, "left")
+        else:
+            hi = start[target + 1]
+            lo = here + 1 if dx == dy == 0 else start[target]
+        count = np.clip(hi - lo, 0, None)
+        total = int(count.sum())
+        if not total:
+            continue
+        first = np.cumsum(count) - count
+        p = np.repeat(here, count)
+        q = np.arange(total) - np.repeat(first - lo, count)
+        a, c = ids[p], ids[q]
+        out_i.append(np.minimum(a, c))
+        out_j.append(np.maximum(a, c))
+    if not out_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(out_i), np.concatenate(out_j)
+
+
+def _indexed_pairs(g: np.ndarray, which: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs ``i < j`` with at least one box in ``which``, each once, from a spatial index."""
     geoms = shapely.box(g[:, 0], g[:, 1], g[:, 2], g[:, 3])
     tree = shapely.STRtree(geoms)
-    found_i, found_j = [], []
-    for start in range(0, len(g), chunk):  # the envelope query is exact for rectangles
-        qi, tj = tree.query(geoms[start : start + chunk])
-        qi = qi + start
-        keep = qi < tj
+    is_big = np.zeros(len(g), bool)
+    is_big[which] = True
+    out_i, out_j = [], []
+    for start in range(0, len(which), chunk):  # the envelope query is exact for rectangles
+        part = which[start : start + chunk]
+        qi, tj = tree.query(geoms[part])
+        qi = part[qi]
+        keep = (qi != tj) & (~is_big[tj] | (qi < tj))  # a pair of two big boxes is met twice
         qi, tj = qi[keep], tj[keep]
-        w = np.minimum(g[qi, 2], g[tj, 2]) - np.maximum(g[qi, 0], g[tj, 0])
-        h = np.minimum(g[qi, 3], g[tj, 3]) - np.maximum(g[qi, 1], g[tj, 1])
-        keep = (w > 0) & (h > 0)
-        found_i.append(qi[keep])
-        found_j.append(tj[keep])
-    i, j = good[np.concatenate(found_i)], good[np.concatenate(found_j)]
-    order = np.lexsort((j, i))
-    return i[order].astype(np.int64), j[order].astype(np.int64)
+        out_i.append(np.minimum(qi, tj))
+        out_j.append(np.maximum(qi, tj))
+    return np.concatenate(out_i), np.concatenate(out_j)
 
 
 def csr(n: int, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -68,10 +68,8 @@ def _match_edges(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every matching pair ``(i, j)``, ``i < j``."""
     reach = margin + 1.0  # abutting seams: boxes that only touch must still become candidates
-    i, j = overlapping_pairs(boxes + np.array([-reach, -reach, reach, reach]))
-    if class_aware:
-        same = labels[i] == labels[j]
-        i, j = i[same], j[same]
+    grown = boxes + np.array([-reach, -reach, reach, reach])
+    i, j = overlapping_pairs(grown, groups=labels if class_aware else None)
     known = ~np.isnan(wrect[:, 0])
     cross = known[i] & known[j] & (widx[i] != widx[j])
     value = np.zeros(len(i))
@@ -106,6 +104,31 @@ def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 
 
 # -- resolving groups ------------------------------------------------------------------------------
+
+
+def _same(a: np.ndarray) -> np.ndarray:
+    """Whether each element of ``a`` after the first equals the one before it (NaN equal to NaN)."""
+    eq: np.ndarray = a[1:] == a[:-1]
+    if a.dtype.kind == "f":
+        eq |= np.isnan(a[1:]) & np.isnan(a[:-1])
+    return eq
+
+
+def lexsort_ties(keys: tuple[np.ndarray, ...]) -> np.ndarray:
+    """``np.lexsort(keys)`` (last key primary, stable), sorting by the two primary keys and by the others
+    (and the position) only among the elements those two leave tied: scores are rarely equal, so this is
+    about one sort."""
+    second, first = keys[-2], keys[-1]
+    order = np.argsort(second)  # not stable: ties are ordered below
+    order = order[np.argsort(first[order], kind="stable")]
+    tie = _same(first[order]) & _same(second[order])
+    if tie.any():
+        in_run = np.r_[tie, False] | np.r_[False, tie]
+        run = np.cumsum(np.r_[True, ~tie])
+        at = np.flatnonzero(in_run)
+        tied = order[at]
+        order[at] = tied[np.lexsort((tied, *(k[tied] for k in keys[:-2]), run[at]))]
+    return order
 
 
 class BoxPool:
@@ -172,30 +195,72 @@ _OUT_COLUMNS = (
 )
 
 
+def _leaders(i: np.ndarray, j: np.ndarray, rank: np.ndarray, order: np.ndarray, complete: np.ndarray) -> np.ndarray:
+    """Which complete boxes greedy matching keeps: best-ranked first, each taking every box it matches.
+
+    A complete box leads exactly when no better-ranked complete box matching it leads, so rounds of
+    numpy decide every box whose better neighbours are all decided (a handful of rounds: chains of
+    matches are short). Should a chain be long, a plain loop in rank order finishes it.
+    """
+    n = len(rank)
+    undecided, lead = complete.copy(), np.zeros(n, bool)
+    both = complete[i] & complete[j]
+    better = np.where(rank[i] < rank[j], i, j)[both]  # each match between complete boxes, oriented
+    worse = np.where(rank[i] < rank[j], j, i)[both]
+    for _ in range(32):
+        if not undecided.any():
+            return lead
+        live = undecided[worse]
+        better, worse = better[live], worse[live]
+        taken = np.zeros(n, bool)  # a better box leads: this one is taken
+        taken[worse[lead[better]]] = True
+        waiting = np.zeros(n, bool)  # a better box is still undecided
+        waiting[worse[undecided[better]]] = True
+        leads = undecided & ~taken & ~waiting
+        lead |= leads
+        undecided &= ~(taken | leads)
+    start, nbrs = csr(n, better, worse)  # the rest, one box at a time
+    for k in order[undecided[order]].tolist():
+        near = nbrs[start[k] : start[k + 1]]
+        lead[k] = not (lead[near] & (rank[near] < rank[k])).any()
+    return lead
+
+
+def _greedy_groups(
+    n: int, i: np.ndarray, j: np.ndarray, rank: np.ndarray, order: np.ndarray, complete: np.ndarray
+) -> np.ndarray:
+    """Each box's group (its leader's id) under greedy matching; -1 for partial boxes no leader took.
+
+    Equal to walking the complete boxes best-ranked first, each not yet taken becoming a leader that
+    takes every box not yet taken that matches it: a box goes to the best-ranked leader it matches.
+    """
+    lead = _leaders(i, j, rank, order, complete)
+    a = np.concatenate([i, j])
+    b = np.concatenate([j, i])
+    by_leader = lead[a] & ~lead[b]
+    a, b = a[by_leader], b[by_leader]
+    best = np.full(n, n, np.int64)
+    np.minimum.at(best, b, rank[a])
+    group = np.full(n, -1, np.int64)
+    group[lead] = np.flatnonzero(lead)
+    took = best < n
+    group[took] = order[best[took]]
+    return group
+
+
 def _resolve(pool: BoxPool, i: np.ndarray, j: np.ndarray, method: str) -> dict[str, np.ndarray]:
     """One box per group of ``pool``, given its matching pairs ``(i, j)``."""
     n = len(pool)
     if n == 0:
         return {name: getattr(pool, col)[:0] for name, col in _OUT_COLUMNS}
     b = pool.boxes
-    order = np.lexsort(
+    order = lexsort_ties(
         (pool.seq, pool.labels, b[:, 2], b[:, 3], b[:, 0], b[:, 1], -pool.scores.astype(np.float64), pool.partial)
     )
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(n)
-    start, nbrs = csr(n, i, j)
-    degree = np.diff(start)
-    group = np.full(n, -1, np.int64)
     complete = ~pool.partial
-
-    alone = complete & (degree == 0)
-    group[alone] = np.flatnonzero(alone)
-    for k in order[complete[order] & (degree[order] > 0)].tolist():  # greedy, best complete box first
-        if group[k] >= 0:
-            continue
-        group[k] = k
-        near = nbrs[start[k] : start[k + 1]]
-        group[near[group[near] < 0]] = k
+    group = _greedy_groups(n, i, j, rank, order, complete)
 
     left = group < 0  # partial boxes no complete box took: join the pieces of each object
     if left.any():
@@ -208,7 +273,7 @@ def _resolve(pool: BoxPool, i: np.ndarray, j: np.ndarray, method: str) -> dict[s
         leader_of[comp[by][first]] = by[first]
         group[idx] = leader_of[comp[idx]]
 
-    members = np.lexsort((rank, group))
+    members = np.argsort(group * n + rank)  # by group, then rank
     g = group[members]
     starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
     leaders = g[starts]
@@ -274,7 +339,7 @@ def finish_groups(parts: list[dict[str, np.ndarray]], transform: Any, crs: Any) 
         return Detections.empty(transform=transform, crs=crs)
     cols = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     b = cols["boxes"]
-    order = np.lexsort(
+    order = lexsort_ties(
         (cols["window_index"], cols["labels"], b[:, 2], b[:, 3], b[:, 0], b[:, 1], -cols["scores"].astype(np.float64))
     )
     return Detections(

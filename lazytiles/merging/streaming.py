@@ -217,7 +217,8 @@ class Merger:
         self._transform, self._crs = getattr(src, "transform", None), getattr(src, "crs", None)
         self._batch = int(batch)
         self._reach = rule.margin + 2.0
-        self._pending: list[BoxPool] = []
+        self._pending: list[tuple[int, Detections]] = []  # (position, boxes) of windows not yet pooled
+        self._npending = 0
         self._pool = BoxPool.empty()
         self._held = 0  # boxes still waiting after the last settling pass
         self._seq = 0
@@ -232,7 +233,7 @@ class Merger:
     @property
     def held(self) -> int:
         """Boxes added but not yet settled into merged boxes."""
-        return len(self._pool) + sum(len(p) for p in self._pending)
+        return len(self._pool) + self._npending
 
     @property
     def seen(self) -> int:
@@ -247,33 +248,55 @@ class Merger:
         d = _as_detections(dets, f"item {k} of dets")
         if k == 0:
             self._transform, self._crs = d.transform, d.crs
-        if len(d):
+        n = len(d.boxes)
+        if n:
             expected = self._table.indices[k]
-            if np.any(d.window_index != expected):
+            if (d.window_index != expected).any():
                 bad = int(d.window_index[d.window_index != expected][0])
                 raise InvalidArgumentError(
                     f"item {k} of dets holds a box from window {bad}, but item {k} is window {expected}; "
                     "a lazy merge needs one Detections per window, in window order (merge a "
                     "Detections.concat(...) of them instead)"
                 )
-            cols = _columns(d, self._seq, self._table)
-            cols.settle = np.maximum(self._table.last_position(d.boxes, self._reach), k)
-            self._pending.append(cols)
-            self._seq += len(d)
+            self._pending.append((k, d))
+            self._npending += n
         self._next = k + 1
-        if self.held >= 2 * self._held + self._batch:  # amortised: each pass works mostly on new boxes
-            pool = BoxPool.concat([self._pool, *self._pending])
-            self._pending = []
+        # amortised: each pass works mostly on new boxes
+        if len(self._pool) + self._npending >= 2 * self._held + self._batch:
+            pool = self._pooled()
             out, self._pool = settle_groups(pool, self._rule, pool.settle <= k)
             self._parts.append(out)
             self._held = len(self._pool)
 
+    def _pooled(self) -> BoxPool:
+        """The held boxes and the pending windows' boxes as one pool (the windows' columns made in one go)."""
+        if not self._pending:
+            return self._pool
+        ds = [d for _, d in self._pending]
+        positions = np.repeat([k for k, _ in self._pending], [len(d.boxes) for d in ds])
+        n = len(positions)
+        boxes = np.concatenate([d.boxes for d in ds])
+        widx = np.concatenate([d.window_index for d in ds])
+        cols = BoxPool(
+            boxes=boxes,
+            scores=np.concatenate([d.scores for d in ds]),
+            labels=np.concatenate([d.labels for d in ds]),
+            widx=widx,
+            partial=np.concatenate([d.partial for d in ds]),
+            seq=np.arange(self._seq, self._seq + n, dtype=np.int64),
+            wrect=self._table.lookup(widx),
+            settle=np.maximum(self._table.last_position(boxes, self._reach, positions), positions),
+        )
+        self._seq += n
+        self._pending, self._npending = [], 0
+        return BoxPool.concat([self._pool, cols])
+
     def result(self) -> Detections:
         """Settle every box still held and return the merged :class:`Detections`."""
-        pool = BoxPool.concat([self._pool, *self._pending])
+        pool = self._pooled()
         if len(pool):
             self._parts.append(settle_groups(pool, self._rule, None)[0])
-        self._pool, self._pending, self._held = BoxPool.empty(), [], 0
+        self._pool, self._held = BoxPool.empty(), 0
         return finish_groups([p for p in self._parts if len(p["boxes"])], self._transform, self._crs)
 
 

@@ -111,14 +111,52 @@ class WindowTable:
             out[known] = self._boxes()[sorter[pos]]
         return out
 
-    def last_position(self, boxes: np.ndarray, reach: float) -> np.ndarray:
-        """For each box, the last sequence position of a window that could hold a box matching it."""
-        tree = self._kept("tree", lambda: shapely.STRtree(shapely.box(*self._boxes().T)))
-        g = boxes + np.array([-reach, -reach, reach, reach])
-        bi, wi = tree.query(shapely.box(g[:, 0], g[:, 1], g[:, 2], g[:, 3]))
+    def last_position(self, boxes: np.ndarray, reach: float, positions: np.ndarray | None = None) -> np.ndarray:
+        """For each box, the last sequence position of a window that could hold a box matching it: of a
+        window within ``reach`` of the box, edges included.
+
+        ``positions`` (optional): the position of each box's window. A box inside its window can only
+        be within ``reach`` of that window's neighbours, so those alone are tested, in numpy.
+        """
         last = np.full(len(boxes), -1, np.int64)
-        np.maximum.at(last, bi, wi)
+        rest = np.arange(len(boxes))
+        if positions is not None and len(boxes):
+            near = self._kept(f"near {reach!r}", lambda: self._neighbours(reach))
+            w = self._boxes()
+            own = w[positions]
+            inside = np.all(boxes[:, :2] >= own[:, :2], axis=1) & np.all(boxes[:, 2:] <= own[:, 2:], axis=1)
+            ins = np.flatnonzero(inside)
+            nb = near[positions[ins]]  # (n, D), -1 padded
+            r = w[nb]
+            g = boxes[ins, None, :] + np.array([-reach, -reach, reach, reach])
+            hit = (
+                (g[..., 0] <= r[..., 2])
+                & (r[..., 0] <= g[..., 2])
+                & (g[..., 1] <= r[..., 3])
+                & (r[..., 1] <= g[..., 3])
+            )
+            last[ins] = np.where(hit & (nb >= 0), nb, -1).max(axis=1)
+            rest = np.flatnonzero(~inside)
+        if len(rest):
+            tree = self._kept("tree", lambda: shapely.STRtree(shapely.box(*self._boxes().T)))
+            g = boxes[rest] + np.array([-reach, -reach, reach, reach])
+            bi, wi = tree.query(shapely.box(g[:, 0], g[:, 1], g[:, 2], g[:, 3]))
+            np.maximum.at(last, rest[bi], wi)
         return last
+
+    def _neighbours(self, reach: float) -> np.ndarray:
+        """``(N, D)``: the positions of the windows within ``reach`` of each window (itself included),
+        padded with -1."""
+        w = self._boxes()
+        tree = shapely.STRtree(shapely.box(*w.T))
+        g = w + np.array([-reach, -reach, reach, reach])
+        wi, nj = tree.query(shapely.box(*g.T))
+        counts = np.bincount(wi, minlength=len(w))
+        out = np.full((len(w), max(int(counts.max(initial=0)), 1)), -1, np.int64)
+        order = np.lexsort((nj, wi))
+        wi, nj = wi[order], nj[order]
+        out[wi, np.arange(len(wi)) - np.repeat(np.cumsum(counts) - counts, counts)] = nj
+        return out
 
     def _sorted(self) -> tuple[np.ndarray, np.ndarray]:
         sorter = np.argsort(self.indices, kind="stable")

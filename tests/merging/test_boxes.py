@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import shapely
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -98,10 +99,23 @@ def test_overlapping_pairs_in_chunks_equal_one_query():
     rng = np.random.default_rng(0)
     xy = rng.uniform(0, 500, (2000, 2))
     boxes = np.concatenate([xy, xy + rng.uniform(1, 30, (2000, 2))], axis=1)
+    boxes[::10, 2:] += rng.uniform(30, 300, (200, 2))  # every tenth box larger than the grid's cells
     one = overlapping_pairs(boxes)
     many = overlapping_pairs(boxes, chunk=97)
     assert len(one[0]) > 1000
     assert np.array_equal(one[0], many[0]) and np.array_equal(one[1], many[1])
+    tree = shapely.STRtree(shapely.box(*boxes.T))  # what a spatial index alone finds
+    qi, tj = tree.query(shapely.box(*boxes.T), predicate="intersects")
+    a, b = qi[qi < tj], tj[qi < tj]
+    inter = np.minimum(boxes[a, 2:], boxes[b, 2:]) - np.maximum(boxes[a, :2], boxes[b, :2])
+    expected = sorted(p for p, (w, h) in zip(zip(a.tolist(), b.tolist()), inter.tolist()) if w > 0 and h > 0)
+    assert list(zip(one[0].tolist(), one[1].tolist())) == expected
+
+
+def test_overlapping_pairs_far_apart_and_tiny():
+    boxes = np.array([[0, 0, 1e-9, 1e-9], [5e-10, 5e-10, 2e-9, 2e-9], [1e12, 1e12, 1e12 + 1e-3, 1e12 + 1e-3]])
+    i, j = overlapping_pairs(boxes)
+    assert i.tolist() == [0] and j.tolist() == [1]
 
 
 @settings(max_examples=150)
@@ -146,3 +160,19 @@ def test_bad_input_names_the_problem():
         nms([[0, 0, 1, 1]], [1.0], 0)
     with pytest.raises(lt.InvalidArgumentError, match=r"one value per box \(1\), got 2"):
         nms([[0, 0, 1, 1]], [1.0, 0.5])
+
+
+def test_overlapping_pairs_within_groups_are_the_pairs_of_equal_group():
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 300, (1500, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(1, 25, (1500, 2))], axis=1)
+    boxes[::50, 2:] += 200  # a few much larger ones
+    i, j = overlapping_pairs(boxes)
+    for groups in (
+        rng.integers(0, 3, 1500),
+        rng.integers(-(10**12), 10**12, 1500) % 3 * 10**11,
+        rng.random(1500) < 0.5,
+    ):
+        gi, gj = overlapping_pairs(boxes, groups=groups)
+        same = groups[i] == groups[j]
+        assert np.array_equal(gi, i[same]) and np.array_equal(gj, j[same]) and len(gi) > 100

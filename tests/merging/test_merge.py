@@ -19,6 +19,7 @@ from rasterio.windows import Window
 
 import lazytiles as lt
 from lazytiles.detections import partial_flags
+from lazytiles.merging.grouping import lexsort_ties
 from lazytiles.merging.streaming import Merger
 
 UTM_10M = Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 6_000_000.0)
@@ -611,3 +612,25 @@ def test_boxes_must_come_from_the_windows_given():
     merger.add(lt.Detections.empty())
     with pytest.raises(lt.InvalidArgumentError, match="all 2 windows have been added"):
         merger.add(lt.Detections.empty())
+
+
+@pytest.mark.parametrize("n", [7, 200])  # 200: a chain longer than the grouping's numpy rounds
+def test_a_chain_of_matches_is_taken_greedily_two_by_two(n):
+    x = np.arange(n) * 5.0  # each box overlaps the next by half (IOS 0.5), the one after only at an edge
+    boxes = np.stack([x, np.zeros(n), x + 10, np.full(n, 10.0)], axis=1)
+    dets = lt.Detections(boxes, 1 - np.arange(n) / (2 * n), np.zeros(n, int), np.full(n, -1))
+    found = lt.merge(dets, progress=False)
+    lead = np.arange(0, n, 2)  # best first: box 0 takes box 1, box 2 (not taken) takes box 3, ...
+    assert found.boxes.tolist() == [[5.0 * k, 0, 5.0 * k + (15 if k + 1 < n else 10), 10] for k in lead]
+    assert np.array_equal(found.scores, dets.scores[lead])
+
+
+def test_lexsort_ties_equals_lexsort():
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 2, 50, 3000):
+        keys = [rng.integers(0, 4, n), rng.integers(0, 3, n).astype(float), rng.integers(0, 2, n).astype(float)]
+        keys[1][rng.random(n) < 0.2] = np.nan  # NaNs sort last and tie with each other
+        keys[2][rng.random(n) < 0.1] = np.nan
+        keys.insert(0, np.arange(n)[::-1])  # least significant: every tie broken
+        assert np.array_equal(lexsort_ties(tuple(keys)), np.lexsort(tuple(keys)))
+        assert np.array_equal(lexsort_ties(tuple(keys[1:])), np.lexsort(tuple(keys[1:])))

@@ -83,3 +83,16 @@ def test_a_window_table_holds_the_indices_and_rectangles_of_its_windows():
     assert WindowTable([3, 3], [[0, 0, 1, 1], [1, 0, 1, 1]]).has_duplicates() is True
     with pytest.raises(lt.InvalidArgumentError, match="one rectangle per index, got 2 indices and 1 rectangles"):
         WindowTable([3, 4], [[0, 0, 1, 1]])
+
+
+def test_last_position_from_window_neighbours_equals_the_spatial_index():
+    wins = lt.windows(lt.ArraySource(np.zeros((1, 700, 900), np.uint8)), 256, overlap=0.25)
+    table = WindowTable.of(wins)
+    rng = np.random.default_rng(3)
+    positions = rng.integers(0, len(table), 400)
+    rects = table.rects[positions]
+    x0 = rects[:, 0] + rng.uniform(-20, 250, 400)  # most inside their window, some across its edge
+    y0 = rects[:, 1] + rng.uniform(-20, 250, 400)
+    boxes = np.stack([x0, y0, x0 + rng.uniform(0, 40, 400), y0 + rng.uniform(0, 40, 400)], axis=1)
+    for reach in (0.0, 3.0, 70.0):
+        assert np.array_equal(table.last_position(boxes, reach, positions), table.last_position(boxes, reach))
