@@ -286,6 +286,7 @@ class Merger:
             seq=np.arange(self._seq, self._seq + n, dtype=np.int64),
             wrect=self._table.lookup(widx),
             settle=np.maximum(self._table.last_position(boxes, self._reach, positions), positions),
+            shapes=np.concatenate([d.shapes for d in ds]),
         )
         self._seq += n
         self._pending, self._npending = [], 0
