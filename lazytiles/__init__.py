@@ -36,6 +36,7 @@ from .prefetching.sequence import Prefetched, prefetch
 from .runs.run import Run, detect_region, open_run
 from .sources import ArraySource, RasterSource, TileSource, open
 from .sources.http import HttpClient
+from .sources.scenes import MosaicSource, mosaic
 from .sources.xyz import XYZSource
 from .streams import kafka
 from .windowing.sequence import Window, WindowSequence, collate, windows
@@ -61,6 +62,7 @@ __all__ = [
     "MergeRule",
     "MissingDependencyError",
     "ModelOutputError",
+    "MosaicSource",
     "Prefetched",
     "Preprocess",
     "RasterSource",
@@ -87,6 +89,7 @@ __all__ = [
     "detect_region",
     "kafka",
     "merge",
+    "mosaic",
     "open",
     "open_run",
     "prefetch",

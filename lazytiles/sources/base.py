@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import shapely
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
@@ -278,6 +279,12 @@ class TileSource(ABC):
         step = _step(area, max_size)
         data = self.read(area)[:, ::step, ::step]
         return data, _to_source(area, data)
+
+    def data_footprint(self) -> shapely.Geometry | None:
+        """Where this source may hold data, as a geometry in its pixels (column, row); None when it cannot
+        tell without reading at full resolution. ``lt.windows(..., skip_empty=True)`` leaves out the
+        windows outside it, so a source leaves out only what it knows is empty."""
+        return None
 
     def stats(self) -> dict[str, Any]:
         """Counters of this source: ``tiles_read``, ``bytes_decoded``, ``read_seconds`` and, for remote

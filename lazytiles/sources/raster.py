@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -11,7 +12,9 @@ from typing import Any
 
 import numpy as np
 import rasterio
+import shapely
 from affine import Affine
+from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
@@ -19,6 +22,7 @@ from ..cache import TileCache, TileKey
 from ..errors import InvalidArgumentError, SourceNotFoundError, SourceOpenError, TileFetchError
 from .array import _tile_shape
 from .base import FetchPool, TileSource, _to_source, overview_shape
+from .footprint import mask_footprint
 from .http import redact
 
 #: Tile shape used when a file's blocks make poor tiles (strips, tiny or huge blocks).
@@ -272,6 +276,22 @@ class RasterSource(TileSource):
         """GDAL reads ``area`` from the file's overview level that fits; no tile cache involved."""
         data = self._read(area, out_shape=(self.count, *overview_shape(area, max_size)))
         return data, _to_source(area, data)
+
+    def data_footprint(self) -> shapely.Geometry | None:
+        """Where the raster holds data per the mask of its coarsest overview (grown by one overview
+        pixel: see :mod:`lazytiles.sources.footprint`); None without overviews, or when every pixel is
+        valid (no nodata, mask or alpha)."""
+        ds = self._dataset()
+        if not self.overviews or all(ds.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in self.bands):
+            return None
+        factor = self.overviews[-1]
+        shape = (self.count, math.ceil(self.height / factor), math.ceil(self.width / factor))
+        if self._gdal_options:
+            with rasterio.Env(**self._gdal_options):
+                masks = ds.read_masks(self.bands, out_shape=shape)
+        else:
+            masks = ds.read_masks(self.bands, out_shape=shape)
+        return mask_footprint(masks.any(axis=0), self.height, self.width)
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
