@@ -37,6 +37,7 @@ from .runs.run import Run, detect_region, open_run
 from .sources import ArraySource, RasterSource, TileSource, open
 from .sources.http import HttpClient
 from .sources.scenes import MosaicSource, mosaic
+from .sources.stac import open_stac
 from .sources.xyz import XYZSource
 from .streams import kafka
 from .windowing.sequence import Window, WindowSequence, collate, windows
@@ -92,6 +93,7 @@ __all__ = [
     "mosaic",
     "open",
     "open_run",
+    "open_stac",
     "prefetch",
     "show",
     "windows",
