@@ -86,6 +86,29 @@ def window_arguments(p: argparse.ArgumentParser, *, size_required: bool = False)
     g.add_argument(
         "--edge", choices=("shift", "pad", "drop"), default="shift", help="partial windows at the edge (default shift)"
     )
+    g.add_argument("--skip-empty", action="store_true", help="leave out windows the source's metadata says are empty")
+    g.add_argument("--asset", default="visual", help="asset of each item of a STAC file SRC (default visual)")
+
+
+#: Help of the SRC arguments of info, windows and detect.
+SRC_HELP = (
+    "a raster (GeoTIFF, COG, VRT, /vsicurl/ URL), a tile-URL template (with --zoom), several rasters "
+    "(one mosaic, the first on top) or a STAC item / collection / catalog file (.json)"
+)
+
+
+def open_sources(args: argparse.Namespace) -> Any:
+    """The source the SRC arguments name: one raster or tile service, a mosaic of several, or a STAC file."""
+    from ..sources import open as open_source
+    from ..sources.scenes import mosaic
+    from ..sources.stac import open_stac
+
+    paths = args.src
+    if len(paths) == 1 and paths[0].lower().endswith(".json"):
+        return open_stac(paths[0], asset=args.asset)
+    if len(paths) == 1:
+        return open_source(paths[0], zoom=args.zoom)
+    return mosaic([open_source(p, zoom=args.zoom) for p in paths])
 
 
 def read_region(path: str) -> tuple[Any, str | None]:
@@ -111,10 +134,9 @@ def read_region(path: str) -> tuple[Any, str | None]:
 
 
 def windows_from_args(args: argparse.Namespace) -> Any:
-    from ..sources import open as open_source
     from ..windowing.sequence import windows
 
-    src = open_source(args.src, zoom=args.zoom)
+    src = open_sources(args)
     bounds = None if args.bounds is None else tuple(args.bounds)
     region = region_crs = None
     if args.region is not None:
@@ -131,14 +153,17 @@ def windows_from_args(args: argparse.Namespace) -> Any:
         region=region,
         region_crs=region_crs,
         edge=args.edge,
+        skip_empty=args.skip_empty,
     )
 
 
 __all__ = [
     "PROG",
+    "SRC_HELP",
     "Parser",
     "common",
     "fraction",
+    "open_sources",
     "positive_int",
     "read_region",
     "size",
