@@ -39,6 +39,7 @@ from rasterio.crs import CRS
 
 from ..detections import Detections
 from ..errors import InvalidArgumentError
+from .sources import DESCRIBED, parse_source
 
 __all__ = [
     "Job",
@@ -56,7 +57,7 @@ LONLAT = CRS.from_epsg(4326)
 #: The fields a job may carry, with what each must be (for error messages).
 FIELDS: dict[str, str] = {
     "id": "a non-empty string of at most 200 printable characters without ':' (results are keyed by it)",
-    "source": "a path or URL lt.open accepts (a raster, or an XYZ template with {z}/{x}/{y})",
+    "source": DESCRIBED,
     "model": "'pkg.module:factory' or the path of a TorchScript file",
     "zoom": "an integer zoom level (XYZ sources)",
     "bounds": "[left, bottom, right, top]",
@@ -82,7 +83,7 @@ class Job:
     """
 
     id: str
-    source: str
+    source: str | tuple[str, ...]
     model: str
     zoom: int | None = None
     bounds: tuple[float, float, float, float] | None = None
@@ -112,7 +113,7 @@ class Job:
         """The job as JSON-ready fields, defaults filled in (what the run recipe records)."""
         return {
             "id": self.id,
-            "source": self.source,
+            "source": self.source if isinstance(self.source, str) else list(self.source),
             "model": self.model,
             "zoom": self.zoom,
             "bounds": None if self.bounds is None else list(self.bounds),
@@ -236,7 +237,7 @@ def parse_job(message: bytes | str | dict[str, Any]) -> Job:
 
     return Job(
         id=job_id,
-        source=text("source"),
+        source=parse_source(fields["source"], where, JobError),
         model=text("model"),
         zoom=integer("zoom", 0),
         bounds=bounds,
