@@ -36,6 +36,7 @@ from .prefetching.sequence import Prefetched, prefetch
 from .runs.run import Run, detect_region, open_run
 from .sources import ArraySource, RasterSource, TileSource, open
 from .sources.http import HttpClient
+from .sources.warped import WarpedSource
 from .sources.xyz import XYZSource
 from .streams import kafka
 from .windowing.sequence import Window, WindowSequence, collate, windows
@@ -76,6 +77,7 @@ __all__ = [
     "TileKey",
     "TileMissingError",
     "TileSource",
+    "WarpedSource",
     "Window",
     "WindowIndexError",
     "WindowSequence",
