@@ -38,6 +38,7 @@ from .sources import ArraySource, RasterSource, TileSource, open
 from .sources.http import HttpClient
 from .sources.scenes import MosaicSource, mosaic
 from .sources.stac import open_stac
+from .sources.warped import WarpedSource
 from .sources.xyz import XYZSource
 from .streams import kafka
 from .windowing.sequence import Window, WindowSequence, collate, windows
@@ -79,6 +80,7 @@ __all__ = [
     "TileKey",
     "TileMissingError",
     "TileSource",
+    "WarpedSource",
     "Window",
     "WindowIndexError",
     "WindowSequence",

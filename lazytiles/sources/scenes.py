@@ -3,7 +3,8 @@
 The mosaic has one pixel grid: the first scene's CRS (or ``crs=``), the finest resolution of the
 scenes (or ``res=``), over the union of their footprints, aligned to the pixels of the first scene at
 that resolution. A scene already on that grid (same CRS and pixel size, whole-pixel offset) is read as
-it is; any other is first put on the grid by a warp (:class:`~lazytiles.sources.regrid.RegriddedSource`).
+it is; any other is first put on the grid by a warp (:class:`~lazytiles.sources.warped.WarpedSource`,
+from the scene's coarsest sufficient overview).
 
 A mosaic tile asks a spatial index (a shapely ``STRtree`` of the footprints) which scenes lie under
 it, and reads only those, in the order ``order`` gives, through the shared tile cache: each pixel comes
@@ -32,7 +33,7 @@ from ..cache import TileCache, TileKey
 from ..errors import CRSError, InvalidArgumentError, is_real
 from ..grid import PIXEL_SNAP, snap, to_crs
 from .base import TileSource
-from .regrid import RegriddedSource, json_grid
+from .warped import WarpedSource, resampling_of
 
 #: What ``order`` may be: ``"first"``, ``"last"``, one sort key per scene, or a key function of a scene.
 Order = str | Sequence[float] | Callable[[Any], Any]
@@ -143,7 +144,7 @@ class MosaicSource(TileSource):
         self.scenes = scenes
         self.labels = [str(v) for v in labels] if labels is not None else [_label(s) for s in scenes]
         self.priority = priority(scenes, order)
-        self.resampling = resampling
+        self.resampling = resampling_of(resampling).name
         self.crs = to_crs(crs) or first.crs
         if self.crs is None and any(s.crs is not None for s in scenes):
             raise CRSError(f"scene 0 ({first!r}) has no CRS, so the mosaic has none; pass crs=...")
@@ -160,7 +161,7 @@ class MosaicSource(TileSource):
         self._index = shapely.STRtree(self.footprints)
         self._rank = {scene: rank for rank, scene in enumerate(self.priority)}
         recipe = "\n".join(
-            [json_grid(self.crs, self.transform, self.width, self.height), resampling, repr(self.tile_shape)]
+            [json_grid(self.crs, self.transform, self.width, self.height), self.resampling, repr(self.tile_shape)]
             + [scenes[i].token for i in self.priority]
         )
         digest = hashlib.sha256(recipe.encode()).hexdigest()[:16]
@@ -181,7 +182,7 @@ class MosaicSource(TileSource):
         c0, r0 = math.floor(snap(min(cols))), math.floor(snap(min(rows)))
         c1, r1 = math.ceil(snap(max(cols))), math.ceil(snap(max(rows)))
         transform = self.transform @ Affine.translation(c0, r0)
-        warped = RegriddedSource(scene, self.crs, transform, c1 - c0, r1 - r0, self.resampling, self.tile_shape)
+        warped = WarpedSource(scene, self.crs, transform, c1 - c0, r1 - r0, self.resampling, tile_shape=self.tile_shape)
         return warped, r0, c0
 
     @property
@@ -274,6 +275,12 @@ def _restore(
     return MosaicSource(
         scenes, crs=crs, res=res, order=rank, resampling=resampling, tile_shape=tile_shape, cache=cache, labels=labels
     )
+
+
+def json_grid(crs: CRS | None, transform: Affine, width: int, height: int) -> str:
+    """A grid as stable text, for tokens: equal in every process."""
+    wkt = "" if crs is None else crs.to_wkt()
+    return f"{wkt}|{','.join(repr(float(v)) for v in tuple(transform)[:6])}|{width}x{height}"
 
 
 def _label(src: TileSource) -> str:

@@ -39,10 +39,10 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
+from ..assembly import assemble
 from ..cache import TileCache, TileKey
 from ..errors import InvalidArgumentError, SourceOpenError, TileFetchError, TileMissingError
 from ..grid import mercator_transform, quadkey
-from ..assembly import assemble
 from .base import FetchPool, TileSource
 from .diskcache import DiskCache
 from .http import BodyError, HttpClient, redact
@@ -329,6 +329,30 @@ class XYZSource(TileSource):
 
     # -- overviews ---------------------------------------------------------------------------------
 
+    def levels(self) -> tuple[float, ...]:
+        """``2**k`` for each zoom ``zoom - k`` from this one up to zoom 0."""
+        return tuple(float(2**k) for k in range(self.zoom + 1))
+
+    def level(self, index: int) -> TileSource:
+        """This tile service ``index`` zooms up (each halves the pixels), sharing client, disk and tile
+        cache; absent tiles there read as nodata."""
+        if index == 0:
+            return self
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 < index <= self.zoom:
+            return super().level(index)
+        return type(self)(
+            self.template,
+            zoom=self.zoom - index,
+            bands=self.bands,
+            tile_size=self.tile_size,
+            nodata=self.nodata,
+            subdomains=self.subdomains,
+            http=self.http,
+            cache_dir=self.cache_dir,
+            cache_dir_max_bytes=self.cache_dir_max_bytes,
+            cache=self.cache,
+        )
+
     def _overview(self, area: Window, max_size: int) -> tuple[np.ndarray, Affine]:
         """Read ``area`` from the zoom level ``k`` levels up where it is at most ``max_size`` pixels a
         side (each level up halves the pixels), its tiles fetched together; a level whose tiles are
@@ -336,18 +360,7 @@ class XYZSource(TileSource):
         longest = max(area.height, area.width)
         k = min(self.zoom, max(0, math.ceil(math.log2(longest / max_size)))) if longest > max_size else 0
         if k:
-            low = XYZSource(
-                self.template,
-                zoom=self.zoom - k,
-                bands=self.bands,
-                tile_size=self.tile_size,
-                nodata=self.nodata,
-                subdomains=self.subdomains,
-                http=self.http,
-                cache_dir=self.cache_dir,
-                cache_dir_max_bytes=self.cache_dir_max_bytes,
-                cache=self.cache,
-            )
+            low = self.level(k)
             f = 2**k
             c0, r0 = int(area.col_off) // f, int(area.row_off) // f
             c1 = -(-int(area.col_off + area.width) // f)

@@ -148,7 +148,7 @@ def test_scenes_of_another_grid_are_warped_onto_the_mosaic(scene, tmp_path):
     )
     other = write(tmp_path / "utm33.tif", right, t33, crs="EPSG:32633")
     mixed = lt.mosaic([base, other], res=0.5)
-    assert mixed.crs.to_epsg() == 32632 and type(mixed._placed[1][0]).__name__ == "RegriddedSource"
+    assert mixed.crs.to_epsg() == 32632 and isinstance(mixed._placed[1][0], lt.WarpedSource)
     r0 = round((mixed.transform.f - ORIGIN.f) / 0.5)  # the tilted scene reaches above the base: rows above it
     assert mixed.transform.c == ORIGIN.c and r0 > 0 and mixed.height > SIZE
     back = mixed.read(Window(0, r0, SIZE, SIZE))
