@@ -1,8 +1,8 @@
 """Many scenes as one source: :func:`lazytiles.mosaic` and :class:`MosaicSource`.
 
 The mosaic has one pixel grid: the first scene's CRS (or ``crs=``), the finest resolution of the
-scenes (or ``res=``), over the union of their footprints, aligned to the pixels of the first scene at
-that resolution. A scene already on that grid (same CRS and pixel size, whole-pixel offset) is read as
+scenes in that CRS (of all scenes when none is; or ``res=``), over the union of their footprints,
+aligned to the pixels of the first scene at that resolution. A scene already on that grid (same CRS and pixel size, whole-pixel offset) is read as
 it is; any other is first put on the grid by a warp (:class:`~lazytiles.sources.warped.WarpedSource`,
 from the scene's coarsest sufficient overview).
 
@@ -58,7 +58,8 @@ def mosaic(
     crs
         The mosaic's CRS (default: the first scene's).
     res
-        Pixel size in ``crs`` units, one number or ``(x, y)`` (default: the finest of the scenes).
+        Pixel size in ``crs`` units, one number or ``(x, y)`` (default: the finest of the scenes
+        in ``crs``; of all scenes when none is in it).
     order
         Which scene's pixels win where scenes overlap: ``"first"`` (default: the earliest in the list),
         ``"last"``, a list of one number per scene (the smallest wins, e.g. cloud cover), or a function
@@ -308,13 +309,12 @@ def _resolution(res: Any, scenes: Sequence[TileSource], crs: CRS | None) -> tupl
         if len(pair) != 2 or not all(is_real(v) and 0 < v < math.inf for v in pair):
             raise InvalidArgumentError(f"res must be a positive pixel size or (x, y) in the CRS's units, got {res!r}")
         return float(pair[0]), float(pair[1])
-    sizes = []
-    for s in scenes:
-        if s.crs == crs or s.crs is None or crs is None:
-            sizes.append((math.hypot(s.transform.a, s.transform.d), math.hypot(s.transform.b, s.transform.e)))
-        else:
-            side = math.sqrt(_outline(s, crs).area / (s.width * s.height))  # square pixels of the same area
-            sizes.append((side, side))
+    same = [s for s in scenes if s.crs == crs or s.crs is None or crs is None]
+    if same:  # a resolution estimated across CRSs would put every scene off the grid by a hair
+        sizes = [(math.hypot(s.transform.a, s.transform.d), math.hypot(s.transform.b, s.transform.e)) for s in same]
+    else:
+        sides = [math.sqrt(_outline(s, crs).area / (s.width * s.height)) for s in scenes]  # square, same area
+        sizes = [(side, side) for side in sides]
     return min(x for x, _ in sizes), min(y for _, y in sizes)
 
 
