@@ -70,14 +70,24 @@ def make_scenes(directory: Path, size: int) -> dict[str, Any]:
                     with warnings.catch_warnings():  # rasterio multiplies Affines with *
                         warnings.simplefilter("ignore", PendingDeprecationWarning)
                         left, bottom, right, top = rasterio.windows.bounds(win, ds.transform)
-                        t2, w2, h2 = rasterio.warp.calculate_default_transform(crs, OTHER_CRS, w, h, left, bottom, right, top)
+                        t2, w2, h2 = rasterio.warp.calculate_default_transform(
+                            crs, OTHER_CRS, w, h, left, bottom, right, top
+                        )
                     warped = np.zeros((3, h2, w2), np.uint8)
                     rasterio.warp.reproject(
-                        data, warped, src_transform=transform, src_crs=crs, dst_transform=t2, dst_crs=OTHER_CRS, dst_nodata=0
+                        data,
+                        warped,
+                        src_transform=transform,
+                        src_crs=crs,
+                        dst_transform=t2,
+                        dst_crs=OTHER_CRS,
+                        dst_nodata=0,
                     )
                     data, transform, crs = warped, t2, OTHER_CRS
                 path = directory / f"scene_{i}{j}.tif"
-                with rasterio.open(path, "w", height=data.shape[1], width=data.shape[2], crs=crs, transform=transform, **profile) as out:
+                with rasterio.open(
+                    path, "w", height=data.shape[1], width=data.shape[2], crs=crs, transform=transform, **profile
+                ) as out:
                     out.write(data)
                 paths.append(str(path))
     mosaic = lt.mosaic(paths)
@@ -90,18 +100,28 @@ def make_scenes(directory: Path, size: int) -> dict[str, Any]:
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", PendingDeprecationWarning)
-                left, bottom, right, top = rasterio.warp.transform_bounds(src.crs, mosaic.crs, *src.bounds, densify_pts=21)
+                left, bottom, right, top = rasterio.warp.transform_bounds(
+                    src.crs, mosaic.crs, *src.bounds, densify_pts=21
+                )
             inv = ~mosaic.transform
             c0, r0 = (int(np.floor(v)) for v in inv @ (left, top))
             c1, r1 = (int(np.ceil(v)) for v in inv @ (right, bottom))
             out_t = mosaic.transform @ lt.sources.scenes.Affine.translation(c0, r0)
             warped = np.zeros((3, r1 - r0, c1 - c0), np.uint8)
             rasterio.warp.reproject(
-                src.read(), warped, src_transform=src.transform, src_crs=src.crs, src_nodata=0,
-                dst_transform=out_t, dst_crs=mosaic.crs, dst_nodata=0,
+                src.read(),
+                warped,
+                src_transform=src.transform,
+                src_crs=src.crs,
+                src_nodata=0,
+                dst_transform=out_t,
+                dst_crs=mosaic.crs,
+                dst_nodata=0,
             )
             target = directory / f"warped_{Path(path).name}"
-            with rasterio.open(target, "w", height=r1 - r0, width=c1 - c0, crs=mosaic.crs, transform=out_t, **profile) as out:
+            with rasterio.open(
+                target, "w", height=r1 - r0, width=c1 - c0, crs=mosaic.crs, transform=out_t, **profile
+            ) as out:
                 out.write(warped)
             vrt_inputs.append(str(target))
     prewarp = time.perf_counter() - start
@@ -175,7 +195,11 @@ def run_case(case: str, setup: dict[str, Any]) -> dict[str, Any]:
         sums = [checksum(w.data) for w in wins]
         opened = open_scene_files()
         tiles = sum(int(s.stats()["tiles_read"]) for s in mosaic.scenes)
-        tiles += sum(int(p.level_source.stats()["tiles_read"]) for p, _, _ in mosaic._placed if hasattr(p, "level_source") and p.level_source not in mosaic.scenes)
+        tiles += sum(
+            int(p.level_source.stats()["tiles_read"])
+            for p, _, _ in mosaic._placed
+            if hasattr(p, "level_source") and p.level_source not in mosaic.scenes
+        )
     seconds = time.perf_counter() - start
     return {
         "case": case,
@@ -201,14 +225,19 @@ def main() -> int:
     size = 1024 if args.quick else args.size
     with tempfile.TemporaryDirectory() as tmp:
         setup = make_scenes(Path(tmp), size)
-        print(f"# base {size}x{size} px, 16 scenes (4 in {OTHER_CRS}); pre-warp for the VRT {setup['prewarp_seconds']:.2f} s")
+        print(
+            f"# base {size}x{size} px, 16 scenes (4 in {OTHER_CRS}); pre-warp for the VRT {setup['prewarp_seconds']:.2f} s"
+        )
         print(f"{'case':<22} | windows | windows/s | scene files open | scene tiles read | peak RSS")
         results = {}
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
         for case in CASES:
             done = subprocess.run(
                 [sys.executable, str(HERE), "--case", case, "--setup", json.dumps(setup)],
-                capture_output=True, text=True, env=env, check=False,
+                capture_output=True,
+                text=True,
+                env=env,
+                check=False,
             )
             if done.returncode:
                 print(done.stderr, file=sys.stderr)

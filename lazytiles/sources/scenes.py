@@ -2,14 +2,16 @@
 
 The mosaic has one pixel grid: the first scene's CRS (or ``crs=``), the finest resolution of the
 scenes in that CRS (of all scenes when none is; or ``res=``), over the union of their footprints,
-aligned to the pixels of the first scene at that resolution. A scene already on that grid (same CRS and pixel size, whole-pixel offset) is read as
-it is; any other is first put on the grid by a warp (:class:`~lazytiles.sources.warped.WarpedSource`,
-from the scene's coarsest sufficient overview).
+aligned to the pixels of the first scene at that resolution. A scene already on that grid (same CRS
+and pixel size, whole-pixel offset) is read as it is; any other is first put on the grid by a warp
+(:class:`~lazytiles.sources.warped.WarpedSource`, from the scene's coarsest sufficient overview).
 
 A mosaic tile asks a spatial index (a shapely ``STRtree`` of the footprints) which scenes lie under
 it, and reads only those, in the order ``order`` gives, through the shared tile cache: each pixel comes
 from the first scene in that order that has data there. A scene's nodata, and pixels outside its
-footprint, let the next scene show through; a pixel is nodata when every band is.
+footprint, let the next scene show through; a pixel is nodata when every band is. A scene tile is
+released from the cache once every mosaic tile over it has been made, so a pass over the mosaic holds
+about a row of tiles; the mosaic's own fetch threads make the tiles of the next windows meanwhile.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,7 +35,7 @@ from rasterio.windows import Window
 from ..cache import TileCache, TileKey
 from ..errors import CRSError, InvalidArgumentError, is_real
 from ..grid import PIXEL_SNAP, snap, to_crs
-from .base import TileSource
+from .base import FetchPool, TileSource
 from .warped import WarpedSource, resampling_of
 
 #: What ``order`` may be: ``"first"``, ``"last"``, one sort key per scene, or a key function of a scene.
@@ -161,6 +164,11 @@ class MosaicSource(TileSource):
         self.footprints = [shapely.affinity.affine_transform(o, coefficients) for o in outlines]
         self._index = shapely.STRtree(self.footprints)
         self._rank = {scene: rank for rank, scene in enumerate(self.priority)}
+        self._placed_by_token = {p.token: i for i, (p, _, _) in enumerate(self._placed)}
+        self._uses: dict[TileKey, int] = {}  # scene tiles read: how many mosaic tiles still need each
+        self._uses_lock = threading.Lock()
+        self.remote = any(s.remote for s in scenes)
+        self._pool = FetchPool(min(4, os.cpu_count() or 1), "lazytiles-mosaic")
         recipe = "\n".join(
             [json_grid(self.crs, self.transform, self.width, self.height), self.resampling, repr(self.tile_shape)]
             + [scenes[i].token for i in self.priority]
@@ -210,19 +218,37 @@ class MosaicSource(TileSource):
             ca, cb = max(c0, dc), min(c0 + w, dc + scene.width)
             if ra >= rb or ca >= cb:
                 continue
+            area = Window(ca - dc, ra - dr, cb - ca, rb - ra)
             hole = empty[ra - r0 : rb - r0, ca - c0 : cb - c0]
-            if not hole.any():
-                continue
-            data = scene.read(Window(ca - dc, ra - dr, cb - ca, rb - ra))
-            read += 1
-            take = hole & self._has_data(i, data, ra, ca)
-            part = out[:, ra - r0 : rb - r0, ca - c0 : cb - c0]
-            part[:, take] = data[:, take]
-            hole &= ~take
-            if not empty.any():
-                break
+            if hole.any():
+                data = scene.read(area)
+                read += 1
+                take = hole & self._has_data(i, data, ra, ca)
+                np.copyto(out[:, ra - r0 : rb - r0, ca - c0 : cb - c0], data, where=take)
+                hole &= ~take
+            self._used(scene, scene.tiles_under(area))
         self._count("scene_reads", read)
         return out
+
+    def _used(self, scene: TileSource, keys: list[TileKey]) -> None:
+        """A mosaic tile has been made from the scene tiles ``keys``: release those that no other mosaic
+        tile needs, so a pass holds about a row of tiles, not every scene tile it read."""
+        done = []
+        with self._uses_lock:
+            for k in keys:
+                left = self._uses.get(k)
+                if left is None:  # first use: how many mosaic tiles lie over this scene tile
+                    _, dr, dc = self._placed[self._placed_by_token[k.source]]
+                    t = scene.grid.tile_window(k.row, k.col)
+                    rows, cols = self.grid.tiles_under(Window(t.col_off + dc, t.row_off + dr, t.width, t.height))
+                    left = len(rows) * len(cols)
+                if left <= 1:
+                    self._uses.pop(k, None)
+                    done.append(k)
+                else:
+                    self._uses[k] = left - 1
+        if done:
+            scene.release(done)
 
     def _has_data(self, i: int, data: np.ndarray, row: int, col: int) -> np.ndarray:
         """Where scene ``i``'s pixels ``data`` (at mosaic ``row``, ``col``) hold data: any band not nodata,
