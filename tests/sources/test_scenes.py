@@ -194,3 +194,17 @@ def test_bad_mosaics_say_what_to_do(tmp_path):
         lt.mosaic(a)
     with pytest.raises(lt.InvalidArgumentError, match="res must be"):
         lt.mosaic([a], res=-1)
+
+
+def test_a_pass_reads_each_scene_tile_once_and_frees_it_when_no_mosaic_tile_needs_it(quadrants):
+    paths, _ = quadrants
+    cache = lt.TileCache(256 * 2**20)
+    scenes = lt.mosaic(paths, tile_shape=200, cache=cache)  # mosaic tiles cut across the scenes' 256-px blocks
+    keys = [s.tile_key(r, c) for s in scenes.scenes for r in range(s.grid.rows) for c in range(s.grid.cols)]
+    peak = 0
+    for _ in lt.windows(scenes, size=256, overlap=0.25):
+        peak = max(peak, sum(k in cache for k in keys))
+    blocks = [s.grid.rows * s.grid.cols for s in scenes.scenes]
+    assert [s.stats()["tiles_read"] for s in scenes.scenes] == blocks  # every block once
+    assert cache.stats()["tiles"] == 0  # nothing left behind
+    assert peak <= 8, peak  # about a row of blocks at a time, never most of them
