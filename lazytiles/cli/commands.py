@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import InvalidArgumentError
-from .arguments import positive_int, window_arguments, windows_from_args
+from .arguments import at_grid, grid_arguments, positive_int, window_arguments, windows_from_args
 
 # -- info ----------------------------------------------------------------------------------------------------
 
@@ -23,6 +23,7 @@ _INFO_SHOWN = frozenset(
 def info_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="a raster (GeoTIFF, COG, VRT, /vsicurl/ URL) or a tile-URL template")
     p.add_argument("--zoom", type=int, help="zoom level of a tile-URL template")
+    grid_arguments(p)
     p.add_argument("--json", action="store_true", help="print the description as JSON")
 
 
@@ -30,7 +31,7 @@ def run_info(args: argparse.Namespace) -> int:
     from ..display.jupyter import lonlat_bounds
     from ..sources import open as open_source
 
-    src = open_source(args.src, zoom=args.zoom)
+    src = at_grid(open_source(args.src, zoom=args.zoom), args)
     info = src.describe()
     info["kind"] = type(src).__name__
     if src.needs_area:
