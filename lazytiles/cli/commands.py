@@ -9,7 +9,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import InvalidArgumentError
-from .arguments import SRC_HELP, open_sources, positive_int, window_arguments, windows_from_args
+from .arguments import (
+    SRC_HELP,
+    at_grid,
+    grid_arguments,
+    open_sources,
+    positive_int,
+    window_arguments,
+    windows_from_args,
+)
 
 # -- info ----------------------------------------------------------------------------------------------------
 
@@ -24,13 +32,14 @@ def info_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", nargs="+", help=SRC_HELP)
     p.add_argument("--zoom", type=int, help="zoom level of a tile-URL template")
     p.add_argument("--asset", default="visual", help="asset of each item of a STAC file SRC (default visual)")
+    grid_arguments(p)
     p.add_argument("--json", action="store_true", help="print the description as JSON")
 
 
 def run_info(args: argparse.Namespace) -> int:
     from ..display.jupyter import lonlat_bounds
 
-    src = open_sources(args)
+    src = at_grid(open_sources(args), args)
     info = src.describe()
     info["kind"] = type(src).__name__
     if src.needs_area:

@@ -25,9 +25,10 @@ from ..runs.recipe import DetectOptions
 from ..runs.store import WindowResult
 from ..sources.http import redact
 from ..windowing.sequence import windows
+from .deadletters import dead_letter_message
 from .guard import Attempts, supervise
 from .kafka import Sender, confluent_module, message_recipe
-from .messages import JobError, dead_letter_message, done_message, object_messages, parse_job, window_message
+from .messages import JobError, done_message, object_messages, parse_job, window_message
 from .policy import JobRefused, Limits, Policy
 from .sources import each_source, open_job_source, source_text
 
@@ -263,6 +264,8 @@ class JobLoop:
         if job.zoom is not None:
             limits.check("max_zoom", job.zoom, "zoom")
         src = open_job_source(job.source, job.zoom)
+        if job.res is not None:
+            src = src.at(res=job.res, crs=job.crs)
         region_crs = "EPSG:4326" if job.region else None
         bounds, bounds_crs = job.bounds, job.bounds_crs
         if bounds is None and job.region is not None:  # count over the region's bounding box, before filtering
