@@ -35,7 +35,7 @@ from rasterio.windows import Window
 from ..cache import TileCache, TileKey
 from ..errors import CRSError, InvalidArgumentError, is_real
 from ..grid import PIXEL_SNAP, snap, to_crs
-from .base import FetchPool, TileSource
+from .base import FetchPool, TileSource, _to_source, overview_shape
 from .warped import WarpedSource, resampling_of
 
 #: What ``order`` may be: ``"first"``, ``"last"``, one sort key per scene, or a key function of a scene.
@@ -223,7 +223,8 @@ class MosaicSource(TileSource):
             if hole.any():
                 data = scene.read(area)
                 read += 1
-                take = hole & self._has_data(i, data, ra, ca)
+                centres = np.arange(ra, rb) + 0.5, np.arange(ca, cb) + 0.5
+                take = hole & self._has_data(i, data, *centres)
                 np.copyto(out[:, ra - r0 : rb - r0, ca - c0 : cb - c0], data, where=take)
                 hole &= ~take
             self._used(scene, scene.tiles_under(area))
@@ -250,9 +251,9 @@ class MosaicSource(TileSource):
         if done:
             scene.release(done)
 
-    def _has_data(self, i: int, data: np.ndarray, row: int, col: int) -> np.ndarray:
-        """Where scene ``i``'s pixels ``data`` (at mosaic ``row``, ``col``) hold data: any band not nodata,
-        and, for a warped scene without nodata, pixel centres inside its footprint."""
+    def _has_data(self, i: int, data: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """Where scene ``i``'s pixels ``data``, centred on mosaic rows ``ys`` and columns ``xs``, hold
+        data: any band not nodata and, for a warped scene without nodata, inside its footprint."""
         nodata = self.scenes[i].nodata
         scene = self._placed[i][0]
         valid: np.ndarray
@@ -261,9 +262,41 @@ class MosaicSource(TileSource):
         elif scene is self.scenes[i]:
             valid = np.ones(data.shape[1:], dtype=bool)
         else:
-            rows, cols = np.mgrid[row : row + data.shape[1], col : col + data.shape[2]]
-            valid = shapely.contains_xy(self.footprints[i], cols + 0.5, rows + 0.5)
+            valid = shapely.contains_xy(self.footprints[i], xs[None, :], ys[:, None])
         return valid
+
+    def _overview(self, area: Window, max_size: int) -> tuple[np.ndarray, Affine]:
+        """The scenes' own overviews (a raster's overview levels...) under ``area``, sampled at the
+        centres of the shrunk pixels, the winning scene first: no tile of the mosaic is made."""
+        oh, ow = overview_shape(area, max_size)
+        out = np.full((self.count, oh, ow), self.fill_value, dtype=self.dtype)
+        empty = np.ones((oh, ow), dtype=bool)
+        fy, fx = float(area.height) / oh, float(area.width) / ow
+        ys = float(area.row_off) + (np.arange(oh) + 0.5) * fy  # centres of the shrunk pixels, in mosaic pixels
+        xs = float(area.col_off) + (np.arange(ow) + 0.5) * fx
+        for i in self.scenes_under(area):
+            scene, dr, dc = self._placed[i]
+            rows = np.flatnonzero((ys >= dr) & (ys < dr + scene.height))
+            cols = np.flatnonzero((xs >= dc) & (xs < dc + scene.width))
+            if not len(rows) or not len(cols) or not empty[np.ix_(rows, cols)].any():
+                continue
+            # the scene's pixels under those shrunk pixels, shrunk as much: their centres line up
+            r0 = max(0, math.floor(area.row_off + rows[0] * fy) - dr)
+            r1 = min(scene.height, math.ceil(area.row_off + (rows[-1] + 1) * fy) - dr)
+            c0 = max(0, math.floor(area.col_off + cols[0] * fx) - dc)
+            c1 = min(scene.width, math.ceil(area.col_off + (cols[-1] + 1) * fx) - dc)
+            size = max(1, round(max((r1 - r0) / fy, (c1 - c0) / fx)))
+            pixels, to_scene = scene.overview(Window(c0, r0, c1 - c0, r1 - r0), size)
+            back = ~to_scene
+            pr = np.clip(((ys[rows] - dr) * back.e + back.f).astype(int), 0, pixels.shape[1] - 1)
+            pc = np.clip(((xs[cols] - dc) * back.a + back.c).astype(int), 0, pixels.shape[2] - 1)
+            data = pixels[:, pr[:, None], pc[None, :]]
+            hole = empty[np.ix_(rows, cols)]
+            take = hole & self._has_data(i, data, ys[rows], xs[cols])
+            patch = out[:, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            np.copyto(patch, data, where=take)
+            empty[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = hole & ~take
+        return out, _to_source(area, out)
 
     def data_footprint(self) -> shapely.Geometry:
         """Where the mosaic may hold data, in its pixels: the union of the scenes' footprints."""

@@ -208,3 +208,13 @@ def test_a_pass_reads_each_scene_tile_once_and_frees_it_when_no_mosaic_tile_need
     assert [s.stats()["tiles_read"] for s in scenes.scenes] == blocks  # every block once
     assert cache.stats()["tiles"] == 0  # nothing left behind
     assert peak <= 8, peak  # about a row of blocks at a time, never most of them
+
+
+def test_an_overview_of_a_mosaic_comes_from_the_scenes_overviews_without_making_tiles(quadrants):
+    paths, expected = quadrants
+    scenes = lt.mosaic(paths, tile_shape=256, cache=lt.TileCache(64 * 2**20))
+    pixels, to_source = scenes.overview(max_size=256)
+    assert pixels.shape == (3, 256, 256) and to_source.a == 4
+    assert (pixels == expected[:, 2::4, 2::4]).all(axis=0).mean() > 0.99  # GDAL's decimation: the centres
+    assert not pixels[:, 130:208, 130:].any()  # the gap stays empty
+    assert scenes.stats()["tiles_read"] == 0 and scenes.cache.stats()["misses"] == 0
