@@ -1,4 +1,5 @@
-"""Where a raster holds data, from a coarse mask: for ``lt.windows(..., skip_empty=True)``.
+"""Where a source holds data, for ``lt.windows(..., skip_empty=True)``: a raster's from a coarse mask, a
+local tile layer's from the tile files present.
 
 A coarse mask (an overview's, ``True`` where any band has data) becomes a geometry in the raster's
 pixel coordinates, grown by one coarse pixel on every side: a coarse pixel that shows no data next to
@@ -7,6 +8,9 @@ pixel), so only coarse pixels with no data anywhere around them count as empty.
 """
 
 from __future__ import annotations
+
+import glob
+import re
 
 import numpy as np
 import rasterio.features
@@ -34,3 +38,31 @@ def mask_footprint(mask: np.ndarray, height: int, width: int) -> shapely.Geometr
     to_pixels = Affine.scale(width / cols, height / rows)
     shapes = [shapely.geometry.shape(g) for g, v in rasterio.features.shapes(grown, transform=to_pixels) if v]
     return shapely.union_all(shapes) if shapes else shapely.Polygon()
+
+
+#: Most tile files :func:`tile_files_footprint` lists (more: the coverage is unknown).
+COVERAGE_MAX_FILES = 1_000_000
+
+
+def tile_files_footprint(parts: list[str], zoom: int, tile_size: int) -> shapely.Geometry | None:
+    """The tiles of a local XYZ template present at ``zoom``, in the layer's pixels; None for a quadkey
+    template or more than :data:`COVERAGE_MAX_FILES` files. ``parts`` is the template split into
+    literal text (even positions, local paths) and field names (odd positions)."""
+    fields = parts[1::2]
+    if "q" in fields or "x" not in fields:
+        return None
+    values = {"z": str(zoom), "x": "*", "y": "*", "-y": "*", "s": "*"}
+    groups = {"z": re.escape(str(zoom)), "x": r"(?P<x>\d+)", "y": r"(?P<y>\d+)", "-y": r"(?P<ty>\d+)"}
+    pattern = "".join(glob.escape(p) if i % 2 == 0 else values[p] for i, p in enumerate(parts))
+    regex = re.compile("".join(re.escape(p) if i % 2 == 0 else groups.get(p, "[^/]*") for i, p in enumerate(parts)))
+    found = set()
+    for n, path in enumerate(glob.iglob(pattern)):
+        if n >= COVERAGE_MAX_FILES:
+            return None
+        m = regex.fullmatch(path)
+        if m is not None:
+            found.add((int(m["x"]), int(m["y"]) if "y" in fields else 2**zoom - 1 - int(m["ty"])))
+    if not found:
+        return shapely.Polygon()
+    x, y = np.array(sorted(found), dtype=np.float64).T * tile_size
+    return shapely.coverage_union_all(shapely.box(x, y, x + tile_size, y + tile_size))

@@ -35,6 +35,7 @@ from functools import partial
 from typing import Any, Literal, TypeVar
 
 import numpy as np
+import shapely
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
@@ -45,6 +46,7 @@ from ..errors import InvalidArgumentError, SourceOpenError, TileFetchError, Tile
 from ..grid import mercator_transform, quadkey
 from .base import FetchPool, TileSource
 from .diskcache import DiskCache
+from .footprint import tile_files_footprint
 from .http import BodyError, HttpClient, redact
 from .templates import LOCAL_MAX_BYTES, check_zoom, parse_template, read_file
 from .tileimage import MODES, decode_tile, image_size
@@ -326,6 +328,14 @@ class XYZSource(TileSource):
                 "on_missing='raise'; use on_missing='nodata' to read it as nodata"
             )
         return np.full((self.count, self.tile_size, self.tile_size), self.fill_value, dtype=self.dtype)
+
+    def data_footprint(self) -> shapely.Geometry | None:
+        """For a local template, the tiles present at this zoom (an absent one reads as nodata), in
+        pixels; None for a tile service or a quadkey template, whose coverage is not known."""
+        if self.remote:
+            return None
+        parts = [self._local_path(p) if i == 0 else p for i, p in enumerate(self._parts)]
+        return tile_files_footprint(parts, self.zoom, self.tile_size)
 
     # -- overviews ---------------------------------------------------------------------------------
 

@@ -127,8 +127,9 @@ def windows(
         tiles together.
     skip_empty
         Leave out windows the source knows hold no data, from its metadata (``src.data_footprint()``):
-        outside every scene of a mosaic, or masked out per a raster's coarsest overview (grown by one
-        overview pixel). Costs one read of that overview at most; a window in doubt stays.
+        outside every scene of a mosaic, masked out per a raster's coarsest overview (grown by one
+        overview pixel), over no tile file of a local tile layer. Costs one read of that overview (or
+        one listing of the tile files) at most; a window in doubt stays.
 
     Returns
     -------

@@ -79,3 +79,19 @@ def test_an_area_without_data_gives_an_empty_sequence(tmp_path):
     assert len(wins) == 0 and list(wins) == [] and wins.area.width == 0
     with pytest.raises(lt.WindowIndexError):
         wins[0]
+
+
+@pytest.mark.parametrize("template", ["{z}/{x}/{y}.png", "tms/{z}/{x}/{-y}.png", "t_{z}_{x}_{y}.png"])
+def test_a_local_tile_layer_skips_windows_over_absent_tiles(tmp_path, template):
+    from lazytiles.testing.xyztiles import write_xyz_tiles
+
+    image = np.full((3, 512, 768), 50, np.uint8)
+    cover = write_xyz_tiles(image, tmp_path / "tiles", zoom=12, top_left_tile=(2200, 1343), template=template)
+    src = lt.open(str(tmp_path / "tiles" / template), zoom=12)
+    left, bottom, right, top = cover.bounds
+    wider = (left - (right - left), bottom, right, top)  # as much again to the west: no tile there
+    every = lt.windows(src, size=256, bounds=wider)
+    kept = lt.windows(src, size=256, bounds=wider, skip_empty=True)
+    assert len(every) == 12 and len(kept) == 6
+    assert all(w.data.any() for w in kept) and src.stats()["missing_tiles"] == []
+    assert lt.open("https://tiles.example/{z}/{x}/{y}.png", zoom=3, tile_size=256).data_footprint() is None
