@@ -41,6 +41,7 @@ import rasterio.warp
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from ..assembly import assemble
@@ -49,6 +50,10 @@ from ..errors import CRSError, InvalidArgumentError
 from ..grid import Bounds, pixel_window, to_crs, window_bounds
 from .array import _tile_shape
 from .base import FetchPool, TileSource
+
+# rasterio.warp.reproject of arrays, run on several threads at once, now and then warns that a dataset
+# "has no geotransform": one of its own in-memory datasets, never the caller's (the pixels are right).
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio.warp")
 
 #: GDAL's tolerance in choosing an overview level: a level within this of the target ratio is used.
 LEVEL_TOLERANCE = 0.1
