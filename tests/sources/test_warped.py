@@ -227,3 +227,23 @@ def test_an_overview_is_warped_from_the_parents_overview(utm_tif: Path) -> None:
     empty |= (col > margin) & (col < 300 - margin) & (row > margin) & (row < 100 - margin)
     assert data.sum() > 20_000 and empty.sum() > 300
     assert pixels.any(axis=0)[data].all() and not pixels.any(axis=0)[empty].any()
+
+
+def test_threads_reading_at_once_get_the_serial_pixels_and_warp_each_tile_once(merc_tif: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def fresh() -> WarpedSource:
+        src = lt.open(merc_tif, cache=lt.TileCache(256 * 2**20))
+        return src.at(res=0.8, crs="EPSG:32631", tile_shape=128)
+
+    serial = fresh()
+    windows = [
+        Window(c, r, 150, 150) for r in range(0, serial.height - 150, 90) for c in range(0, serial.width - 150, 90)
+    ]
+    expected = [serial.read(w) for w in windows]
+    shared = fresh()
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(shared.read, windows * 2))
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected * 2))
+    tiles = {k for w in windows for k in shared.tiles_under(w)}
+    assert shared.stats()["tiles_read"] == len(tiles)  # single flight: no tile warped twice
