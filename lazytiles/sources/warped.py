@@ -41,6 +41,7 @@ import rasterio.warp
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from ..assembly import assemble
@@ -48,7 +49,11 @@ from ..cache import TileCache, TileKey
 from ..errors import CRSError, InvalidArgumentError
 from ..grid import Bounds, pixel_window, to_crs, window_bounds
 from .array import _tile_shape
-from .base import FetchPool, TileSource
+from .base import FetchPool, TileSource, _to_source, overview_shape
+
+# rasterio.warp.reproject of arrays, run on several threads at once, now and then warns that a dataset
+# "has no geotransform": one of its own in-memory datasets, never the caller's (the pixels are right).
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio.warp")
 
 #: GDAL's tolerance in choosing an overview level: a level within this of the target ratio is used.
 LEVEL_TOLERANCE = 0.1
@@ -288,6 +293,28 @@ class WarpedSource(TileSource):
                 ra, rb, ca, cb = max(r0, top), min(r0 + h, bottom), max(c0, left), min(c0 + w, right)
                 out[:, ra - top : rb - top, ca - left : cb - left] = chunk[:, ra - r0 : rb - r0, ca - c0 : cb - c0]
         return out
+
+    def _overview(self, area: Window, max_size: int) -> tuple[np.ndarray, Affine]:
+        """The parent's overview of the pixels under ``area``, warped onto ``area`` shrunk to ``max_size``."""
+        out_h, out_w = overview_shape(area, max_size)
+        out = np.full((self.count, out_h, out_w), self.fill_value, dtype=self.dtype)
+        to_source = _to_source(area, out)
+        parent = self.parent
+        under = self._source_window(area, parent)
+        if under is not None:
+            pixels, to_parent = parent.overview(under, max_size=2 * max(out_h, out_w))
+            rasterio.warp.reproject(
+                pixels,
+                out,
+                src_transform=parent.transform @ to_parent,
+                src_crs=parent.crs,
+                src_nodata=parent.nodata,
+                dst_transform=self.transform @ to_source,
+                dst_crs=self.crs,
+                dst_nodata=self.nodata,
+                resampling=self.resampling,
+            )
+        return out, to_source
 
     # -- reporting and pickling --------------------------------------------------------------------
 

@@ -206,3 +206,44 @@ def test_bad_arguments_name_the_value_and_the_fix(utm_tif: Path) -> None:
         WarpedSource(src, src.crs, Affine(1, 0, 0, 0, 1, 0), 10, 10)
     with pytest.raises(lt.InvalidArgumentError, match="choose a coarser res"):
         src.at(res=1e-6)
+
+
+def test_an_overview_is_warped_from_the_parents_overview(utm_tif: Path) -> None:
+    parent = lt.open(utm_tif, cache=lt.TileCache(64 * 2**20))
+    warped = parent.at(res=0.3, crs="EPSG:3857")  # 2x finer than the file, reprojected: ~3400 px a side
+    pixels, to_source = warped.overview(max_size=200)
+    assert pixels.shape[0] == 3 and max(pixels.shape[1:]) == 200
+    assert warped.stats()["tiles_read"] == 0  # no warped tile: the file's overview, warped once
+    # where each overview pixel's centre lies in the file: data, the nodata corner, or outside
+    rows, cols = np.mgrid[0 : pixels.shape[1], 0 : pixels.shape[2]] + 0.5
+    t = warped.transform @ to_source
+    x, y = rasterio.warp.transform(warped.crs, parent.crs, t.c + t.a * cols.ravel(), t.f + t.e * rows.ravel())
+    f = parent.transform
+    col, row = np.reshape((np.array(x) - f.c) / f.a, rows.shape), np.reshape((np.array(y) - f.f) / f.e, rows.shape)
+    margin = 20  # file pixels: an overview pixel is ~17 of them
+    data = (col > margin) & (col < 1024 - margin) & (row > margin) & (row < 1024 - margin)
+    data &= (row > 100 + margin) | (col > 300 + margin)
+    empty = (col < -margin) | (col > 1024 + margin) | (row < -margin) | (row > 1024 + margin)
+    empty |= (col > margin) & (col < 300 - margin) & (row > margin) & (row < 100 - margin)
+    assert data.sum() > 20_000 and empty.sum() > 300
+    assert pixels.any(axis=0)[data].all() and not pixels.any(axis=0)[empty].any()
+
+
+def test_threads_reading_at_once_get_the_serial_pixels_and_warp_each_tile_once(merc_tif: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def fresh() -> WarpedSource:
+        src = lt.open(merc_tif, cache=lt.TileCache(256 * 2**20))
+        return src.at(res=0.8, crs="EPSG:32631", tile_shape=128)
+
+    serial = fresh()
+    windows = [
+        Window(c, r, 150, 150) for r in range(0, serial.height - 150, 90) for c in range(0, serial.width - 150, 90)
+    ]
+    expected = [serial.read(w) for w in windows]
+    shared = fresh()
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(shared.read, windows * 2))
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected * 2))
+    tiles = {k for w in windows for k in shared.tiles_under(w)}
+    assert shared.stats()["tiles_read"] == len(tiles)  # single flight: no tile warped twice
