@@ -38,6 +38,9 @@ from ..grid import PIXEL_SNAP, snap, to_crs
 from .base import FetchPool, TileSource, _to_source, overview_shape
 from .warped import WarpedSource, resampling_of
 
+#: Scenes a mosaic's token names (its digest covers them all).
+NAMED = 100
+
 #: What ``order`` may be: ``"first"``, ``"last"``, one sort key per scene, or a key function of a scene.
 Order = str | Sequence[float] | Callable[[Any], Any]
 
@@ -168,13 +171,16 @@ class MosaicSource(TileSource):
         self._uses: dict[TileKey, int] = {}  # scene tiles read: how many mosaic tiles still need each
         self._uses_lock = threading.Lock()
         self.remote = any(s.remote for s in scenes)
+        self.needs_area = any(s.needs_area for s in scenes)  # a tile service's world
         self._pool = FetchPool(min(4, os.cpu_count() or 1), "lazytiles-mosaic")
         recipe = "\n".join(
             [json_grid(self.crs, self.transform, self.width, self.height), self.resampling, repr(self.tile_shape)]
-            + [scenes[i].token for i in self.priority]
+            + [f"{self.labels[i]}|{scenes[i].token}" for i in self.priority]
         )
         digest = hashlib.sha256(recipe.encode()).hexdigest()[:16]
-        self._token = f"mosaic:{digest}|{','.join(self.labels[i] for i in self.priority)}"
+        named = [self.labels[i] for i in self.priority[:NAMED]]
+        more = f",+{len(scenes) - NAMED} more" if len(scenes) > NAMED else ""
+        self._token = f"mosaic:{digest}|{','.join(named)}{more}"
         self._init_tiles(cache)
 
     def _place(self, scene: TileSource) -> tuple[TileSource, int, int]:

@@ -218,3 +218,17 @@ def test_an_overview_of_a_mosaic_comes_from_the_scenes_overviews_without_making_
     assert (pixels == expected[:, 2::4, 2::4]).all(axis=0).mean() > 0.99  # GDAL's decimation: the centres
     assert not pixels[:, 130:208, 130:].any()  # the gap stays empty
     assert scenes.stats()["tiles_read"] == 0 and scenes.cache.stats()["misses"] == 0
+
+
+def test_threads_reading_a_mosaic_get_the_serial_pixels(quadrants):
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths, expected = quadrants
+    scenes = lt.mosaic(paths, tile_shape=128, cache=lt.TileCache(16 * 2**20))  # small: tiles are evicted
+    wins = lt.windows(scenes, size=200, overlap=0.5)
+    order = np.random.default_rng(0).permutation(len(wins))
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: wins[int(i)], order))
+    for w in got:
+        r, c = int(w.window.row_off), int(w.window.col_off)
+        np.testing.assert_array_equal(w.data, expected[:, r : r + 200, c : c + 200])
