@@ -11,7 +11,7 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
 install: $(VENV)/bin/python
-	$(PIP) install -q --disable-pip-version-check "$(TORCH)" -e ".[test,beam,kafka,kafka-test]"
+	$(PIP) install -q --disable-pip-version-check "$(TORCH)" -e ".[test,beam,kafka,kafka-test,stac]"
 
 demo: install
 	$(VENV)/bin/lazytiles demo

@@ -38,6 +38,9 @@ from .prefetching.sequence import Prefetched, prefetch
 from .runs.run import Run, detect_region, open_run
 from .sources import ArraySource, RasterSource, TileSource, open
 from .sources.http import HttpClient
+from .sources.scenes import MosaicSource, mosaic
+from .sources.stac import open_stac
+from .sources.warped import WarpedSource
 from .sources.xyz import XYZSource
 from .streams import kafka
 from .windowing.sequence import Window, WindowSequence, collate, windows
@@ -64,6 +67,7 @@ __all__ = [
     "MergeRule",
     "MissingDependencyError",
     "ModelOutputError",
+    "MosaicSource",
     "Prefetched",
     "Preprocess",
     "RasterSource",
@@ -79,6 +83,7 @@ __all__ = [
     "TileKey",
     "TileMissingError",
     "TileSource",
+    "WarpedSource",
     "Window",
     "WindowIndexError",
     "WindowSequence",
@@ -91,8 +96,10 @@ __all__ = [
     "evaluate",
     "kafka",
     "merge",
+    "mosaic",
     "open",
     "open_run",
+    "open_stac",
     "polygons",
     "prefetch",
     "show",

@@ -61,9 +61,36 @@ def positive_int(text: str) -> int:
     return value
 
 
+def resolution(text: str) -> float | tuple[float, float]:
+    try:
+        values = [float(p) for p in text.lower().replace("x", ",").split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(0 < v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a pixel size: give 0.5, or x,y as 0.5,0.6 (CRS units)")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def grid_arguments(g: argparse._ActionsContainer) -> None:
+    """``--res``, ``--crs`` and ``--resampling``: read the source on another grid (``src.at``)."""
+    g.add_argument("--res", type=resolution, help="read at this pixel size (units of --crs): 0.5 or x,y")
+    g.add_argument("--crs", help="with --res: the grid's CRS, e.g. EPSG:32631 (default: the source's)")
+    g.add_argument("--resampling", default="bilinear", help="with --res: GDAL resampling (default bilinear)")
+
+
+def at_grid(src: Any, args: argparse.Namespace) -> Any:
+    """``src`` on the grid of ``--res``/``--crs`` (``src.at``), or as it is without ``--res``."""
+    if args.res is None:
+        if args.crs is not None:
+            raise InvalidArgumentError(f"--crs {args.crs} needs --res too: the pixel size in that CRS's units")
+        return src
+    return src.at(res=args.res, crs=args.crs, resampling=args.resampling)
+
+
 def window_arguments(p: argparse.ArgumentParser, *, size_required: bool = False) -> None:
     g = p.add_argument_group("windows (as in lt.windows)")
     g.add_argument("--zoom", type=int, help="zoom level of a tile-URL template {z}/{x}/{y}")
+    grid_arguments(g)
     g.add_argument("--size", type=size, default=512, help="window size in pixels: 512 or rows,cols (default 512)")
     step = g.add_mutually_exclusive_group()
     step.add_argument(
@@ -86,6 +113,29 @@ def window_arguments(p: argparse.ArgumentParser, *, size_required: bool = False)
     g.add_argument(
         "--edge", choices=("shift", "pad", "drop"), default="shift", help="partial windows at the edge (default shift)"
     )
+    g.add_argument("--skip-empty", action="store_true", help="leave out windows the source's metadata says are empty")
+    g.add_argument("--asset", default="visual", help="asset of each item of a STAC file SRC (default visual)")
+
+
+#: Help of the SRC arguments of info, windows and detect.
+SRC_HELP = (
+    "a raster (GeoTIFF, COG, VRT, /vsicurl/ URL), a tile-URL template (with --zoom), several rasters "
+    "(one mosaic, the first on top) or a STAC item / collection / catalog file (.json)"
+)
+
+
+def open_sources(args: argparse.Namespace) -> Any:
+    """The source the SRC arguments name: one raster or tile service, a mosaic of several, or a STAC file."""
+    from ..sources import open as open_source
+    from ..sources.scenes import mosaic
+    from ..sources.stac import open_stac
+
+    paths = args.src
+    if len(paths) == 1 and paths[0].lower().endswith(".json"):
+        return open_stac(paths[0], asset=args.asset)
+    if len(paths) == 1:
+        return open_source(paths[0], zoom=args.zoom)
+    return mosaic([open_source(p, zoom=args.zoom) for p in paths])
 
 
 def read_region(path: str) -> tuple[Any, str | None]:
@@ -111,10 +161,9 @@ def read_region(path: str) -> tuple[Any, str | None]:
 
 
 def windows_from_args(args: argparse.Namespace) -> Any:
-    from ..sources import open as open_source
     from ..windowing.sequence import windows
 
-    src = open_source(args.src, zoom=args.zoom)
+    src = at_grid(open_sources(args), args)
     bounds = None if args.bounds is None else tuple(args.bounds)
     region = region_crs = None
     if args.region is not None:
@@ -131,16 +180,22 @@ def windows_from_args(args: argparse.Namespace) -> Any:
         region=region,
         region_crs=region_crs,
         edge=args.edge,
+        skip_empty=args.skip_empty,
     )
 
 
 __all__ = [
     "PROG",
+    "SRC_HELP",
     "Parser",
+    "at_grid",
     "common",
     "fraction",
+    "grid_arguments",
+    "open_sources",
     "positive_int",
     "read_region",
+    "resolution",
     "size",
     "window_arguments",
     "windows_from_args",

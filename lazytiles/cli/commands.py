@@ -9,7 +9,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import InvalidArgumentError
-from .arguments import positive_int, window_arguments, windows_from_args
+from .arguments import (
+    SRC_HELP,
+    at_grid,
+    grid_arguments,
+    open_sources,
+    positive_int,
+    window_arguments,
+    windows_from_args,
+)
 
 # -- info ----------------------------------------------------------------------------------------------------
 
@@ -21,16 +29,17 @@ _INFO_SHOWN = frozenset(
 
 
 def info_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", help="a raster (GeoTIFF, COG, VRT, /vsicurl/ URL) or a tile-URL template")
+    p.add_argument("src", nargs="+", help=SRC_HELP)
     p.add_argument("--zoom", type=int, help="zoom level of a tile-URL template")
+    p.add_argument("--asset", default="visual", help="asset of each item of a STAC file SRC (default visual)")
+    grid_arguments(p)
     p.add_argument("--json", action="store_true", help="print the description as JSON")
 
 
 def run_info(args: argparse.Namespace) -> int:
     from ..display.jupyter import lonlat_bounds
-    from ..sources import open as open_source
 
-    src = open_source(args.src, zoom=args.zoom)
+    src = at_grid(open_sources(args), args)
     info = src.describe()
     info["kind"] = type(src).__name__
     if src.needs_area:
@@ -75,7 +84,7 @@ def _print_rows(rows: Sequence[tuple[str, Any]]) -> None:
 
 
 def windows_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", help="a raster or a tile-URL template (with --zoom)")
+    p.add_argument("src", nargs="+", help=SRC_HELP)
     window_arguments(p)
     p.add_argument("--preview", metavar="PNG", help="write an overview of the region with the windows drawn")
     p.add_argument(
@@ -91,7 +100,7 @@ def run_windows(args: argparse.Namespace) -> int:
     area = wins.area
     src = wins.source
     crs = None if src.crs is None else src.crs.to_string()
-    kept = "" if len(wins) == n_rows * n_cols else f" (of a {n_rows} x {n_cols} grid, kept by --region)"
+    kept = "" if len(wins) == n_rows * n_cols else f" (of a {n_rows} x {n_cols} grid, kept by --region or --skip-empty)"
     rows = [
         ("windows", f"{len(wins)}{kept}"),
         ("grid", f"{n_rows} rows x {n_cols} cols"),
@@ -126,7 +135,7 @@ def _tiles_in(wins: Any) -> int:
 
 
 def detect_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", help="a raster or a tile-URL template (with --zoom)")
+    p.add_argument("src", nargs="+", help=SRC_HELP)
     p.add_argument("--model", required=True, help="'pkg.module:factory' or a TorchScript file (model.pt)")
     p.add_argument(
         "--out", required=True, metavar="FILE", help="run store (GeoPackage) for per-window and merged results"

@@ -17,14 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import shapely
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
+from ..assembly import assemble
 from ..cache import TileCache, TileKey, default_cache
 from ..errors import CacheTooSmallError, CRSError, InvalidArgumentError
 from ..grid import Bounds, TileGrid, window_bounds
-from ..assembly import assemble
 
 #: A source with neither overviews nor lower zoom levels is read in full for an overview only up to
 #: this many pixels.
@@ -278,6 +279,53 @@ class TileSource(ABC):
         step = _step(area, max_size)
         data = self.read(area)[:, ::step, ::step]
         return data, _to_source(area, data)
+
+    def data_footprint(self) -> shapely.Geometry | None:
+        """Where this source may hold data, as a geometry in its pixels (column, row); None when it cannot
+        tell without reading at full resolution. ``lt.windows(..., skip_empty=True)`` leaves out the
+        windows outside it, so a source leaves out only what it knows is empty."""
+        return None
+
+    def levels(self) -> tuple[float, ...]:
+        """Pixel-size factors of the levels this source can be read at, finest first: ``(1.0,)`` for
+        itself alone; a raster's overviews and a tile service's lower zooms add coarser ones."""
+        return (1.0,)
+
+    def level(self, index: int) -> TileSource:
+        """This source at level ``index`` of :meth:`levels` (0: the source itself), sharing its cache."""
+        if index != 0:
+            raise InvalidArgumentError(f"{self!r} has no level {index!r}; its levels are {self.levels()!r}")
+        return self
+
+    def at(
+        self,
+        res: float | tuple[float, float],
+        crs: CRS | str | int | None = None,
+        resampling: str = "bilinear",
+        *,
+        tile_shape: int | tuple[int, int] = 512,
+    ) -> TileSource:
+        """This source on a grid of ``res`` per pixel in ``crs`` (default: its own), covering its footprint.
+
+        ``res`` is in the target CRS's units, one number or ``(x, y)``; ``resampling`` a GDAL
+        resampling name (``"nearest"``, ``"bilinear"``, ``"cubic"``, ``"average"``, ...). Tiles are
+        warped from the coarsest sufficient level (overviews, lower zooms) and cached; see
+        :class:`~lazytiles.sources.warped.WarpedSource`.
+
+        Examples
+        --------
+        >>> import numpy as np, lazytiles as lt
+        >>> from affine import Affine
+        >>> src = lt.ArraySource(np.zeros((1, 1000, 1000), np.uint8), transform=Affine(0.5, 0, 0, 0, -0.5, 500),
+        ...                      crs="EPSG:32631")
+        >>> coarse = src.at(res=2.0)
+        >>> coarse.width, coarse.height, coarse.crs.to_epsg()
+        (250, 250, 32631)
+        """
+        from .warped import WarpedSource, target_grid
+
+        target, transform, width, height = target_grid(self, res, crs)
+        return WarpedSource(self, target, transform, width, height, resampling, tile_shape=tile_shape)
 
     def stats(self) -> dict[str, Any]:
         """Counters of this source: ``tiles_read``, ``bytes_decoded``, ``read_seconds`` and, for remote

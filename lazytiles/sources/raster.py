@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -11,7 +12,9 @@ from typing import Any
 
 import numpy as np
 import rasterio
+import shapely
 from affine import Affine
+from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
@@ -19,6 +22,7 @@ from ..cache import TileCache, TileKey
 from ..errors import InvalidArgumentError, SourceNotFoundError, SourceOpenError, TileFetchError
 from .array import _tile_shape
 from .base import FetchPool, TileSource, _to_source, overview_shape
+from .footprint import mask_footprint
 from .http import redact
 
 #: Tile shape used when a file's blocks make poor tiles (strips, tiny or huge blocks).
@@ -145,6 +149,9 @@ class RasterSource(TileSource):
         this spreads decompression over the cores while the consuming thread assembles windows.
         Network rasters get :data:`REMOTE_GDAL_DEFAULTS` (directory listing off, merged ranges,
         HTTP/2 multiplexing, retries) where not set already.
+    overview_level
+        Read this overview of the file instead of its full resolution (0: the first overview), as
+        ``rasterio.open(path, overview_level=...)`` does; :meth:`level` makes these for you.
 
     Raises
     ------
@@ -170,10 +177,16 @@ class RasterSource(TileSource):
         gdal_options: dict[str, Any] | None = None,
         gdal_cache_bytes: int | None = GDAL_BLOCK_CACHE_BYTES,
         max_connections: int | None = None,
+        overview_level: int | None = None,
     ) -> None:
         if not isinstance(path, str | os.PathLike):
             raise InvalidArgumentError(f"path must be a string or os.PathLike, got {type(path).__name__} {path!r}")
         self.path = os.fspath(path)
+        if overview_level is not None and (
+            isinstance(overview_level, bool) or not isinstance(overview_level, int) or overview_level < 0
+        ):
+            raise InvalidArgumentError(f"overview_level must be None or an int >= 0, got {overview_level!r}")
+        self.overview_level = overview_level
         self._user_gdal_options = dict(gdal_options or {})
         network = _is_network(self.path)
         defaults = _network_defaults(self._user_gdal_options) if network else {}
@@ -222,6 +235,8 @@ class RasterSource(TileSource):
         self.overviews = tuple(ds.overviews(bands[0]))
         self._explicit_tile_shape = tile_shape
         self._explicit_nodata = nodata
+        self._levels: dict[int, RasterSource] = {}
+        self._levels_lock = threading.Lock()
         self._init_tiles(cache)
 
     # -- handles -----------------------------------------------------------------------------------
@@ -231,7 +246,8 @@ class RasterSource(TileSource):
         if getattr(local, "pid", None) != os.getpid():  # first use here, or a forked child
             try:
                 with rasterio.Env(**self._gdal_options):
-                    local.ds = rasterio.open(self.path)
+                    level = {} if self.overview_level is None else {"overview_level": self.overview_level}
+                    local.ds = rasterio.open(self.path, **level)
             except RasterioIOError as err:
                 _drop_gdal_chain(err)
                 raise SourceOpenError(
@@ -244,7 +260,8 @@ class RasterSource(TileSource):
     @property
     def token(self) -> str:
         bands = ",".join(map(str, self.bands))
-        return f"raster:{redact(self.path)}|bands={bands}|tile={self.tile_shape[0]}x{self.tile_shape[1]}"
+        level = "" if self.overview_level is None else f"|overview={self.overview_level}"
+        return f"raster:{redact(self.path)}|bands={bands}|tile={self.tile_shape[0]}x{self.tile_shape[1]}{level}"
 
     def _read(self, window: Window, **options: Any) -> np.ndarray:
         """The source's bands in ``window`` of this thread's handle, with the source's GDAL options."""
@@ -273,6 +290,51 @@ class RasterSource(TileSource):
         data = self._read(area, out_shape=(self.count, *overview_shape(area, max_size)))
         return data, _to_source(area, data)
 
+    def data_footprint(self) -> shapely.Geometry | None:
+        """Where the raster holds data per the mask of its coarsest overview (grown by one overview
+        pixel: see :mod:`lazytiles.sources.footprint`); None without overviews, or when every pixel is
+        valid (no nodata, mask or alpha)."""
+        ds = self._dataset()
+        if self.overview_level is not None or not self.overviews:
+            return None
+        if all(ds.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in self.bands):
+            return None
+        factor = self.overviews[-1]
+        shape = (self.count, math.ceil(self.height / factor), math.ceil(self.width / factor))
+        if self._gdal_options:
+            with rasterio.Env(**self._gdal_options):
+                masks = ds.read_masks(self.bands, out_shape=shape)
+        else:
+            masks = ds.read_masks(self.bands, out_shape=shape)
+        return mask_footprint(masks.any(axis=0), self.height, self.width)
+
+    def levels(self) -> tuple[float, ...]:
+        """1.0 and, per overview of the file, its width over the full width (opens each overview once)."""
+        if self.overview_level is not None:
+            return (1.0,)
+        return (1.0, *(self.width / self.level(i).width for i in range(1, len(self.overviews) + 1)))
+
+    def level(self, index: int) -> TileSource:
+        """This raster at its overview ``index - 1`` (0: itself): a :class:`RasterSource` of the same
+        path, bands and cache with ``overview_level=index - 1``, tiled by the overview's blocks."""
+        if index == 0:
+            return self
+        if self.overview_level is not None or not 0 < index <= len(self.overviews):
+            return super().level(index)
+        with self._levels_lock:
+            if index not in self._levels:
+                self._levels[index] = type(self)(
+                    self.path,
+                    bands=self.bands,
+                    nodata=self._explicit_nodata,
+                    cache=self.cache,
+                    gdal_options=self._user_gdal_options or None,
+                    gdal_cache_bytes=self._gdal_cache_bytes,
+                    max_connections=self._max_connections,
+                    overview_level=index - 1,
+                )
+            return self._levels[index]
+
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["path"] = self.path
@@ -290,6 +352,7 @@ class RasterSource(TileSource):
                 gdal_options=self._user_gdal_options or None,
                 gdal_cache_bytes=self._gdal_cache_bytes,
                 max_connections=self._max_connections,
+                overview_level=self.overview_level,
             ),
             (self.path,),
         )

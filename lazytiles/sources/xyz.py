@@ -35,16 +35,18 @@ from functools import partial
 from typing import Any, Literal, TypeVar
 
 import numpy as np
+import shapely
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
+from ..assembly import assemble
 from ..cache import TileCache, TileKey
 from ..errors import InvalidArgumentError, SourceOpenError, TileFetchError, TileMissingError
 from ..grid import mercator_transform, quadkey
-from ..assembly import assemble
 from .base import FetchPool, TileSource
 from .diskcache import DiskCache
+from .footprint import tile_files_footprint
 from .http import BodyError, HttpClient, redact
 from .templates import LOCAL_MAX_BYTES, check_zoom, parse_template, read_file
 from .tileimage import MODES, decode_tile, image_size
@@ -327,7 +329,39 @@ class XYZSource(TileSource):
             )
         return np.full((self.count, self.tile_size, self.tile_size), self.fill_value, dtype=self.dtype)
 
+    def data_footprint(self) -> shapely.Geometry | None:
+        """For a local template, the tiles present at this zoom (an absent one reads as nodata), in
+        pixels; None for a tile service or a quadkey template, whose coverage is not known."""
+        if self.remote:
+            return None
+        parts = [self._local_path(p) if i == 0 else p for i, p in enumerate(self._parts)]
+        return tile_files_footprint(parts, self.zoom, self.tile_size)
+
     # -- overviews ---------------------------------------------------------------------------------
+
+    def levels(self) -> tuple[float, ...]:
+        """``2**k`` for each zoom ``zoom - k`` from this one up to zoom 0."""
+        return tuple(float(2**k) for k in range(self.zoom + 1))
+
+    def level(self, index: int) -> TileSource:
+        """This tile service ``index`` zooms up (each halves the pixels), sharing client, disk and tile
+        cache; absent tiles there read as nodata."""
+        if index == 0:
+            return self
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 < index <= self.zoom:
+            return super().level(index)
+        return type(self)(
+            self.template,
+            zoom=self.zoom - index,
+            bands=self.bands,
+            tile_size=self.tile_size,
+            nodata=self.nodata,
+            subdomains=self.subdomains,
+            http=self.http,
+            cache_dir=self.cache_dir,
+            cache_dir_max_bytes=self.cache_dir_max_bytes,
+            cache=self.cache,
+        )
 
     def _overview(self, area: Window, max_size: int) -> tuple[np.ndarray, Affine]:
         """Read ``area`` from the zoom level ``k`` levels up where it is at most ``max_size`` pixels a
@@ -336,18 +370,7 @@ class XYZSource(TileSource):
         longest = max(area.height, area.width)
         k = min(self.zoom, max(0, math.ceil(math.log2(longest / max_size)))) if longest > max_size else 0
         if k:
-            low = XYZSource(
-                self.template,
-                zoom=self.zoom - k,
-                bands=self.bands,
-                tile_size=self.tile_size,
-                nodata=self.nodata,
-                subdomains=self.subdomains,
-                http=self.http,
-                cache_dir=self.cache_dir,
-                cache_dir_max_bytes=self.cache_dir_max_bytes,
-                cache=self.cache,
-            )
+            low = self.level(k)
             f = 2**k
             c0, r0 = int(area.col_off) // f, int(area.row_off) // f
             c1 = -(-int(area.col_off + area.width) // f)

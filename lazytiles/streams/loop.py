@@ -23,13 +23,14 @@ from ..merging.rule import MergeRule
 from ..runs.lifecycle import RunLifecycle
 from ..runs.recipe import DetectOptions
 from ..runs.store import WindowResult
-from ..sources import open as open_source
 from ..sources.http import redact
 from ..windowing.sequence import windows
+from .deadletters import dead_letter_message
 from .guard import Attempts, supervise
 from .kafka import Sender, confluent_module, message_recipe
-from .messages import JobError, dead_letter_message, done_message, object_messages, parse_job, window_message
+from .messages import JobError, done_message, object_messages, parse_job, window_message
 from .policy import JobRefused, Limits, Policy
+from .sources import each_source, open_job_source, source_text
 
 log = logging.getLogger(__name__)
 
@@ -256,12 +257,15 @@ class JobLoop:
         """Check the job against the policy, plan it within the limits, then run it durably."""
         limits = self.policy.limits
         spec = self.policy.model(job.model)
-        self.policy.source(job.source)
+        for one in each_source(job.source):
+            self.policy.source(one)
         limits.check("max_batch_size", job.batch_size, "batch_size")
         limits.check("max_window_size", max(job.size if isinstance(job.size, tuple) else (job.size,)), "window size")
         if job.zoom is not None:
             limits.check("max_zoom", job.zoom, "zoom")
-        src = open_source(job.source, zoom=job.zoom)
+        src = open_job_source(job.source, job.zoom)
+        if job.res is not None:
+            src = src.at(res=job.res, crs=job.crs)
         region_crs = "EPSG:4326" if job.region else None
         bounds, bounds_crs = job.bounds, job.bounds_crs
         if bounds is None and job.region is not None:  # count over the region's bounding box, before filtering
@@ -288,7 +292,7 @@ class JobLoop:
         dets = options.detect(model, wins)
         run = RunLifecycle(wins, os.path.join(self.workdir, f"{job.slug}.gpkg"), options)
         with run.open(model, {"worker": True, "job": job.id, "device": str(self.device)}):
-            public = {**job.to_dict(), "source": redact(job.source)}
+            public = {**job.to_dict(), "source": source_text(job.source)}
             if job.region is not None:
                 public["region"] = {"sha256": job.region_sha256}
             shared = _redacted(message_recipe(run.recipe, job=public))
@@ -313,7 +317,7 @@ class JobLoop:
                     r.detections,
                     run_id=job.id,
                     window_index=r.index,
-                    source=redact(job.source),
+                    source=source_text(job.source),
                     recipe=shared,
                     window=r.window,
                 )
@@ -328,12 +332,12 @@ class JobLoop:
         if failed and len(failed) == total:
             first, reason = next(iter(failed.items()))
             raise SourceOpenError(
-                f"source {redact(job.source)!r}: none of the job's {total} windows could be read (window {first}: "
+                f"source {source_text(job.source)!r}: none of the job's {total} windows could be read (window {first}: "
                 f"{reason}); check that it is reachable, then send the job again (its run store retries them)"
             )
         found = run.merge(rule)  # into the store too, so lt.open_run(store).result() has them, as after detect_region
         if self.merged:
-            for key, value in object_messages(found, run_id=job.id, source=redact(job.source), recipe=shared):
+            for key, value in object_messages(found, run_id=job.id, source=source_text(job.source), recipe=shared):
                 self.sender.send(self.results, key, value)
         key, value = done_message(job.id, windows=total, failed=failed, objects=len(found) if self.merged else None)
         self.sender.send(self.results, key, value)

@@ -23,7 +23,6 @@ consumer deduplicates by key.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import math
@@ -39,11 +38,11 @@ from rasterio.crs import CRS
 
 from ..detections import Detections
 from ..errors import InvalidArgumentError
+from .sources import DESCRIBED, parse_source
 
 __all__ = [
     "Job",
     "JobError",
-    "dead_letter_message",
     "decode",
     "done_message",
     "object_messages",
@@ -56,7 +55,7 @@ LONLAT = CRS.from_epsg(4326)
 #: The fields a job may carry, with what each must be (for error messages).
 FIELDS: dict[str, str] = {
     "id": "a non-empty string of at most 200 printable characters without ':' (results are keyed by it)",
-    "source": "a path or URL lt.open accepts (a raster, or an XYZ template with {z}/{x}/{y})",
+    "source": DESCRIBED,
     "model": "'pkg.module:factory' or the path of a TorchScript file",
     "zoom": "an integer zoom level (XYZ sources)",
     "bounds": "[left, bottom, right, top]",
@@ -65,6 +64,8 @@ FIELDS: dict[str, str] = {
     "size": "window size in pixels: an integer or [rows, cols]",
     "overlap": "a fraction in [0, 1)",
     "batch_size": "a positive integer",
+    "res": "a positive pixel size, or [x, y], in the units of 'crs' (the source read on that grid, src.at)",
+    "crs": "with 'res': the grid's CRS, such as 'EPSG:32631' (default: the source's)",
 }
 REQUIRED = ("id", "source", "model")
 
@@ -82,7 +83,7 @@ class Job:
     """
 
     id: str
-    source: str
+    source: str | tuple[str, ...]
     model: str
     zoom: int | None = None
     bounds: tuple[float, float, float, float] | None = None
@@ -91,6 +92,8 @@ class Job:
     size: int | tuple[int, int] = 512
     overlap: float = 0.25
     batch_size: int = 8
+    res: tuple[float, float] | None = None
+    crs: str | None = None
 
     @property
     def region(self) -> dict[str, Any] | None:
@@ -112,7 +115,7 @@ class Job:
         """The job as JSON-ready fields, defaults filled in (what the run recipe records)."""
         return {
             "id": self.id,
-            "source": self.source,
+            "source": self.source if isinstance(self.source, str) else list(self.source),
             "model": self.model,
             "zoom": self.zoom,
             "bounds": None if self.bounds is None else list(self.bounds),
@@ -121,6 +124,8 @@ class Job:
             "size": self.size if isinstance(self.size, int) else list(self.size),
             "overlap": self.overlap,
             "batch_size": self.batch_size,
+            "res": None if self.res is None else list(self.res),
+            "crs": self.crs,
         }
 
 
@@ -227,6 +232,15 @@ def parse_job(message: bytes | str | dict[str, Any]) -> Job:
             )
         bounds = (float(given[0]), float(given[1]), float(given[2]), float(given[3]))
 
+    res, grid_crs = fields.get("res"), fields.get("crs")
+    if res is not None:
+        res = [res] * 2 if isinstance(res, int | float) else res
+        ok = isinstance(res, list) and len(res) == 2
+        if not ok or not all(isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < math.inf for v in res):
+            raise JobError(f"{where}: 'res' must be {FIELDS['res']}, got {_shown(fields['res'])}")
+    if grid_crs is not None and (res is None or len(text("crs")) > 2000):
+        raise JobError(f"{where}: 'crs' must come with 'res' and be at most 2000 characters, got {_shown(grid_crs)}")
+
     region = fields.get("region")
     region_json = None
     if region is not None:
@@ -236,7 +250,7 @@ def parse_job(message: bytes | str | dict[str, Any]) -> Job:
 
     return Job(
         id=job_id,
-        source=text("source"),
+        source=parse_source(fields["source"], where, JobError),
         model=text("model"),
         zoom=integer("zoom", 0),
         bounds=bounds,
@@ -245,6 +259,8 @@ def parse_job(message: bytes | str | dict[str, Any]) -> Job:
         size=size,
         overlap=float(overlap),
         batch_size=integer("batch_size", 1) or 8,
+        res=None if res is None else (float(res[0]), float(res[1])),
+        crs=grid_crs,
     )
 
 
@@ -373,51 +389,6 @@ def done_message(
     reasons = {str(k): str(v) for k, v in sorted(failed.items())}
     meta = dict(kind="done", run_id=run_id, windows=int(windows), failed=reasons, missing=int(missing), objects=objects)
     return f"{run_id}:done".encode(), _dumps({"type": "FeatureCollection", "features": [], "lazytiles": meta})
-
-
-#: How much of a refused message a dead letter carries (its sha256 and length name the whole).
-DEAD_LETTER_KEEP = 64 * 1024
-#: The longest reason a dead letter carries.
-REASON_CHARS = 4096
-
-
-def dead_letter_message(
-    reason: str, error: str, *, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
-) -> tuple[bytes | None, bytes]:
-    """``(key, value)`` for a job that cannot run: the original key (cut to 1 KiB) and a JSON object
-    with the ``reason``, the ``error`` class and the ``original`` message: topic, partition, offset,
-    key, ``sha256`` and ``bytes`` of the value, and at most 64 KiB of it — as ``value`` text when it is
-    UTF-8 and short enough once escaped, else the first 48 KiB as ``value_base64`` — with
-    ``truncated`` saying whether that is all of it. A dead letter stays under ~80 KiB whatever was sent,
-    so it always fits the broker's message limit.
-
-    Examples
-    --------
-    >>> import json
-    >>> _, value = dead_letter_message("bad", "JobError", topic="jobs", partition=0, offset=7,
-    ...                                key=b"k", value=b"\x01" * 300_000)
-    >>> doc = json.loads(value)
-    >>> len(value) < 80_000, doc["original"]["bytes"], doc["original"]["truncated"]
-    (True, 300000, True)
-    """
-    value = b"" if value is None else bytes(value)
-    original: dict[str, Any] = dict(topic=topic, partition=partition, offset=offset, key=None, truncated=False)
-    original.update(sha256=hashlib.sha256(value).hexdigest(), bytes=len(value))
-    if key is not None:
-        key = bytes(key)[:1024]
-        original["key"] = key.decode("utf-8", "backslashreplace")
-    try:
-        text: str | None = value.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    if text is not None and len(json.dumps(text)) <= DEAD_LETTER_KEEP:
-        original["value"] = text
-    else:
-        kept = value[: DEAD_LETTER_KEEP * 3 // 4]
-        original["value_base64"] = base64.b64encode(kept).decode("ascii")
-        original["truncated"] = len(kept) < len(value)
-    reason = reason if len(reason) <= REASON_CHARS else reason[: REASON_CHARS - 3] + "..."
-    return key, _dumps({"reason": reason, "error": error, "original": original})
 
 
 def decode(value: bytes | str | Mapping[str, Any]) -> Detections:

@@ -73,3 +73,12 @@ def filter_by_geometry(plan: WindowPlan, geometry: shapely.Geometry, chunk: int 
 
 def filter_by_callable(plan: WindowPlan, keep: Callable[[Bounds], bool], transform: Affine) -> np.ndarray:
     return np.fromiter((k for k in range(len(plan)) if keep(window_bounds(plan.window(k), transform))), dtype=np.int64)
+
+
+def keep_with_data(plan: WindowPlan, keep: np.ndarray | None, footprint: shapely.Geometry | None) -> np.ndarray | None:
+    """``keep`` (candidates kept so far, None for all) less the windows outside ``footprint``, where a
+    source may hold data (in its pixels; None: anywhere)."""
+    if footprint is None:
+        return keep
+    hit = filter_by_geometry(plan, footprint) if not footprint.is_empty else np.zeros(0, dtype=np.int64)
+    return hit if keep is None else np.intersect1d(keep, hit)

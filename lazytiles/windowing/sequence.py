@@ -29,7 +29,7 @@ from ..sources.base import TileSource
 from .index import Positions, select
 from .plan import EDGES, AxisPlan, Edge, WindowPlan, intersect, plan_axis, size_and_stride, strip_width
 from .readahead import ReadAhead
-from .regions import filter_by_callable, filter_by_geometry, region_in_pixels, to_geometry
+from .regions import filter_by_callable, filter_by_geometry, keep_with_data, region_in_pixels, to_geometry
 
 Region: TypeAlias = shapely.Geometry | Callable[[Bounds], bool]
 
@@ -90,6 +90,7 @@ def windows(
     region_crs: CRS | str | int | None = None,
     edge: Edge = "shift",
     readahead: int | None = None,
+    skip_empty: bool = False,
 ) -> WindowSequence:
     """Cut a source into sliding windows, lazily; no pixels are read here.
 
@@ -124,6 +125,11 @@ def windows(
         0 for an in-memory array; see :mod:`lazytiles.windowing.readahead`). 0 turns it off: each
         window is read on the consuming thread, except that a remote source still fetches a window's
         tiles together.
+    skip_empty
+        Leave out windows the source knows hold no data, from its metadata (``src.data_footprint()``):
+        outside every scene of a mosaic, masked out per a raster's coarsest overview (grown by one
+        overview pixel), over no tile file of a local tile layer. Costs one read of that overview (or
+        one listing of the tile files) at most; a window in doubt stays.
 
     Returns
     -------
@@ -224,6 +230,8 @@ def windows(
         keep = filter_by_callable(plan, keep_fn, src.transform)
     if keep is not None and len(keep) == 0:
         raise BoundsError("no window overlaps the region; check the region and region_crs")
+    if skip_empty:
+        keep = keep_with_data(plan, keep, src.data_footprint())
     return WindowSequence(src, plan, keep, range(len(plan) if keep is None else len(keep)), readahead)
 
 

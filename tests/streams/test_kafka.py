@@ -14,6 +14,7 @@ from conftest import UTM_10M  # tests/conftest.py
 import lazytiles as lt
 from lazytiles.detection.models import BlobDetector
 from lazytiles.streams import messages as jobs
+from lazytiles.streams.deadletters import dead_letter_message
 
 from .conftest import ck
 from .models_for_tests import RECTS, expected_boxes, scene
@@ -179,7 +180,7 @@ def test_importing_lazytiles_does_not_import_the_client():
 
 
 def test_dead_letter_message_keeps_the_original():
-    key, value = jobs.dead_letter_message(
+    key, value = dead_letter_message(
         "bad", "JobError", topic="jobs", partition=0, offset=7, key=b"k", value=b"\xff{not json"
     )
     doc = json.loads(value)

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from lazytiles.streams.messages import DEAD_LETTER_KEEP, JobError, dead_letter_message, parse_job
+from lazytiles.streams.deadletters import DEAD_LETTER_KEEP, dead_letter_message
+from lazytiles.streams.messages import JobError, parse_job
 
 GOOD = {"id": "a1", "source": "scene.tif", "model": "pkg.mod:make"}
 
