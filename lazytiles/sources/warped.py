@@ -193,6 +193,19 @@ class WarpedSource(TileSource):
         self._init_tiles(parent.cache if cache is None else cache)
         self.level_index = choose_level(self.ratio, parent.levels())
 
+    def at(
+        self,
+        res: float | tuple[float, float],
+        crs: CRS | str | int | None = None,
+        resampling: str = "bilinear",
+        *,
+        tile_shape: int | tuple[int, int] = 512,
+    ) -> TileSource:
+        """Like :meth:`TileSource.at`, warped from the parent (not resampled twice); ``crs`` defaults to this
+        source's, the grid covers this source's footprint."""
+        target, transform, width, height = target_grid(self, res, self.crs if crs is None else crs)
+        return WarpedSource(self.parent, target, transform, width, height, resampling, tile_shape=tile_shape)
+
     # -- the level read from -----------------------------------------------------------------------
 
     @property

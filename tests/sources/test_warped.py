@@ -247,3 +247,9 @@ def test_threads_reading_at_once_get_the_serial_pixels_and_warp_each_tile_once(m
     assert all(np.array_equal(a, b) for a, b in zip(got, expected * 2))
     tiles = {k for w in windows for k in shared.tiles_under(w)}
     assert shared.stats()["tiles_read"] == len(tiles)  # single flight: no tile warped twice
+
+
+def test_at_of_a_warped_source_warps_the_parent_once(utm_tif: Path) -> None:
+    src = lt.open(utm_tif)
+    once = src.at(res=2.0, crs="EPSG:3857").at(res=2.4, resampling="nearest")
+    assert once.parent is src and once.crs == rasterio.crs.CRS.from_epsg(3857) and once.transform.a == 2.4
