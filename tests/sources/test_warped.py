@@ -174,11 +174,19 @@ def test_an_array_warps_from_itself_and_xyz_from_a_lower_zoom(tmp_path: Path) ->
     expected = image.reshape(3, 256, 2, 256, 2).astype(float).mean(axis=(2, 4))
     assert np.abs(half.read(Window(0, 0, 256, 256)) - expected).max() <= 1
     cover = write_xyz_tiles(image, tmp_path, zoom=12, top_left_tile=(2100, 1400))
+    low = np.zeros((3, 256, 256), np.uint8)  # zoom 10: the image fills the upper-left quarter of one tile
+    low[:, :128, :128] = image.reshape(3, 128, 4, 128, 4).mean(axis=(2, 4)).astype(np.uint8)
+    write_xyz_tiles(low, tmp_path, zoom=10, top_left_tile=(525, 350))
     xyz = lt.open(str(tmp_path) + "/{z}/{x}/{y}.png", zoom=12)
-    coarse = xyz.at(res=4 * xyz.transform.a + 1e-9)
+    coarse = xyz.at(res=4 * xyz.transform.a, resampling="nearest")  # the zoom-10 grid itself
     assert coarse.level_index == 2 and coarse.level_source.zoom == 10 and coarse.needs_area
+    assert coarse.transform == xyz.level(2).transform
     wins = lt.windows(coarse, size=64, bounds=cover.bounds)
-    assert len(wins) == 4 and wins[0].data.shape == (3, 64, 64)
+    assert len(wins) == 4
+    np.testing.assert_array_equal(np.concatenate([np.concatenate([wins[0].data, wins[1].data], 2),
+                                                  np.concatenate([wins[2].data, wins[3].data], 2)], 1),
+                                  low[:, :128, :128])  # fmt: skip
+    assert xyz.stats()["tiles_read"] == 0  # nothing at zoom 12
 
 
 def test_pickles_as_a_recipe_and_reads_the_same(utm_tif: Path) -> None:
