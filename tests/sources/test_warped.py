@@ -261,3 +261,15 @@ def test_at_of_a_warped_source_warps_the_parent_once(utm_tif: Path) -> None:
     src = lt.open(utm_tif)
     once = src.at(res=2.0, crs="EPSG:3857").at(res=2.4, resampling="nearest")
     assert once.parent is src and once.crs == rasterio.crs.CRS.from_epsg(3857) and once.transform.a == 2.4
+
+
+def test_windows_over_bounds_in_another_crs_cover_them(merc_tif: Path) -> None:
+    warped = lt.open(merc_tif).at(res=1.0, crs="EPSG:32631")
+    left, bottom, right, top = warped.bounds
+    inner = (left + 100, bottom + 150, left + 300, bottom + 330)  # UTM metres, as lon/lat below
+    lonlat = rasterio.warp.transform_bounds(warped.crs, "EPSG:4326", *inner, densify_pts=21)
+    wins = lt.windows(warped, size=64, bounds=lonlat, bounds_crs="EPSG:4326")
+    covered = wins.bounds
+    assert covered[0] <= inner[0] and covered[1] <= inner[1] and covered[2] >= inner[2] and covered[3] >= inner[3]
+    assert covered[2] - covered[0] < 200 + 2 * 64 and wins[0].crs == warped.crs
+    assert wins[0].transform == warped.transform @ Affine.translation(wins[0].window.col_off, wins[0].window.row_off)
