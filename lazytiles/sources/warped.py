@@ -54,6 +54,8 @@ from .base import FetchPool, TileSource, _to_source, overview_shape
 # rasterio.warp.reproject of arrays, run on several threads at once, now and then warns that a dataset
 # "has no geotransform": one of its own in-memory datasets, never the caller's (the pixels are right).
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio.warp")
+#: Tries of one reproject where that warning is raised as an error (``-W error``, pytest's ``error``).
+REPROJECT_TRIES = 3
 
 #: GDAL's tolerance in choosing an overview level: a level within this of the target ratio is used.
 LEVEL_TOLERANCE = 0.1
@@ -137,6 +139,19 @@ def footprint(parent: TileSource, crs: CRS | None) -> Bounds:
             f"the footprint of {parent!r} has no finite bounds in {crs.to_string()!r}; choose a CRS that covers it"
         )
     return out
+
+
+def _reproject(source: np.ndarray, destination: np.ndarray, **options: Any) -> None:
+    """``rasterio.warp.reproject``, tried again when it raises the stray warning above as an error: the
+    warning comes from making its in-memory datasets (rasterio's warning filter there is not
+    thread-safe), before anything is warped, so trying again is safe."""
+    for attempt in range(REPROJECT_TRIES):
+        try:
+            rasterio.warp.reproject(source, destination, **options)
+            return
+        except NotGeoreferencedWarning:
+            if attempt == REPROJECT_TRIES - 1:
+                raise
 
 
 class WarpedSource(TileSource):
@@ -291,7 +306,7 @@ class WarpedSource(TileSource):
             for c0 in range(c_first, right, cw):
                 h, w = min(ch, self.height - r0), min(cw, self.width - c0)
                 chunk = np.full((self.count, h, w), self.fill_value, dtype=self.dtype)
-                rasterio.warp.reproject(
+                _reproject(
                     pixels,
                     chunk,
                     src_transform=src_transform,
@@ -316,7 +331,7 @@ class WarpedSource(TileSource):
         under = self._source_window(area, parent)
         if under is not None:
             pixels, to_parent = parent.overview(under, max_size=2 * max(out_h, out_w))
-            rasterio.warp.reproject(
+            _reproject(
                 pixels,
                 out,
                 src_transform=parent.transform @ to_parent,
