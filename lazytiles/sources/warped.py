@@ -20,11 +20,11 @@ the coarsest level whose pixels are finer than the target's or (within 0.1) as f
 than the parent (``t <= 1``) reads the full resolution.
 
 Pixels equal windowed reads of ``rasterio.vrt.WarpedVRT(level_dataset, crs=..., transform=...,
-width=..., height=..., resampling=...)``, whatever the resampling: each tile is warped in the chunks
-GDAL's warped VRT warps (its 512 x 128 blocks, :data:`WARP_CHUNK`), so GDAL's per-chunk approximations
-(the transformation to 1/8 pixel, the kernel's scale) are the same. That holds for tiles whose width is
-a multiple of 512 (the default tile shape); other tile widths cut other chunks and may differ by the
-approximation (1 DN mostly; nearest may pick the neighbouring pixel across another CRS).
+width=..., height=..., resampling=...)``, whatever the resampling and tile shape: each tile is warped
+in the chunks GDAL's warped VRT warps (its 512 x 128 blocks, :data:`WARP_CHUNK`, whole), from enough
+source pixels that GDAL finds the same source window for each, so GDAL's per-chunk approximations (the
+transformation to 1/8 pixel, the kernel's scale) are the same. (A VRT read of the whole raster in one
+call warps other chunks, and differs from the VRT's own windowed reads by those approximations.)
 """
 
 from __future__ import annotations
@@ -62,9 +62,10 @@ LEVEL_TOLERANCE = 0.1
 #: Source pixels read around a warped tile's footprint, per unit of the kernel's scale (GDAL's kernels
 #: reach at most 3 pixels, lanczos, times the downsampling scale).
 KERNEL_MARGIN = 4
-#: Source pixels read on each side of a warped tile's footprint, as a fraction of its size: GDAL's warper
-#: reads a whole source row when a chunk needs more than 90% of it, so the pixels a tile is warped from
-#: must be its footprint plus more than 11%, or the whole level's width, for the result to be GDAL's.
+#: Source pixels read on each side of a warped tile's footprint, as a fraction of its size. GDAL clips a
+#: chunk's source window to the raster it warps from and widens it to whole rows when a chunk needs most
+#: of them, which changes the kernel's scale: with this margin (or the level's own edge) around a tile,
+#: GDAL finds the window it finds over the whole level (found by experiment, tested against WarpedVRT).
 WIDTH_MARGIN = 0.08
 #: (rows, cols) of the chunks a tile is warped in, on the target grid: the blocks of GDAL's warped VRT,
 #: so that GDAL's per-chunk approximations (of the transformation and of the kernel's scale) are the same.
