@@ -34,6 +34,7 @@ import math
 import os
 import threading
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -142,6 +143,20 @@ def footprint(parent: TileSource, crs: CRS | None) -> Bounds:
     return out
 
 
+def _carry(window: Window, transform: Affine, crs: CRS | None, to: Affine, to_crs: CRS | None) -> Window | None:
+    """The pixel window of grid ``to`` (in ``to_crs``) covering ``window`` of grid ``transform`` (in
+    ``crs``), not clipped; None where the CRSs cannot carry it (outside a projection's domain)."""
+    bounds = window_bounds(window, transform)
+    if crs is not None and to_crs is not None and crs != to_crs:
+        try:
+            bounds = rasterio.warp.transform_bounds(crs, to_crs, *bounds, densify_pts=21)
+        except Exception:  # rasterio's CRSError or GDAL's: a window outside the CRS's domain
+            return None
+        if not all(math.isfinite(v) for v in bounds):
+            return None
+    return pixel_window(bounds, to)
+
+
 def _reproject(source: np.ndarray, destination: np.ndarray, **options: Any) -> None:
     """``rasterio.warp.reproject``, tried again when it raises the stray warning above as an error: the
     warning comes from making its in-memory datasets (rasterio's warning filter there is not
@@ -206,6 +221,9 @@ class WarpedSource(TileSource):
         self._pool = FetchPool(min(4, os.cpu_count() or 1), "lazytiles-warp")
         self._level_lock = threading.Lock()
         self._level_source: TileSource | None = None
+        self._needs: dict[tuple[int, int], list[TileKey]] = {}  # level tiles each warped tile was made from
+        self._used_up: set[tuple[int, int]] = set()  # warped tiles released by a pass
+        self._held: dict[TileKey, set[tuple[int, int]]] = {}  # level tiles read, and the warped tiles they make
         self._init_tiles(parent.cache if cache is None else cache)
         self.level_index = choose_level(self.ratio, parent.levels())
 
@@ -259,18 +277,41 @@ class WarpedSource(TileSource):
 
     # -- warping one tile --------------------------------------------------------------------------
 
+    def release(self, keys: Iterable[TileKey]) -> None:
+        """Drop used-up warped tiles, and the level's tiles that no warped tile still to come needs."""
+        keys = list(keys)
+        super().release(keys)
+        level = self.level_source
+        with self._level_lock:
+            self._used_up.update((k.row, k.col) for k in keys)
+            for k in keys:
+                for p in self._needs.pop((k.row, k.col), ()):
+                    if p not in self._held:
+                        self._held[p] = self._users(p, level)
+            free = [p for p, users in self._held.items() if users <= self._used_up]
+            for p in free:
+                del self._held[p]
+        if free:
+            level.release(free)
+
+    def _users(self, key: TileKey, level: TileSource) -> set[tuple[int, int]]:
+        """Warped tiles that may be made from level tile ``key``: those under its footprint, and a tile
+        and a chunk more on every side (more than the margins a warped tile reads)."""
+        area = _carry(level.grid.tile_window(key.row, key.col), level.transform, level.crs, self.transform, self.crs)
+        if area is None:
+            return set()
+        th, tw = self.tile_shape
+        grow_r, grow_c = th + WARP_CHUNK[0], tw + WARP_CHUNK[1]
+        grown = Window(area.col_off - grow_c, area.row_off - grow_r, area.width + 2 * grow_c, area.height + 2 * grow_r)
+        rows, cols = self.grid.tiles_under(grown)
+        return {(r, c) for r in rows for c in cols}
+
     def _source_window(self, tile: Window, level: TileSource) -> Window | None:
         """The level's pixels a warped ``tile`` needs (its footprint plus the kernel's reach), clipped
         to the level's raster; None when the tile lies outside it."""
-        bounds = window_bounds(tile, self.transform)
-        if self.crs is not None and level.crs is not None and self.crs != level.crs:
-            try:
-                bounds = rasterio.warp.transform_bounds(self.crs, level.crs, *bounds, densify_pts=21)
-            except Exception:  # a tile outside the CRS's domain: nothing of the parent under it
-                return None
-            if not all(math.isfinite(v) for v in bounds):
-                return None
-        area = pixel_window(bounds, level.transform)
+        area = _carry(tile, self.transform, self.crs, level.transform, level.crs)
+        if area is None:
+            return None
         scale = max(1.0, area.width / tile.width, area.height / tile.height)
         kernel = math.ceil(KERNEL_MARGIN * scale) + 1
         pad_x = kernel + math.ceil(WIDTH_MARGIN * area.width)
@@ -300,6 +341,8 @@ class WarpedSource(TileSource):
         if area is None:
             return out
         keys = level.tiles_under(area)
+        with self._level_lock:
+            self._needs[(key.row, key.col)] = keys
         level.warm(keys)  # the parent's tiles decode in parallel on its own threads
         pixels, _ = assemble(level, area, keys)
         src_transform = level.transform @ Affine.translation(area.col_off, area.row_off)

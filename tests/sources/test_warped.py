@@ -273,3 +273,19 @@ def test_windows_over_bounds_in_another_crs_cover_them(merc_tif: Path) -> None:
     assert covered[0] <= inner[0] and covered[1] <= inner[1] and covered[2] >= inner[2] and covered[3] >= inner[3]
     assert covered[2] - covered[0] < 200 + 2 * 64 and wins[0].crs == warped.crs
     assert wins[0].transform == warped.transform @ Affine.translation(wins[0].window.col_off, wins[0].window.row_off)
+
+
+def test_an_in_order_pass_holds_a_few_rows_of_level_tiles_and_reads_each_once(tmp_path: Path) -> None:
+    path = write_tif(tmp_path / "tall.tif", noise(512)[:, :, :256].repeat(8, axis=1)[:, :4096], transform=UTM31,
+                     crs="EPSG:32631", block=(128, 128), overviews=(2,))  # fmt: skip
+    src = CountingRaster(path, cache=lt.TileCache(256 * 2**20))
+    coarse = src.at(res=1.2, tile_shape=128)  # the first overview: 2048 x 128 px, 16 x 1 tiles of 128
+    level = coarse.level_source
+    assert isinstance(level, CountingRaster) and (level.grid.rows, level.grid.cols) == (16, 1)
+    held = []
+    for w in lt.windows(coarse, size=128, overlap=0.25):
+        assert w.data.shape == (3, 128, 128)
+        held.append(sum(level.tile_key(r, 0) in level.cache for r in range(16)))
+    assert max(held) <= 8 and held[-1] == 0  # a few rows at a time (read-ahead included), not all 16
+    assert set(level.reads.values()) == {1} and len(level.reads) == 16  # each read once all the same
+    assert not src.reads
