@@ -20,11 +20,11 @@ the coarsest level whose pixels are finer than the target's or (within 0.1) as f
 than the parent (``t <= 1``) reads the full resolution.
 
 Pixels equal windowed reads of ``rasterio.vrt.WarpedVRT(level_dataset, crs=..., transform=...,
-width=..., height=..., resampling=...)``, whatever the resampling: each tile is warped in the chunks
-GDAL's warped VRT warps (its 512 x 128 blocks, :data:`WARP_CHUNK`), so GDAL's per-chunk approximations
-(the transformation to 1/8 pixel, the kernel's scale) are the same. That holds for tiles whose width is
-a multiple of 512 (the default tile shape); other tile widths cut other chunks and may differ by the
-approximation (1 DN mostly; nearest may pick the neighbouring pixel across another CRS).
+width=..., height=..., resampling=...)``, whatever the resampling and tile shape: each tile is warped
+in the chunks GDAL's warped VRT warps (its 512 x 128 blocks, :data:`WARP_CHUNK`, whole), from enough
+source pixels that GDAL finds the same source window for each, so GDAL's per-chunk approximations (the
+transformation to 1/8 pixel, the kernel's scale) are the same. (A VRT read of the whole raster in one
+call warps other chunks, and differs from the VRT's own windowed reads by those approximations.)
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import math
 import os
 import threading
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -54,15 +55,18 @@ from .base import FetchPool, TileSource, _to_source, overview_shape
 # rasterio.warp.reproject of arrays, run on several threads at once, now and then warns that a dataset
 # "has no geotransform": one of its own in-memory datasets, never the caller's (the pixels are right).
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio.warp")
+#: Tries of one reproject where that warning is raised as an error (``-W error``, pytest's ``error``).
+REPROJECT_TRIES = 3
 
 #: GDAL's tolerance in choosing an overview level: a level within this of the target ratio is used.
 LEVEL_TOLERANCE = 0.1
 #: Source pixels read around a warped tile's footprint, per unit of the kernel's scale (GDAL's kernels
 #: reach at most 3 pixels, lanczos, times the downsampling scale).
 KERNEL_MARGIN = 4
-#: Source pixels read on each side of a warped tile's footprint, as a fraction of its size: GDAL's warper
-#: reads a whole source row when a chunk needs more than 90% of it, so the pixels a tile is warped from
-#: must be its footprint plus more than 11%, or the whole level's width, for the result to be GDAL's.
+#: Source pixels read on each side of a warped tile's footprint, as a fraction of its size. GDAL clips a
+#: chunk's source window to the raster it warps from and widens it to whole rows when a chunk needs most
+#: of them, which changes the kernel's scale: with this margin (or the level's own edge) around a tile,
+#: GDAL finds the window it finds over the whole level (found by experiment, tested against WarpedVRT).
 WIDTH_MARGIN = 0.08
 #: (rows, cols) of the chunks a tile is warped in, on the target grid: the blocks of GDAL's warped VRT,
 #: so that GDAL's per-chunk approximations (of the transformation and of the kernel's scale) are the same.
@@ -139,6 +143,33 @@ def footprint(parent: TileSource, crs: CRS | None) -> Bounds:
     return out
 
 
+def _carry(window: Window, transform: Affine, crs: CRS | None, to: Affine, to_crs: CRS | None) -> Window | None:
+    """The pixel window of grid ``to`` (in ``to_crs``) covering ``window`` of grid ``transform`` (in
+    ``crs``), not clipped; None where the CRSs cannot carry it (outside a projection's domain)."""
+    bounds = window_bounds(window, transform)
+    if crs is not None and to_crs is not None and crs != to_crs:
+        try:
+            bounds = rasterio.warp.transform_bounds(crs, to_crs, *bounds, densify_pts=21)
+        except Exception:  # rasterio's CRSError or GDAL's: a window outside the CRS's domain
+            return None
+        if not all(math.isfinite(v) for v in bounds):
+            return None
+    return pixel_window(bounds, to)
+
+
+def _reproject(source: np.ndarray, destination: np.ndarray, **options: Any) -> None:
+    """``rasterio.warp.reproject``, tried again when it raises the stray warning above as an error: the
+    warning comes from making its in-memory datasets (rasterio's warning filter there is not
+    thread-safe), before anything is warped, so trying again is safe."""
+    for attempt in range(REPROJECT_TRIES):
+        try:
+            rasterio.warp.reproject(source, destination, **options)
+            return
+        except NotGeoreferencedWarning:
+            if attempt == REPROJECT_TRIES - 1:
+                raise
+
+
 class WarpedSource(TileSource):
     """``parent`` on the grid ``crs``, ``transform``, ``width`` x ``height``, warped tile by tile.
 
@@ -190,8 +221,24 @@ class WarpedSource(TileSource):
         self._pool = FetchPool(min(4, os.cpu_count() or 1), "lazytiles-warp")
         self._level_lock = threading.Lock()
         self._level_source: TileSource | None = None
+        self._needs: dict[tuple[int, int], list[TileKey]] = {}  # level tiles each warped tile was made from
+        self._used_up: set[tuple[int, int]] = set()  # warped tiles released by a pass
+        self._held: dict[TileKey, set[tuple[int, int]]] = {}  # level tiles read, and the warped tiles they make
         self._init_tiles(parent.cache if cache is None else cache)
         self.level_index = choose_level(self.ratio, parent.levels())
+
+    def at(
+        self,
+        res: float | tuple[float, float],
+        crs: CRS | str | int | None = None,
+        resampling: str = "bilinear",
+        *,
+        tile_shape: int | tuple[int, int] = 512,
+    ) -> TileSource:
+        """Like :meth:`TileSource.at`, warped from the parent (not resampled twice); ``crs`` defaults to this
+        source's, the grid covers this source's footprint."""
+        target, transform, width, height = target_grid(self, res, self.crs if crs is None else crs)
+        return WarpedSource(self.parent, target, transform, width, height, resampling, tile_shape=tile_shape)
 
     # -- the level read from -----------------------------------------------------------------------
 
@@ -230,18 +277,41 @@ class WarpedSource(TileSource):
 
     # -- warping one tile --------------------------------------------------------------------------
 
+    def release(self, keys: Iterable[TileKey]) -> None:
+        """Drop used-up warped tiles, and the level's tiles that no warped tile still to come needs."""
+        keys = list(keys)
+        super().release(keys)
+        level = self.level_source
+        with self._level_lock:
+            self._used_up.update((k.row, k.col) for k in keys)
+            for k in keys:
+                for p in self._needs.pop((k.row, k.col), ()):
+                    if p not in self._held:
+                        self._held[p] = self._users(p, level)
+            free = [p for p, users in self._held.items() if users <= self._used_up]
+            for p in free:
+                del self._held[p]
+        if free:
+            level.release(free)
+
+    def _users(self, key: TileKey, level: TileSource) -> set[tuple[int, int]]:
+        """Warped tiles that may be made from level tile ``key``: those under its footprint, and a tile
+        and a chunk more on every side (more than the margins a warped tile reads)."""
+        area = _carry(level.grid.tile_window(key.row, key.col), level.transform, level.crs, self.transform, self.crs)
+        if area is None:
+            return set()
+        th, tw = self.tile_shape
+        grow_r, grow_c = th + WARP_CHUNK[0], tw + WARP_CHUNK[1]
+        grown = Window(area.col_off - grow_c, area.row_off - grow_r, area.width + 2 * grow_c, area.height + 2 * grow_r)
+        rows, cols = self.grid.tiles_under(grown)
+        return {(r, c) for r in rows for c in cols}
+
     def _source_window(self, tile: Window, level: TileSource) -> Window | None:
         """The level's pixels a warped ``tile`` needs (its footprint plus the kernel's reach), clipped
         to the level's raster; None when the tile lies outside it."""
-        bounds = window_bounds(tile, self.transform)
-        if self.crs is not None and level.crs is not None and self.crs != level.crs:
-            try:
-                bounds = rasterio.warp.transform_bounds(self.crs, level.crs, *bounds, densify_pts=21)
-            except Exception:  # a tile outside the CRS's domain: nothing of the parent under it
-                return None
-            if not all(math.isfinite(v) for v in bounds):
-                return None
-        area = pixel_window(bounds, level.transform)
+        area = _carry(tile, self.transform, self.crs, level.transform, level.crs)
+        if area is None:
+            return None
         scale = max(1.0, area.width / tile.width, area.height / tile.height)
         kernel = math.ceil(KERNEL_MARGIN * scale) + 1
         pad_x = kernel + math.ceil(WIDTH_MARGIN * area.width)
@@ -271,6 +341,8 @@ class WarpedSource(TileSource):
         if area is None:
             return out
         keys = level.tiles_under(area)
+        with self._level_lock:
+            self._needs[(key.row, key.col)] = keys
         level.warm(keys)  # the parent's tiles decode in parallel on its own threads
         pixels, _ = assemble(level, area, keys)
         src_transform = level.transform @ Affine.translation(area.col_off, area.row_off)
@@ -278,7 +350,7 @@ class WarpedSource(TileSource):
             for c0 in range(c_first, right, cw):
                 h, w = min(ch, self.height - r0), min(cw, self.width - c0)
                 chunk = np.full((self.count, h, w), self.fill_value, dtype=self.dtype)
-                rasterio.warp.reproject(
+                _reproject(
                     pixels,
                     chunk,
                     src_transform=src_transform,
@@ -303,7 +375,7 @@ class WarpedSource(TileSource):
         under = self._source_window(area, parent)
         if under is not None:
             pixels, to_parent = parent.overview(under, max_size=2 * max(out_h, out_w))
-            rasterio.warp.reproject(
+            _reproject(
                 pixels,
                 out,
                 src_transform=parent.transform @ to_parent,

@@ -174,11 +174,19 @@ def test_an_array_warps_from_itself_and_xyz_from_a_lower_zoom(tmp_path: Path) ->
     expected = image.reshape(3, 256, 2, 256, 2).astype(float).mean(axis=(2, 4))
     assert np.abs(half.read(Window(0, 0, 256, 256)) - expected).max() <= 1
     cover = write_xyz_tiles(image, tmp_path, zoom=12, top_left_tile=(2100, 1400))
+    low = np.zeros((3, 256, 256), np.uint8)  # zoom 10: the image fills the upper-left quarter of one tile
+    low[:, :128, :128] = image.reshape(3, 128, 4, 128, 4).mean(axis=(2, 4)).astype(np.uint8)
+    write_xyz_tiles(low, tmp_path, zoom=10, top_left_tile=(525, 350))
     xyz = lt.open(str(tmp_path) + "/{z}/{x}/{y}.png", zoom=12)
-    coarse = xyz.at(res=4 * xyz.transform.a + 1e-9)
+    coarse = xyz.at(res=4 * xyz.transform.a, resampling="nearest")  # the zoom-10 grid itself
     assert coarse.level_index == 2 and coarse.level_source.zoom == 10 and coarse.needs_area
+    assert coarse.transform == xyz.level(2).transform
     wins = lt.windows(coarse, size=64, bounds=cover.bounds)
-    assert len(wins) == 4 and wins[0].data.shape == (3, 64, 64)
+    assert len(wins) == 4
+    np.testing.assert_array_equal(np.concatenate([np.concatenate([wins[0].data, wins[1].data], 2),
+                                                  np.concatenate([wins[2].data, wins[3].data], 2)], 1),
+                                  low[:, :128, :128])  # fmt: skip
+    assert xyz.stats()["tiles_read"] == 0  # nothing at zoom 12
 
 
 def test_pickles_as_a_recipe_and_reads_the_same(utm_tif: Path) -> None:
@@ -247,3 +255,37 @@ def test_threads_reading_at_once_get_the_serial_pixels_and_warp_each_tile_once(m
     assert all(np.array_equal(a, b) for a, b in zip(got, expected * 2))
     tiles = {k for w in windows for k in shared.tiles_under(w)}
     assert shared.stats()["tiles_read"] == len(tiles)  # single flight: no tile warped twice
+
+
+def test_at_of_a_warped_source_warps_the_parent_once(utm_tif: Path) -> None:
+    src = lt.open(utm_tif)
+    once = src.at(res=2.0, crs="EPSG:3857").at(res=2.4, resampling="nearest")
+    assert once.parent is src and once.crs == rasterio.crs.CRS.from_epsg(3857) and once.transform.a == 2.4
+
+
+def test_windows_over_bounds_in_another_crs_cover_them(merc_tif: Path) -> None:
+    warped = lt.open(merc_tif).at(res=1.0, crs="EPSG:32631")
+    left, bottom, right, top = warped.bounds
+    inner = (left + 100, bottom + 150, left + 300, bottom + 330)  # UTM metres, as lon/lat below
+    lonlat = rasterio.warp.transform_bounds(warped.crs, "EPSG:4326", *inner, densify_pts=21)
+    wins = lt.windows(warped, size=64, bounds=lonlat, bounds_crs="EPSG:4326")
+    covered = wins.bounds
+    assert covered[0] <= inner[0] and covered[1] <= inner[1] and covered[2] >= inner[2] and covered[3] >= inner[3]
+    assert covered[2] - covered[0] < 200 + 2 * 64 and wins[0].crs == warped.crs
+    assert wins[0].transform == warped.transform @ Affine.translation(wins[0].window.col_off, wins[0].window.row_off)
+
+
+def test_an_in_order_pass_holds_a_few_rows_of_level_tiles_and_reads_each_once(tmp_path: Path) -> None:
+    path = write_tif(tmp_path / "tall.tif", noise(512)[:, :, :256].repeat(8, axis=1)[:, :4096], transform=UTM31,
+                     crs="EPSG:32631", block=(128, 128), overviews=(2,))  # fmt: skip
+    src = CountingRaster(path, cache=lt.TileCache(256 * 2**20))
+    coarse = src.at(res=1.2, tile_shape=128)  # the first overview: 2048 x 128 px, 16 x 1 tiles of 128
+    level = coarse.level_source
+    assert isinstance(level, CountingRaster) and (level.grid.rows, level.grid.cols) == (16, 1)
+    held = []
+    for w in lt.windows(coarse, size=128, overlap=0.25):
+        assert w.data.shape == (3, 128, 128)
+        held.append(sum(level.tile_key(r, 0) in level.cache for r in range(16)))
+    assert max(held) <= 8 and held[-1] == 0  # a few rows at a time (read-ahead included), not all 16
+    assert set(level.reads.values()) == {1} and len(level.reads) == 16  # each read once all the same
+    assert not src.reads
