@@ -139,7 +139,15 @@ BUILTINS = set(dir(builtins))
 
 def test_pages_exist() -> None:
     names = {p.name for p in PAGES}
-    assert {"README.rst", "architecture.rst", "remote.rst", "beam.rst", "kafka.rst", "benchmarks.rst", "scenes.rst"} <= names
+    assert {
+        "README.rst",
+        "architecture.rst",
+        "remote.rst",
+        "beam.rst",
+        "kafka.rst",
+        "benchmarks.rst",
+        "scenes.rst",
+    } <= names
 
 
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda b: b.id)

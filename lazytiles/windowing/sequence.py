@@ -20,10 +20,10 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window as PixelWindow
 
+from ..assembly import ReadInfo, assemble
 from ..cache import TileKey
 from ..errors import BoundsError, InvalidArgumentError, TileFetchError
 from ..grid import Bounds, as_bounds, pixel_window, to_crs, window_bounds, window_transform
-from ..assembly import ReadInfo, assemble
 from ..sources import open as open_source
 from ..sources.base import TileSource
 from .index import Positions, select
