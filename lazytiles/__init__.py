@@ -3,6 +3,7 @@
 import logging
 
 from .cache import TileCache, TileKey
+from .detection.dense import Prediction, PredictionSequence, predict
 from .detection.preprocess import Preprocess
 from .detection.sequence import DetectionSequence, detect
 from .detections import Detections
@@ -61,6 +62,8 @@ __all__ = [
     "MergeRule",
     "MissingDependencyError",
     "ModelOutputError",
+    "Prediction",
+    "PredictionSequence",
     "Prefetched",
     "Preprocess",
     "RasterSource",
@@ -89,6 +92,7 @@ __all__ = [
     "merge",
     "open",
     "open_run",
+    "predict",
     "prefetch",
     "show",
     "windows",
