@@ -33,6 +33,7 @@ from .errors import (
 )
 from .merging.rule import MergeRule
 from .merging.streaming import merge
+from .outputs.raster import write_raster
 from .prefetching.sequence import Prefetched, prefetch
 from .runs.run import Run, detect_region, open_run
 from .sources import ArraySource, RasterSource, TileSource, open
@@ -96,4 +97,5 @@ __all__ = [
     "prefetch",
     "show",
     "windows",
+    "write_raster",
 ]

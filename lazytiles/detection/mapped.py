@@ -203,16 +203,17 @@ class ModelSequence(Sequence[T], Generic[T]):
                 yield item
 
     def outcomes(
-        self, *, tolerate: tuple[type[BaseException], ...] = (TileFetchError,)
+        self, *, tolerate: tuple[type[BaseException], ...] = (TileFetchError,), progress: bool | None = None
     ) -> Generator[tuple[int, T | None, str | None], None, None]:
         """Stream ``(window index, result | None, error message | None)`` per window, in order.
 
         Like iterating, but a window that raises one of ``tolerate`` (default: tiles that cannot be
         read, after the source's retries) yields ``(index, None, message)`` instead of ending the
         pass; other errors (a model bug) still raise. ``index`` is the window's :attr:`Window.index`,
-        so a later run can retry just those: ``seq[failed]`` over the same windows.
+        so a later run can retry just those: ``seq[failed]`` over the same windows. ``progress``
+        overrides the progress-bar option the sequence was made with.
         """
-        return self._stream(tuple(tolerate))
+        return self._stream(tuple(tolerate), progress=progress)
 
     def stats(self) -> dict[str, Any]:
         """Timings of the last streaming pass: ``windows``, ``batches``, ``seconds`` (wall),
@@ -221,7 +222,7 @@ class ModelSequence(Sequence[T], Generic[T]):
         return dict(self._shared.last_pass)
 
     def _stream(
-        self, tolerate: tuple[type[BaseException], ...]
+        self, tolerate: tuple[type[BaseException], ...], *, progress: bool | None = None
     ) -> Generator[tuple[int, T | None, str | None], None, None]:
         if not len(self._wins):
             return
@@ -229,7 +230,8 @@ class ModelSequence(Sequence[T], Generic[T]):
 
         opts = self._shared.options
         pipe = _Pipeline(self._runner(), self._wins, opts, tolerate)
-        bar = tqdm(total=len(self._wins), unit="win", desc=self._verb) if opts["progress"] else None
+        show = opts["progress"] if progress is None else progress
+        bar = tqdm(total=len(self._wins), unit="win", desc=self._verb) if show else None
         try:
             pipe.start()
             while (batch := pipe.next()) is not None:
