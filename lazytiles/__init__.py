@@ -35,6 +35,7 @@ from .merging.rule import MergeRule
 from .merging.streaming import merge
 from .outputs.raster import write_raster
 from .prefetching.sequence import Prefetched, prefetch
+from .runs.prediction import predict_region
 from .runs.run import Run, detect_region, open_run
 from .sources import ArraySource, RasterSource, TileSource, open
 from .sources.http import HttpClient
@@ -94,6 +95,7 @@ __all__ = [
     "open",
     "open_run",
     "predict",
+    "predict_region",
     "prefetch",
     "show",
     "windows",

@@ -116,6 +116,11 @@ class BlockWriter:
         return np.dtype(np.uint8 if self.layout.bands <= 256 else np.uint16)
 
     @property
+    def dtype_option(self) -> str | None:
+        """The ``dtype`` given, by name (None: the default)."""
+        return None if self._dtype is None else self._dtype.name
+
+    @property
     def count(self) -> int:
         """Bands of the file."""
         assert self.layout is not None
