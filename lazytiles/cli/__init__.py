@@ -31,6 +31,7 @@ from .commands import (
     run_windows,
     windows_arguments,
 )
+from .predict import predict_arguments, run_predict
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ COMMANDS: dict[str, Command] = {
         "count the windows a configuration gives; optionally draw them (--preview)", windows_arguments, run_windows
     ),
     "detect": Command("run a detector over a region, durably (--resume continues a run)", detect_arguments, run_detect),
+    "predict": Command(
+        "run a segmentation model over a region into one GeoTIFF, durably", predict_arguments, run_predict
+    ),
     "worker": Command(
         "take region jobs from a Kafka topic, publish each window's detections to another "
         "(pip install lazytiles[kafka])",

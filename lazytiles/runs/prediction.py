@@ -144,8 +144,9 @@ def predict_region(
     if out.exists() and not store_path(out).exists() and not force_new:  # a finished run, or another file
         if not resume:
             raise RunStoreError(
-                f"{str(out)!r} already exists; pass resume=True to accept a finished run of the same recipe, "
-                "force_new=True to replace it, or choose another out= path (nothing was changed)"
+                f"{str(out)!r} already exists; pass resume=True (CLI: --resume) to accept a finished run of the "
+                "same recipe, force_new=True (CLI: --force-new) to replace it, or choose another out= path "
+                "(nothing was changed)"
             )
         check_recipe(out, finished_recipe(out), recipe)
         return out
@@ -157,8 +158,8 @@ def predict_region(
             stored = {}
         if stored and not resume:
             raise RunStoreError(
-                f"{str(store.path)!r} holds a run into {str(out)!r}; pass resume=True to continue it, force_new=True "
-                "to start again, or choose another out= path (nothing was changed)"
+                f"{str(store.path)!r} holds a run into {str(out)!r}; pass resume=True (CLI: --resume) to continue it, "
+                "force_new=True (CLI: --force-new) to start again, or choose another out= path (nothing was changed)"
             )
         if stored:
             check_recipe(store.path, stored["recipe"], recipe)
@@ -252,7 +253,7 @@ def finished_recipe(path: Path) -> dict[str, Any]:
     if not isinstance(recipe, dict):
         raise RunStoreError(
             f"{str(path)!r} exists and is not a raster lazytiles.predict_region finished; nothing was changed: pass "
-            "force_new=True to replace it, or choose another out= path"
+            "force_new=True (CLI: --force-new) to replace it, or choose another out= path"
         )
     return recipe
 
