@@ -115,7 +115,7 @@ class BlockPlan:
         col, row, width, height = self.grid.block_window(key)
         ys = 2 * np.arange(row, row + height, dtype=np.int64)[:, None] + 1  # doubled pixel centres
         xs = 2 * np.arange(col, col + width, dtype=np.int64)[None, :] + 1
-        owner = np.full((height, width), -1, np.int64)
+        owner = np.full((height, width), -1, np.int32)
         best = np.full((height, width), np.iinfo(np.int64).max, np.int64)
         for position in sorted(self.touching.get(key, []), key=lambda p: int(self.indices[p])):
             x0, y0, x1, y1 = self.rects[position].tolist()
@@ -128,6 +128,35 @@ class BlockPlan:
         return owner
 
 
+class _MeanBlock:
+    """One block of ``blend="mean"``: a float32 sum and count, added to in window-index order.
+
+    A piece that arrives before a window of lower index touching the block waits (parked) until that
+    one has been added: the sums are rounded the same whatever the arrival order, and for windows in
+    their usual order nothing waits.
+    """
+
+    def __init__(self, order: list[int], bands: int, height: int, width: int) -> None:
+        self.order, self.cursor = order, 0
+        self.total = np.zeros((bands, height, width), np.float32)
+        self.count = np.zeros((height, width), np.float32)
+        self.parked: dict[int, tuple[tuple[slice, slice], np.ndarray]] = {}
+
+    def add(self, position: int, inner: tuple[slice, slice], piece: np.ndarray) -> None:
+        self.parked[position] = (inner, piece)
+        while self.cursor < len(self.order) and self.order[self.cursor] in self.parked:
+            where, values = self.parked.pop(self.order[self.cursor])
+            self.cursor += 1
+            self.total[(slice(None), *where)] += values
+            self.count[where] += 1
+
+    def mean(self, fill: float) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out: np.ndarray = self.total / self.count
+        out[:, self.count == 0] = fill
+        return out
+
+
 class Stitcher:
     """Window predictions in, finished blocks out: holds only blocks some window still to come touches.
 
@@ -136,7 +165,8 @@ class Stitcher:
     plan
         The blocks and the windows touching each.
     bands, dtype
-        Of the predictions: ``bands`` arrays of ``dtype`` per window, ``(bands, h, w)``.
+        Of what is stitched: ``(bands, h, w)`` arrays per window. ``blend="center"`` keeps them as
+        they are (so they can be the file's pixels already); ``"mean"`` sums them as float32.
     blend
         ``"center"`` or ``"mean"`` (see the module's docstring).
     fill
@@ -147,36 +177,39 @@ class Stitcher:
         self.plan, self.bands, self.blend, self.fill = plan, bands, blend, fill
         self.dtype = np.dtype(np.float32) if blend == "mean" else np.dtype(dtype)
         self.remaining = {key: len(ps) for key, ps in plan.touching.items()}
-        self._held: dict[BlockKey, tuple[np.ndarray, np.ndarray]] = {}  # center: (buffer, owners)
-        self._pieces: dict[BlockKey, dict[int, tuple[tuple[slice, slice], np.ndarray]]] = {}  # mean
+        self._center: dict[BlockKey, tuple[np.ndarray, np.ndarray]] = {}  # buffer, owners
+        self._mean: dict[BlockKey, _MeanBlock] = {}
         self.max_held = 0
 
     @property
     def held(self) -> int:
         """Blocks in memory now."""
-        return len(self._held) + len(self._pieces)
+        return len(self._center) + len(self._mean)
 
-    def add(self, position: int, data: np.ndarray | None) -> list[tuple[BlockKey, np.ndarray]]:
-        """Take window ``position``'s prediction ``(bands, h, w)`` (None: the window failed and adds
-        nothing); return the blocks it finished, ``(key, (bands, bh, bw) array)``."""
+    def add(self, position: int, data: np.ndarray) -> list[tuple[BlockKey, np.ndarray]]:
+        """Take window ``position``'s array ``(bands, h, w)``; return the blocks it finished,
+        ``(key, (bands, bh, bw) array)``."""
         finished = []
         x0, y0, _, _ = self.plan.full[position].tolist()
+        cx0, cy0, cx1, cy1 = self.plan.rects[position].tolist()
         for key in self.plan.blocks_of(position):
             if self.remaining.get(key, 0) <= 0:
                 continue  # finished before (a resumed run runs some windows again)
             col, row, width, height = self.plan.grid.block_window(key)
-            if data is not None:
-                cx0, cy0, cx1, cy1 = self.plan.rects[position].tolist()
-                bx0, by0 = max(cx0, col), max(cy0, row)
-                bx1, by1 = min(cx1, col + width), min(cy1, row + height)
-                inner = (slice(by0 - row, by1 - row), slice(bx0 - col, bx1 - col))
-                piece = data[:, by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0]
-                if self.blend == "center":
-                    buffer, owners = self._center_block(key)
-                    mine = owners[inner] == position
-                    buffer[(slice(None), *inner)][:, mine] = piece[:, mine]
-                else:
-                    self._pieces.setdefault(key, {})[position] = (inner, piece.astype(np.float32))
+            bx0, by0 = max(cx0, col), max(cy0, row)
+            bx1, by1 = min(cx1, col + width), min(cy1, row + height)
+            inner = (slice(by0 - row, by1 - row), slice(bx0 - col, bx1 - col))
+            piece = data[:, by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0]
+            if self.blend == "center":
+                buffer, owners = self._center_block(key)
+                mine = owners[inner] == position
+                buffer[(slice(None), *inner)][:, mine] = piece[:, mine]
+            else:
+                block = self._mean.get(key)
+                if block is None:
+                    order = sorted(self.plan.touching[key], key=lambda p: int(self.plan.indices[p]))
+                    block = self._mean[key] = _MeanBlock(order, self.bands, height, width)
+                block.add(position, inner, piece.astype(np.float32))
             self.max_held = max(self.max_held, self.held)
             self.remaining[key] -= 1
             if self.remaining[key] == 0:
@@ -184,28 +217,16 @@ class Stitcher:
         return finished
 
     def _center_block(self, key: BlockKey) -> tuple[np.ndarray, np.ndarray]:
-        if key not in self._held:
+        if key not in self._center:
             _, _, width, height = self.plan.grid.block_window(key)
             buffer = np.full((self.bands, height, width), self.fill, self.dtype)
-            self._held[key] = (buffer, self.plan.owners(key))
-        return self._held[key]
+            self._center[key] = (buffer, self.plan.owners(key))
+        return self._center[key]
 
     def _finish(self, key: BlockKey) -> np.ndarray:
-        _, _, width, height = self.plan.grid.block_window(key)
         if self.blend == "center":
-            held = self._held.pop(key, None)
-            return held[0] if held is not None else np.full((self.bands, height, width), self.fill, self.dtype)
-        pieces = self._pieces.pop(key, {})
-        total = np.zeros((self.bands, height, width), np.float32)
-        count = np.zeros((height, width), np.float32)
-        for position in sorted(pieces, key=lambda p: int(self.plan.indices[p])):  # one order: one rounding
-            inner, piece = pieces[position]
-            total[(slice(None), *inner)] += piece
-            count[inner] += 1
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = total / count
-        mean[:, count == 0] = self.fill
-        return mean
+            return self._center.pop(key)[0]
+        return self._mean.pop(key).mean(self.fill)
 
 
 __all__ = ["Blend", "BlockKey", "BlockPlan", "OutputGrid", "Stitcher", "output_grid"]

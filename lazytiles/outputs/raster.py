@@ -100,10 +100,12 @@ class BlockWriter:
         self.layout = layout
         self.grid = output_grid(self.table.rects, self.raster_shape, layout.factor, self.block)
         self.plan = BlockPlan(self.grid, self.table.rects, self.table.indices)
-        fill = (0 if self.nodata is None else self.nodata) if layout.labels else np.nan
-        self.stitcher = Stitcher(
-            self.plan, layout.bands, np.dtype(np.int64 if layout.labels else np.float32), self.blend, fill
-        )
+        if self.blend == "center":  # each pixel from one window: stitch the file's pixels, converted already
+            empty = np.nan if self.output == "scores" else 0
+            fill = empty if self.nodata is None else self.nodata
+            self.stitcher = Stitcher(self.plan, self.count, self.dtype, "center", fill)
+        else:
+            self.stitcher = Stitcher(self.plan, layout.bands, np.dtype(np.float32), "mean", np.nan)
 
     @property
     def dtype(self) -> np.dtype:
@@ -126,21 +128,19 @@ class BlockWriter:
         assert self.layout is not None
         return self.layout.bands if self.output == "scores" else 1
 
-    def add(self, position: int, prediction: Prediction | None) -> list[tuple[BlockKey, np.ndarray]]:
-        """Take the prediction of the window at ``position`` (None: it failed); the blocks it finished."""
+    def add(self, position: int, prediction: Prediction) -> list[tuple[BlockKey, np.ndarray]]:
+        """Take the prediction of the window at ``position``; the blocks it finished, in the file's format."""
         if self.layout is None:
-            if prediction is None:
-                return []  # nothing is known yet; the window's blocks are finished by the others
             self.start(Layout.of(prediction))
         assert self.stitcher is not None and self.layout is not None
-        data = None
-        if prediction is not None:
-            if Layout.of(prediction) != self.layout:
-                raise ModelOutputError(
-                    f"window {prediction.index} has a prediction of shape {prediction.data.shape}, unlike the "
-                    f"first window's ({self.layout}); a dense model must return one shape for every window"
-                )
-            data = prediction.data if prediction.data.ndim == 3 else prediction.data[None]
+        if Layout.of(prediction) != self.layout:
+            raise ModelOutputError(
+                f"window {prediction.index} has a prediction of shape {prediction.data.shape}, unlike the "
+                f"first window's ({self.layout}); a dense model must return one shape for every window"
+            )
+        data = prediction.data if prediction.data.ndim == 3 else prediction.data[None]
+        if self.blend == "center":
+            return self.stitcher.add(position, self.convert(data))
         return [(key, self.convert(block)) for key, block in self.stitcher.add(position, data)]
 
     def convert(self, block: np.ndarray) -> np.ndarray:
@@ -274,6 +274,7 @@ def write_raster(
     try:
         with contextlib.closing(preds.outcomes(tolerate=(), progress=progress)) as stream:
             for position, (_, prediction, _) in enumerate(stream):
+                assert prediction is not None  # nothing is tolerated: a window that cannot be read raised
                 finished = writer.add(position, prediction)
                 if ds is None:
                     with warnings.catch_warnings():  # a source without georeferencing gives a file without it

@@ -193,6 +193,7 @@ def _run(preds: Any, writer: BlockWriter, store: BlockStore, layout: Any, interv
     with contextlib.closing(preds[todo].outcomes(tolerate=())) as stream:
         for position, (_, prediction, _) in zip(todo.tolist(), stream):
             fresh = writer.layout is None
+            assert prediction is not None  # nothing is tolerated: a window that cannot be read raised
             pending += writer.add(position, prediction)
             if fresh and writer.layout is not None:
                 store.set_meta({"layout": vars(writer.layout)})
