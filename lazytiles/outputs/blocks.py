@@ -109,6 +109,17 @@ class BlockPlan:
             return []
         return [(br, bc) for br in range(y0 // b, (y1 - 1) // b + 1) for bc in range(x0 // b, (x1 - 1) // b + 1)]
 
+    def piece(self, position: int, key: BlockKey, data: np.ndarray) -> tuple[tuple[slice, slice], np.ndarray]:
+        """``(inner, piece)``: the part of window ``position``'s array ``data`` ``(bands, h, w)`` in block
+        ``key``, and where it lies in the block."""
+        col, row, width, height = self.grid.block_window(key)
+        x0, y0, _, _ = self.full[position].tolist()
+        cx0, cy0, cx1, cy1 = self.rects[position].tolist()
+        bx0, by0 = max(cx0, col), max(cy0, row)
+        bx1, by1 = min(cx1, col + width), min(cy1, row + height)
+        inner = (slice(by0 - row, by1 - row), slice(bx0 - col, bx1 - col))
+        return inner, data[:, by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0]
+
     def owners(self, key: BlockKey) -> np.ndarray:
         """The position of the window each pixel of block ``key`` comes from with ``blend="center"``
         (-1 where none covers it): the nearest centre, ties to the lower window index."""
@@ -190,31 +201,30 @@ class Stitcher:
         """Take window ``position``'s array ``(bands, h, w)``; return the blocks it finished,
         ``(key, (bands, bh, bw) array)``."""
         finished = []
-        x0, y0, _, _ = self.plan.full[position].tolist()
-        cx0, cy0, cx1, cy1 = self.plan.rects[position].tolist()
         for key in self.plan.blocks_of(position):
-            if self.remaining.get(key, 0) <= 0:
-                continue  # finished before (a resumed run runs some windows again)
-            col, row, width, height = self.plan.grid.block_window(key)
-            bx0, by0 = max(cx0, col), max(cy0, row)
-            bx1, by1 = min(cx1, col + width), min(cy1, row + height)
-            inner = (slice(by0 - row, by1 - row), slice(bx0 - col, bx1 - col))
-            piece = data[:, by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0]
-            if self.blend == "center":
-                buffer, owners = self._center_block(key)
-                mine = owners[inner] == position
-                buffer[(slice(None), *inner)][:, mine] = piece[:, mine]
-            else:
-                block = self._mean.get(key)
-                if block is None:
-                    order = sorted(self.plan.touching[key], key=lambda p: int(self.plan.indices[p]))
-                    block = self._mean[key] = _MeanBlock(order, self.bands, height, width)
-                block.add(position, inner, piece.astype(np.float32))
-            self.max_held = max(self.max_held, self.held)
-            self.remaining[key] -= 1
-            if self.remaining[key] == 0:
-                finished.append((key, self._finish(key)))
+            if self.remaining.get(key, 0) > 0:  # else finished before, or stitched elsewhere
+                block = self.take(key, position, *self.plan.piece(position, key, data))
+                if block is not None:
+                    finished.append((key, block))
         return finished
+
+    def take(self, key: BlockKey, position: int, inner: tuple[slice, slice], piece: np.ndarray) -> np.ndarray | None:
+        """Take the part ``piece`` of window ``position`` that lies at ``inner`` in block ``key``; the block
+        when that was the last window touching it."""
+        if self.blend == "center":
+            buffer, owners = self._center_block(key)
+            mine = owners[inner] == position
+            buffer[(slice(None), *inner)][:, mine] = piece[:, mine]
+        else:
+            block = self._mean.get(key)
+            if block is None:
+                _, _, width, height = self.plan.grid.block_window(key)
+                order = sorted(self.plan.touching[key], key=lambda p: int(self.plan.indices[p]))
+                block = self._mean[key] = _MeanBlock(order, self.bands, height, width)
+            block.add(position, inner, piece.astype(np.float32))
+        self.max_held = max(self.max_held, self.held)
+        self.remaining[key] -= 1
+        return self._finish(key) if self.remaining[key] == 0 else None
 
     def _center_block(self, key: BlockKey) -> tuple[np.ndarray, np.ndarray]:
         if key not in self._center:

@@ -138,10 +138,17 @@ class BlockWriter:
                 f"window {prediction.index} has a prediction of shape {prediction.data.shape}, unlike the "
                 f"first window's ({self.layout}); a dense model must return one shape for every window"
             )
+        return [(key, self.finish(block)) for key, block in self.stitcher.add(position, self.prepare(prediction))]
+
+    def prepare(self, prediction: Prediction) -> np.ndarray:
+        """What the stitcher takes of a prediction: ``(bands, h, w)``, in the file's format for
+        ``blend="center"`` (each pixel from one window), the scores for ``"mean"``."""
         data = prediction.data if prediction.data.ndim == 3 else prediction.data[None]
-        if self.blend == "center":
-            return self.stitcher.add(position, self.convert(data))
-        return [(key, self.convert(block)) for key, block in self.stitcher.add(position, data)]
+        return self.convert(data) if self.blend == "center" else data
+
+    def finish(self, block: np.ndarray) -> np.ndarray:
+        """A block the stitcher finished, in the file's format."""
+        return block if self.blend == "center" else self.convert(block)
 
     def convert(self, block: np.ndarray) -> np.ndarray:
         """A stitched block ``(bands, h, w)`` in the file's format: labels (argmax of K scores, score >= 0.5

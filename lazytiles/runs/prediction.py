@@ -17,6 +17,7 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -204,21 +205,37 @@ def _run(preds: Any, writer: BlockWriter, store: BlockStore, layout: Any, interv
 
 
 def _write_raster(store: BlockStore, writer: BlockWriter, src: Any, out: Path, recipe: str, overviews: bool) -> None:
-    """``out`` from the stored blocks (then a COG with overviews), written beside it and moved into place."""
+    """``out`` from the blocks stored (then a COG with overviews), written beside it and moved into place."""
+    if writer.layout is None:
+        writer.start(Layout(**store.meta()["layout"]))
+    raster_from_blocks(store.blocks(), writer, src, out, tags={RECIPE_TAG: recipe}, overviews=overviews)
+
+
+def raster_from_blocks(
+    blocks: Iterable[tuple[BlockKey, np.ndarray]],
+    writer: BlockWriter,
+    src: Any,
+    out: Path,
+    *,
+    tags: dict[str, str],
+    overviews: bool,
+) -> None:
+    """Write ``out`` from finished ``blocks`` of ``writer``'s layout (one at a time), with ``tags``; then, with
+    ``overviews``, make it a COG (overviews nearest for labels, average for scores). Written beside ``out``
+    and moved into place."""
     import rasterio
     import rasterio.shutil
     from rasterio.errors import NotGeoreferencedWarning
 
-    if writer.layout is None:
-        writer.start(Layout(**store.meta()["layout"]))
     temp, cog = partial_path(out), out.with_name(f".{out.name}.cog.partial")
     try:
         with warnings.catch_warnings():  # a source without georeferencing gives a file without it
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(temp, "w", **writer.profile(src.transform, src.crs)) as ds:
-                for key, array in store.blocks():
+                for key, array in blocks:
                     write_blocks(ds, writer, [(key, array)])
-                ds.update_tags(**{RECIPE_TAG: recipe})
+                if tags:
+                    ds.update_tags(**tags)
             if overviews:
                 resampling = "NEAREST" if writer.output == "labels" else "AVERAGE"
                 rasterio.shutil.copy(
@@ -259,4 +276,4 @@ def finished_recipe(path: Path) -> dict[str, Any]:
     return recipe
 
 
-__all__ = ["RECIPE_TAG", "finished_recipe", "predict_region"]
+__all__ = ["RECIPE_TAG", "finished_recipe", "predict_region", "raster_from_blocks"]
