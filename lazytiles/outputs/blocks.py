@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -131,11 +132,16 @@ class BlockPlan:
         for position in sorted(self.touching.get(key, []), key=lambda p: int(self.indices[p])):
             x0, y0, x1, y1 = self.rects[position].tolist()
             fx0, fy0, fx1, fy1 = self.full[position].tolist()
-            dy, dx = ys - (fy0 + fy1), xs - (fx0 + fx1)
+            r0, r1 = max(y0, row) - row, min(y1, row + height) - row  # the part of the block it covers
+            c0, c1 = max(x0, col) - col, min(x1, col + width) - col
+            if r1 <= r0 or c1 <= c0:
+                continue
+            dy, dx = ys[r0:r1] - (fy0 + fy1), xs[:, c0:c1] - (fx0 + fx1)
             dist = dy * dy + dx * dx
-            inside = ((ys > 2 * y0) & (ys < 2 * y1)) & ((xs > 2 * x0) & (xs < 2 * x1))
-            better = inside & (dist < best)  # strictly: an equal distance keeps the lower index
-            owner[better], best[better] = position, dist[better]
+            near = best[r0:r1, c0:c1]
+            better = dist < near  # strictly: an equal distance keeps the lower index
+            np.copyto(owner[r0:r1, c0:c1], position, where=better)
+            np.minimum(near, dist, out=near)
         return owner
 
 
@@ -176,17 +182,28 @@ class Stitcher:
     plan
         The blocks and the windows touching each.
     bands, dtype
-        Of what is stitched: ``(bands, h, w)`` arrays per window. ``blend="center"`` keeps them as
-        they are (so they can be the file's pixels already); ``"mean"`` sums them as float32.
+        Of the blocks: ``bands`` of ``dtype`` for ``blend="center"``; ``"mean"`` sums float32.
+    convert
+        ``blend="center"``: what turns a window's ``(K, pixels)`` values into the block's
+        ``(bands, pixels)``, applied to the pixels each window gives (default: none).
     blend
         ``"center"`` or ``"mean"`` (see the module's docstring).
     fill
         The value of pixels no window covers.
     """
 
-    def __init__(self, plan: BlockPlan, bands: int, dtype: np.dtype, blend: Blend, fill: float) -> None:
+    def __init__(
+        self,
+        plan: BlockPlan,
+        bands: int,
+        dtype: np.dtype,
+        blend: Blend,
+        fill: float,
+        convert: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
         self.plan, self.bands, self.blend, self.fill = plan, bands, blend, fill
         self.dtype = np.dtype(np.float32) if blend == "mean" else np.dtype(dtype)
+        self.convert = convert
         self.remaining = {key: len(ps) for key, ps in plan.touching.items()}
         self._center: dict[BlockKey, tuple[np.ndarray, np.ndarray]] = {}  # buffer, owners
         self._mean: dict[BlockKey, _MeanBlock] = {}
@@ -214,7 +231,14 @@ class Stitcher:
         if self.blend == "center":
             buffer, owners = self._center_block(key)
             mine = owners[inner] == position
-            buffer[(slice(None), *inner)][:, mine] = piece[:, mine]
+            rows, cols = np.flatnonzero(mine.any(axis=1)), np.flatnonzero(mine.any(axis=0))
+            if len(rows) and mine[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all():  # a rectangle: slices
+                part = (slice(None), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+                values = piece[part]
+                buffer[(slice(None), *inner)][part] = values if self.convert is None else self.convert(values)
+            elif len(rows):
+                values = piece[:, mine]  # (bands, pixels owned): converted only where they are kept
+                buffer[(slice(None), *inner)][:, mine] = values if self.convert is None else self.convert(values)
         else:
             block = self._mean.get(key)
             if block is None:

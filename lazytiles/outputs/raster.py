@@ -103,7 +103,7 @@ class BlockWriter:
         if self.blend == "center":  # each pixel from one window: stitch the file's pixels, converted already
             empty = np.nan if self.output == "scores" else 0
             fill = empty if self.nodata is None else self.nodata
-            self.stitcher = Stitcher(self.plan, self.count, self.dtype, "center", fill)
+            self.stitcher = Stitcher(self.plan, self.count, self.dtype, "center", fill, self.convert)
         else:
             self.stitcher = Stitcher(self.plan, layout.bands, np.dtype(np.float32), "mean", np.nan)
 
@@ -141,18 +141,17 @@ class BlockWriter:
         return [(key, self.finish(block)) for key, block in self.stitcher.add(position, self.prepare(prediction))]
 
     def prepare(self, prediction: Prediction) -> np.ndarray:
-        """What the stitcher takes of a prediction: ``(bands, h, w)``, in the file's format for
-        ``blend="center"`` (each pixel from one window), the scores for ``"mean"``."""
-        data = prediction.data if prediction.data.ndim == 3 else prediction.data[None]
-        return self.convert(data) if self.blend == "center" else data
+        """What the stitcher takes of a prediction: its array as ``(K, h, w)``."""
+        return prediction.data if prediction.data.ndim == 3 else prediction.data[None]
 
     def finish(self, block: np.ndarray) -> np.ndarray:
         """A block the stitcher finished, in the file's format."""
         return block if self.blend == "center" else self.convert(block)
 
     def convert(self, block: np.ndarray) -> np.ndarray:
-        """A stitched block ``(bands, h, w)`` in the file's format: labels (argmax of K scores, score >= 0.5
-        of one, or the model's labels) or scores; pixels no window covers hold ``nodata`` (labels: 0 if None)."""
+        """Values ``(K, ...)`` (a block, or a window's pixels) in the file's format ``(bands, ...)``: labels
+        (argmax of K scores, score >= 0.5 of one, or the model's labels) or scores; NaN (no window) becomes
+        ``nodata`` (labels: 0 if None)."""
         assert self.layout is not None
         dtype = self.dtype
         if self.layout.labels:
@@ -169,9 +168,9 @@ class BlockWriter:
             if self.nodata is not None:
                 out[:, empty] = self.nodata
             return out
-        labels = (block[0] >= 0.5) if self.layout.bands == 1 else np.nan_to_num(block, nan=-np.inf).argmax(axis=0)
-        classes: np.ndarray = labels.astype(dtype)[None]
-        classes[:, empty] = 0 if self.nodata is None else self.nodata
+        classes: np.ndarray = ((block[0] >= 0.5) if self.layout.bands == 1 else first_argmax(block)).astype(dtype)[None]
+        if empty.any():
+            classes[:, empty] = 0 if self.nodata is None else self.nodata
         return classes
 
     def profile(self, src_transform: Affine, crs: Any) -> dict[str, Any]:
@@ -187,13 +186,25 @@ class BlockWriter:
             dtype=self.dtype.name,
             crs=crs,
             transform=transform,
-            nodata=self.nodata,
+            nodata=np.nan if self.nodata is None and self.output == "scores" else self.nodata,
             tiled=True,
             blockxsize=self.block,
             blockysize=self.block,
             compress="deflate",
             BIGTIFF="IF_SAFER",
         )
+
+
+def first_argmax(scores: np.ndarray) -> np.ndarray:
+    """``scores.argmax(axis=0)`` for K scores ``(K, ...)`` (the first of equal maxima), a band at a time:
+    several times faster than numpy's strided reduction for a few classes. NaN rows give some index."""
+    best = scores[0].copy()
+    index = np.zeros(best.shape, np.uint8 if len(scores) <= 256 else np.int64)
+    for k in range(1, len(scores)):
+        higher = scores[k] > best
+        index[higher] = k
+        np.maximum(best, scores[k], out=best)
+    return index
 
 
 def partial_path(path: Path) -> Path:
@@ -234,7 +245,8 @@ def write_raster(
     dtype
         The file's dtype. Default: uint8 labels (uint16 past 256 classes), float32 scores.
     nodata
-        Value of pixels no window covers, and the file's nodata tag. Default: none (labels 0, scores NaN).
+        Value of pixels no window covers, and the file's nodata tag. Default: labels 0 (no tag),
+        scores NaN (the tag).
     block
         GeoTIFF tile size in output pixels (a multiple of 16).
     progress
@@ -309,4 +321,13 @@ def write_blocks(ds: Any, writer: BlockWriter, finished: list[tuple[BlockKey, np
         ds.write(array, window=Window(col, row, width, height))
 
 
-__all__ = ["BlockWriter", "Layout", "Output", "check_options", "partial_path", "write_blocks", "write_raster"]
+__all__ = [
+    "BlockWriter",
+    "Layout",
+    "Output",
+    "check_options",
+    "first_argmax",
+    "partial_path",
+    "write_blocks",
+    "write_raster",
+]
