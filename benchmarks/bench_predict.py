@@ -15,7 +15,9 @@ Cases, each in its own process (so peak RSS is its own):
 
 For this grid "the window whose centre is nearest" is exactly the valid middle, so both files must be
 equal pixel for pixel; the script checks it. Prints windows/s, the throughput ratio (target >= 1) and
-peak RSS (target for lazytiles on 16384²: <= 500 MB; the usual way holds the whole label raster).
+peak RSS (target for lazytiles on 16384²: <= 500 MB; the usual way holds the whole label raster). Both
+cases share the streaming pipeline's memory (torch, batches in flight); ``--malloc glibc`` shows what
+glibc's dynamic mmap threshold adds to it (the heap it keeps after large arrays are freed).
 
     python benchmarks/bench_predict.py             # 16384 x 16384, 1849 windows
     python benchmarks/bench_predict.py --quick     # 2048 x 2048: a smoke test for the test suite
@@ -139,6 +141,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", type=int, default=16384, help="scene width and height in px (default 16384)")
     p.add_argument("--quick", action="store_true", help="a 2048-px scene: a smoke test")
+    p.add_argument(
+        "--malloc",
+        choices=("fixed", "glibc"),
+        default="fixed",
+        help="fixed (default): MALLOC_MMAP_THRESHOLD_=1 MiB in both cases' processes, so peak RSS counts the "
+        "arrays alive, not the heap glibc keeps after 25-MB batches are freed; glibc: its dynamic threshold",
+    )
     p.add_argument("--case", choices=sorted(CASES), help=argparse.SUPPRESS)
     p.add_argument("--scene", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -159,16 +168,20 @@ def main() -> int:
         print(
             f"python {platform.python_version()}, torch {torch.__version__}, rasterio {rasterio.__version__}, "
             f"lazytiles {lt.__version__}, {os.cpu_count()} CPUs; scene {size} x {size} px, {n} windows of {SIZE} px, "
-            f"stride {STRIDE}, 3 classes, blocks of {BLOCK} px"
+            f"stride {STRIDE}, 3 classes, blocks of {BLOCK} px; malloc: {args.malloc}"
         )
         results, outputs = {}, {}
         for case in CASES:
             out = Path(tmp) / f"{len(outputs)}.tif"
+            env = dict(os.environ)
+            if args.malloc == "fixed":
+                env["MALLOC_MMAP_THRESHOLD_"] = str(2**20)
             done = subprocess.run(
                 [sys.executable, __file__, "--case", case, "--scene", str(scene), "--out", str(out)],
                 capture_output=True,
                 text=True,
                 check=False,
+                env=env,
             )
             if done.returncode:
                 print(done.stdout + done.stderr, file=sys.stderr)
