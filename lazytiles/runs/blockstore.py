@@ -29,8 +29,8 @@ CREATE TABLE IF NOT EXISTS lazytiles_blocks (
 );
 """
 
-#: A block larger than this, decompressed, is a damaged store (a block is at most 4096² px of 4096 bands).
-_MAX_BLOCK_BYTES = 2**34
+#: A block larger than this, decompressed, is a damaged store.
+_MAX_BLOCK_BYTES = 2**32
 
 
 def store_path(out: Path) -> Path:
@@ -114,9 +114,13 @@ class BlockStore:
             "SELECT block_row, block_col, dtype, shape, data FROM lazytiles_blocks ORDER BY block_row, block_col"
         )
         for row, col, dtype, shape, data in cursor:
-            dt, dims = np.dtype(dtype), tuple(json.loads(shape))
-            size = int(np.prod(dims)) * dt.itemsize
-            raw = zlib.decompressobj().decompress(data, _MAX_BLOCK_BYTES) if size <= _MAX_BLOCK_BYTES else b""
+            try:  # a file is hostile: numeric pixels of a sane 3-d shape, or a damaged store
+                dt, dims = np.dtype(dtype), tuple(json.loads(shape))
+                sane = dt.kind in "biuf" and len(dims) == 3 and all(isinstance(d, int) and 0 < d <= 2**16 for d in dims)
+            except (TypeError, ValueError):
+                sane = False
+            size = int(np.prod(dims)) * dt.itemsize if sane else -1
+            raw = zlib.decompressobj().decompress(data, _MAX_BLOCK_BYTES) if 0 < size <= _MAX_BLOCK_BYTES else b""
             if len(raw) != size:
                 raise RunStoreError(
                     f"prediction run store {str(self.path)!r} holds a damaged block ({row}, {col}); delete the "

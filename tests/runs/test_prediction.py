@@ -131,3 +131,19 @@ def test_killed_then_resumed_gives_the_same_file_without_recomputing_stored_bloc
     assert 0 < seen < 25  # the windows of stored blocks only were not run again
     assert digest(out) == digest(whole)
     assert not store_path(out).exists()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape", "data"),
+    [("|O", "[1, 2, 2]", b"x"), ("|u1", "[1, 2, 2]", b"abc"), ("|u1", '"2"', b"ab"), ("|u1", "[1, 65536, 65536]", b"")],
+)
+def test_a_damaged_block_store_is_an_error_naming_it(tmp_path, dtype, shape, data):
+    import sqlite3
+    import zlib
+
+    path = tmp_path / "p.tif.blocks"
+    BlockStore.open(path).close()
+    with sqlite3.connect(path) as con:
+        con.execute("INSERT INTO lazytiles_blocks VALUES (0, 0, ?, ?, ?)", (dtype, shape, zlib.compress(data)))
+    with BlockStore.open(path) as store, pytest.raises(lt.RunStoreError, match=r"damaged block \(0, 0\)"):
+        list(store.blocks())
