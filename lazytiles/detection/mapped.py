@@ -212,6 +212,14 @@ class ModelSequence(Sequence[T], Generic[T]):
         pass; other errors (a model bug) still raise. ``index`` is the window's :attr:`Window.index`,
         so a later run can retry just those: ``seq[failed]`` over the same windows. ``progress``
         overrides the progress-bar option the sequence was made with.
+
+        Examples
+        --------
+        >>> import numpy as np, lazytiles as lt
+        >>> from lazytiles.detection.models import BlobDetector
+        >>> wins = lt.windows(lt.ArraySource(np.zeros((1, 64, 64), np.uint8)), size=32)
+        >>> [(i, len(d), err) for i, d, err in lt.detect(BlobDetector(), wins, progress=False).outcomes()]
+        [(0, 0, None), (1, 0, None), (2, 0, None), (3, 0, None)]
         """
         return self._stream(tuple(tolerate), progress=progress)
 

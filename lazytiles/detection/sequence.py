@@ -122,9 +122,7 @@ class DetectionSequence(ModelSequence[Detections]):
     ``dets[i]`` runs the model on window ``i`` alone; slices and index arrays give lazy
     sub-sequences (``dets[10:20]``, ``dets[np.array([...])]``) sharing the model. Iterating runs the
     streaming pipeline (see the module docstring); :meth:`outcomes` is the same pass, tolerant of
-    unreadable windows: for example
-    ``[(i, len(d), err) for i, d, err in lt.detect(BlobDetector(), wins).outcomes()]``.
-    ``len(dets) == len(dets.windows)``.
+    unreadable windows. ``len(dets) == len(dets.windows)``.
     """
 
     _verb = "detect"
