@@ -68,7 +68,8 @@ def predict_region(
     deletes the store. Killed at any
     point and called again with the same arguments, it runs only the windows touching blocks not yet
     stored; the final file is the same as an uninterrupted run's. Called on a finished run, it checks
-    the recipe and returns.
+    the recipe and returns. A window whose tiles cannot be read (after the source's retries) stops the
+    run with its error, the blocks finished so far kept: run again to continue.
 
     Parameters
     ----------
