@@ -3,6 +3,7 @@
 import logging
 
 from .cache import TileCache, TileKey
+from .detection.dense import Prediction, PredictionSequence, predict
 from .detection.preprocess import Preprocess
 from .detection.sequence import DetectionSequence, detect
 from .detections import Detections
@@ -33,8 +34,10 @@ from .errors import (
 from .merging.rule import MergeRule
 from .merging.streaming import merge
 from .outputs.evaluation import Evaluation, evaluate
+from .outputs.raster import write_raster
 from .outputs.vectorize import polygons
 from .prefetching.sequence import Prefetched, prefetch
+from .runs.prediction import predict_region
 from .runs.run import Run, detect_region, open_run
 from .sources import ArraySource, RasterSource, TileSource, open
 from .sources.http import HttpClient
@@ -68,6 +71,8 @@ __all__ = [
     "MissingDependencyError",
     "ModelOutputError",
     "MosaicSource",
+    "Prediction",
+    "PredictionSequence",
     "Prefetched",
     "Preprocess",
     "RasterSource",
@@ -101,7 +106,10 @@ __all__ = [
     "open_run",
     "open_stac",
     "polygons",
+    "predict",
+    "predict_region",
     "prefetch",
     "show",
     "windows",
+    "write_raster",
 ]

@@ -4,8 +4,10 @@ It writes the sample (a COG and XYZ tiles, see :mod:`lazytiles.testing.sample`),
 loopback HTTP server it starts and stops itself, and runs the built-in blob detector over both
 sources in overlapping windows: the COG durably through ``lt.detect_region`` into
 ``detections.gpkg``, the tile server through ``lt.merge(lt.detect(...))`` in memory. Each result is
-matched one to one against the true objects; the demo succeeds when every object is found exactly
-once, with nothing extra. Offline: nothing leaves 127.0.0.1.
+matched one to one against the true objects. Then the built-in segmentation model runs over the COG
+through ``lt.predict_region`` into ``prediction.tif``, compared pixel by pixel with the true classes.
+The demo succeeds when every object is found exactly once, with nothing extra, and every pixel's
+class is right. Offline: nothing leaves 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -53,11 +55,12 @@ class DemoReport:
     outputs: tuple[Path, ...]
     seconds: float
     seam_objects: int = 0
+    pixel_accuracy: float = 0.0  #: of prediction.tif against the sample's true classes
     lines: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def ok(self) -> bool:
-        return bool(self.scores) and all(s.ok for s in self.scores)
+        return bool(self.scores) and all(s.ok for s in self.scores) and self.pixel_accuracy == 1.0
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -181,13 +184,14 @@ def run_demo(
     DemoReport
         ``report.ok`` is True when both sources found every object once and nothing else.
     """
-    from .detection.models import BlobDetector
+    from .detection.models import BlobDetector, ColourSegmenter
     from .detection.sequence import detect
     from .display.jupyter import sequence_preview
     from .merging.streaming import merge
+    from .runs.prediction import predict_region
     from .runs.run import detect_region
     from .sources import open as open_source
-    from .testing.sample import make_sample
+    from .testing.sample import make_sample, sample_classes
     from .windowing.sequence import windows
 
     say = echo or (lambda line: None)
@@ -235,17 +239,38 @@ def run_demo(
         found_xyz = merge(detect(model, xyz_wins, progress=progress), progress=False)
         scores.append(score("XYZ", found_xyz, xyz_wins, truth, time.perf_counter() - t))
 
+    # 3. segmentation: the built-in colour model over the COG, into one raster, durably
+    t = time.perf_counter()
+    prediction = predict_region(
+        ColourSegmenter(), cog_wins, directory / "prediction.tif", force_new=True, progress=progress
+    )
+    accuracy = _pixel_accuracy(prediction, sample_classes(size, seed=seed))
+
     preview = directory / "preview.png"
     sequence_preview(cog_wins, 1024, grid=True, detections=found_cog).save(preview)
-    outputs = (geojson, gpkg, preview)
+    outputs = (geojson, gpkg, prediction, preview)
     for line in _table(tuple(scores)):
         emit(line)
+    emit(f"  segmentation: {prediction.name} in {time.perf_counter() - t:.1f} s, pixel accuracy {accuracy:.2%}")
     seconds = time.perf_counter() - start
-    report = DemoReport(directory, tuple(scores), outputs, seconds, seams)
+    report = DemoReport(directory, tuple(scores), outputs, seconds, seams, accuracy)
     emit(f"  wrote {', '.join(str(p) for p in outputs)}")
-    verdict = "every object found once, nothing extra" if report.ok else "MISMATCH: found != expected"
+    verdict = (
+        "every object found once, nothing extra, every pixel's class right"
+        if report.ok
+        else "MISMATCH: found != expected, or pixels misclassified"
+    )
     emit(f"  {verdict}; {seconds:.1f} s in all")
-    return DemoReport(directory, tuple(scores), outputs, seconds, seams, tuple(lines))
+    return DemoReport(directory, tuple(scores), outputs, seconds, seams, accuracy, tuple(lines))
+
+
+def _pixel_accuracy(path: Path, truth: np.ndarray) -> float:
+    """The share of pixels of the label raster ``path`` equal to ``truth``."""
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        labels = ds.read(1)
+    return float((labels == truth).mean()) if labels.shape == truth.shape else 0.0
 
 
 __all__ = ["DemoReport", "Score", "iou_matrix", "match", "run_demo", "seam_objects", "to_grid"]

@@ -233,8 +233,8 @@ def test_detect_with_a_bad_model_is_a_usage_error(sample_cog, tmp_path, capsys):
 def test_demo_finds_every_object_once(tmp_path):
     done = lazytiles("demo", "--out", "demo", "--no-progress", cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "every object found once, nothing extra" in done.stdout
-    for name in ("detections.geojson", "detections.gpkg", "preview.png", "sample.tif"):
+    assert "every object found once, nothing extra, every pixel's class right" in done.stdout
+    for name in ("detections.geojson", "detections.gpkg", "prediction.tif", "preview.png", "sample.tif"):
         assert (tmp_path / "demo" / name).stat().st_size > 0
     features = json.loads((tmp_path / "demo" / "detections.geojson").read_text())["features"]
     assert len(features) == 64

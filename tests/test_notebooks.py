@@ -14,7 +14,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def test_the_notebooks_are_there_and_stored_without_outputs():
-    assert [p.name for p in NOTEBOOKS] == ["01_explore.ipynb", "02_detect_region.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == ["01_explore.ipynb", "02_detect_region.ipynb", "03_segment.ipynb"]
     for path in NOTEBOOKS:
         book = nbformat.read(path, as_version=4)
         nbformat.validate(book)

@@ -58,6 +58,7 @@ except ImportError as _err:
 
 from .job import STORE_WAIT as STORE_WAIT
 from .job import detect_region, run_cli, to_pipeline_options
+from .prediction import PredictWindows, predict_raster
 from .shards import SHARD_ROWS as SHARD_ROWS  # public constants, kept out of __all__ as before
 from .shards import shard_ranges
 from .transforms import (
@@ -76,9 +77,11 @@ __all__ = [
     "DeadLetter",
     "DetectWindows",
     "MergeDetections",
+    "PredictWindows",
     "WindowDetections",
     "WriteDetections",
     "detect_region",
+    "predict_raster",
     "run_cli",
     "shard_ranges",
     "to_pipeline_options",

@@ -32,6 +32,7 @@ from .commands import (
     run_windows,
     windows_arguments,
 )
+from .predict import predict_arguments, run_predict
 from .vector import evaluate_arguments, polygons_arguments, run_evaluate, run_polygons
 
 
@@ -55,6 +56,9 @@ COMMANDS: dict[str, Command] = {
         "count the windows a configuration gives; optionally draw them (--preview)", windows_arguments, run_windows
     ),
     "detect": Command("run a detector over a region, durably (--resume continues a run)", detect_arguments, run_detect),
+    "predict": Command(
+        "run a segmentation model over a region into one GeoTIFF, durably", predict_arguments, run_predict
+    ),
     "polygons": Command(
         "vectorise a label raster into polygons joined across block seams (GeoPackage or GeoJSON)",
         polygons_arguments,

@@ -167,6 +167,58 @@ class BandMeanClassifier(nn.Module):
         return images.mean(dim=(2, 3)) * self.sharpness
 
 
+class ColourSegmenter(nn.Module):
+    """A tiny segmentation model: per-class colour thresholds, as one-hot class scores.
+
+    Class 0 is the background; class ``k + 1`` holds the pixels within ``tolerance`` (on every band,
+    on the 0..1 input scale) of ``colours[k]``. The defaults are the built-in sample's colours (red,
+    green, blue: :data:`lazytiles.testing.sample.COLOURS` / 255), so on the sample this model is
+    perfect. ``factor`` > 1 averages the scores over ``factor`` x ``factor`` pixels: an output grid
+    that much coarser. Plain torch, no parameters; an example of the dense-model contract of
+    :func:`lazytiles.predict`.
+
+    Returns (from ``forward``): scores ``(N, 1 + len(colours), H / factor, W / factor)`` float32.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lazytiles.detection.models import ColourSegmenter
+    >>> image = torch.full((1, 3, 2, 2), 0.3)
+    >>> image[0, :, 0, 1] = torch.tensor([0.9, 0.16, 0.16])      # one red pixel
+    >>> ColourSegmenter()(image).argmax(dim=1).tolist()
+    [[[0, 1], [0, 0]]]
+    """
+
+    def __init__(
+        self,
+        colours: tuple[tuple[float, float, float], ...] = (
+            (230 / 255, 40 / 255, 40 / 255),
+            (40 / 255, 220 / 255, 60 / 255),
+            (40 / 255, 90 / 255, 235 / 255),
+        ),
+        tolerance: float = 0.15,
+        factor: int = 1,
+    ) -> None:
+        super().__init__()
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+            raise InvalidArgumentError(f"factor must be a whole number >= 1, got {factor!r}")
+        self.colours: Tensor
+        self.register_buffer("colours", torch.tensor(colours, dtype=torch.float32).view(1, -1, 3, 1, 1))
+        self.tolerance = float(tolerance)
+        self.factor = factor
+
+    def extra_repr(self) -> str:
+        return f"classes={1 + self.colours.shape[1]}, tolerance={self.tolerance}, factor={self.factor}"
+
+    def forward(self, images: Tensor) -> Tensor:
+        bands = self.colours.shape[2]
+        hit = (images[:, None, :bands] - self.colours.to(images.dtype)).abs().amax(dim=2) <= self.tolerance
+        scores = torch.cat([~hit.any(dim=1, keepdim=True), hit], dim=1).to(torch.float32)
+        if self.factor > 1:
+            scores = nn.functional.avg_pool2d(scores, self.factor)
+        return scores
+
+
 def blob_detector() -> BlobDetector:
     """The demo detector with its defaults, for ``--model lazytiles.detection.models:blob_detector``."""
     return BlobDetector()
@@ -175,6 +227,11 @@ def blob_detector() -> BlobDetector:
 def window_classifier() -> BandMeanClassifier:
     """The example window classifier, for ``--model lazytiles.detection.models:window_classifier``."""
     return BandMeanClassifier()
+
+
+def colour_segmenter() -> ColourSegmenter:
+    """The demo segmentation model with its defaults, for ``--model lazytiles.detection.models:colour_segmenter``."""
+    return ColourSegmenter()
 
 
 # -- loading by name -----------------------------------------------------------------------------
@@ -322,4 +379,13 @@ def describe_model(model: Any) -> dict[str, Any]:
     return {"kind": "callable", "class": name}
 
 
-__all__ = ["BandMeanClassifier", "BlobDetector", "blob_detector", "describe_model", "load_model", "window_classifier"]
+__all__ = [
+    "BandMeanClassifier",
+    "BlobDetector",
+    "ColourSegmenter",
+    "blob_detector",
+    "colour_segmenter",
+    "describe_model",
+    "load_model",
+    "window_classifier",
+]

@@ -1,9 +1,9 @@
-"""The streaming pass behind iterating over :func:`lazytiles.detect`: reading, the model and
-post-processing overlap, with bounded queues between them::
+"""The streaming pass behind iterating over :func:`lazytiles.detect` and :func:`lazytiles.predict`: reading,
+the model and post-processing overlap, with bounded queues between them::
 
     reader threads (workers)        model thread                     caller
-    read window, copy its bands ->  host batch -> device (-> float)  Detections in source pixels,
-    into a (pinned) host batch      -> model -> outputs checked  ->  partial flags, in order
+    read window, copy its bands ->  host batch -> device (-> float)  Detections in source pixels
+    into a (pinned) host batch      -> model -> outputs checked  ->  (or Predictions), in order
     (as floats on a CPU)            --- bounded queue (backpressure) --->
 
 At most a few batches are in flight, so memory stays bounded whatever the region's size, and
@@ -29,9 +29,9 @@ from ..errors import LazyTilesError, WorkerError
 from ..windowing.sequence import WindowSequence
 
 if TYPE_CHECKING:
-    from .runner import ImageResult, ModelRunner
+    from .runner import ModelRunner
 
-_Slot = tuple[int, Any, "ImageResult | None", "str | None"]  # index, pixel window, result, error
+_Slot = tuple[int, Any, Any, "str | None"]  # index, pixel window, result (None: unread), error
 
 
 class _Pipeline:

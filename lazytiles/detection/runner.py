@@ -30,6 +30,9 @@ EXPECTED = (
 #: objects' outlines in window pixels when the model gave ``masks`` (else None).
 ImageResult = tuple["np.ndarray | None", np.ndarray, np.ndarray, "np.ndarray | None"]
 
+#: Checks a model's output for a batch: ``parse(out, n, windows)`` -> one result per image, or a ModelOutputError.
+Parse = Callable[[Any, int, Sequence[int]], list[Any]]
+
 
 def _span(windows: Sequence[int]) -> str:
     items = list(windows)
@@ -141,7 +144,8 @@ def _torch_dtype(dtype: np.dtype) -> torch.dtype:
 
 
 class ModelRunner:
-    """Runs a model on batches of windows: host buffers, preprocessing, the copy to the device, the call.
+    """Runs a model on batches of windows: host buffers, preprocessing, the copy to the device, the call,
+    and ``parse`` on what it returned (default :func:`parse_outputs`, the detection contract).
 
     Made once per :class:`~lazytiles.detection.sequence.DetectionSequence` (by :func:`lazytiles.detect`); it puts
     an ``nn.Module`` in eval mode on ``device``. Where the one conversion to float happens depends on
@@ -160,11 +164,13 @@ class ModelRunner:
         count: int,
         dtype: np.dtype,
         window_shape: tuple[int, int],
+        parse: Parse = parse_outputs,
     ) -> None:
         if isinstance(model, nn.Module):
             model.eval()
             model.to(device)
         self.model = model
+        self.parse = parse
         self.device = device
         self.cuda = device.type == "cuda"
         self.src_dtype = np.dtype(dtype)
@@ -245,7 +251,7 @@ class ModelRunner:
             y.add_(self._offset)
         return y
 
-    def run(self, batch: Tensor, windows: Sequence[int]) -> list[ImageResult]:
+    def run(self, batch: Tensor, windows: Sequence[int]) -> list[Any]:
         """Run the model on a host batch of windows ``windows`` (their indices, for messages)."""
         with torch.inference_mode():
             if self.cuda:
@@ -264,10 +270,10 @@ class ModelRunner:
                 raise WorkerError(
                     f"the model raised {type(err).__name__} on the batch of windows {_span(windows)}: {err}"
                 ) from err
-            results = parse_outputs(out, len(windows), windows)
+            results = self.parse(out, len(windows), windows)
             if self.cuda:
                 copied.synchronize()  # the pinned buffer may be refilled only after its copy finished
         return results
 
 
-__all__ = ["EXPECTED", "ImageResult", "ModelRunner", "parse_outputs"]
+__all__ = ["EXPECTED", "ImageResult", "ModelRunner", "Parse", "parse_outputs"]

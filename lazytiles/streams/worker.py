@@ -112,7 +112,7 @@ def worker(
         raise InvalidArgumentError(str(err)) from None
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise InvalidArgumentError(f"workers={workers!r} must be an integer >= 0 (0: read in the model's thread)")
-    from ..detection.sequence import check_device
+    from ..detection.mapped import check_device
 
     check_device(device)  # a device this host has, checked before the first job rather than failing every job
     for name, value in (("jobs", jobs), ("results", results), ("dead_letter", dead_letter), ("group", group)):

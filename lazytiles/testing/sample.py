@@ -162,6 +162,18 @@ def sample_scene(
         ``(3, size, size)`` uint8 RGB; ``(N, 4)`` float64 x0, y0, x1, y1 (x1, y1 exclusive) of each
         object's pixels; ``(N,)`` int64 labels 0 (red), 1 (green), 2 (blue) (see :data:`COLOURS`).
     """
+    pixels, boxes, labels, _ = _draw(size, objects, seed)
+    return pixels, boxes, labels
+
+
+def sample_classes(size: int = 2048, *, objects: int | None = None, seed: int = 0) -> np.ndarray:
+    """The true class of each pixel of :func:`sample_scene` with the same arguments: ``(size, size)`` uint8,
+    0 for the ground and ``label + 1`` on each object's pixels (what a perfect segmentation model gives,
+    e.g. :class:`lazytiles.detection.models.ColourSegmenter`)."""
+    return _draw(size, objects, seed)[3]
+
+
+def _draw(size: int, objects: int | None, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     if isinstance(size, bool) or not isinstance(size, int) or size < 64:
         raise InvalidArgumentError(f"size must be an int of at least 64 pixels, got {size!r}")
     if objects is None:
@@ -169,6 +181,7 @@ def sample_scene(
     rng = np.random.default_rng(seed)
     pixels = _ground(size, rng)
     boxes, labels = [], []
+    classes = np.zeros((size, size), np.uint8)
     for x0, y0, w, h, label, shape in _place(size, objects, rng):
         yy, xx = np.mgrid[y0 : y0 + h, x0 : x0 + w]
         if shape:  # an ellipse through the box's pixel centres
@@ -180,9 +193,11 @@ def sample_scene(
         colour = np.array(COLOURS[label], np.int16)[:, None]
         shade = rng.integers(-12, 13, (1, len(rows)))
         pixels[:, y0 + rows, x0 + cols] = np.clip(colour + shade, 0, 255).astype(np.uint8)
+        classes[y0 + rows, x0 + cols] = label + 1
         boxes.append((x0 + cols.min(), y0 + rows.min(), x0 + cols.max() + 1, y0 + rows.max() + 1))
         labels.append(label)
-    return pixels, np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(labels, dtype=np.int64)
+    boxes_array = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return pixels, boxes_array, np.asarray(labels, dtype=np.int64), classes
 
 
 def sample_transform(zoom: int = ZOOM, origin_tile: tuple[int, int] = ORIGIN_TILE) -> Affine:
@@ -325,6 +340,7 @@ __all__ = [
     "ZOOM",
     "Sample",
     "make_sample",
+    "sample_classes",
     "sample_scene",
     "sample_transform",
     "write_cog",
