@@ -9,8 +9,9 @@ and the window parameters, in the words of the ``lazytiles detect`` command::
 
 Only ``id``, ``source`` and ``model`` are required. ``region`` is a GeoJSON geometry in lon/lat
 (RFC 7946). ``res`` (and ``crs``) read the source on that grid, as ``src.at(res, crs)`` does.
-Parsing opens and loads nothing, so a bad message is rejected before any work starts: whatever the bytes (not JSON, huge numbers, deep nesting), :func:`parse_job` raises :class:`JobError`
-and nothing else. An ``id`` is at most 200 printable characters without ``:`` (keys are built from it).
+Parsing opens and loads nothing, so a bad message is rejected before any work starts: whatever the
+bytes (not JSON, huge numbers, deep nesting), :func:`parse_job` raises :class:`JobError` and nothing
+else. An ``id`` is at most 200 printable characters without ``:`` (keys are built from it).
 
 **Results** are GeoJSON FeatureCollections (RFC 7946: lon/lat), one per window, keyed
 ``"{run_id}:{window_index}"``. Each Feature is one box with ``score``, ``label``, ``window_index``,
