@@ -30,7 +30,12 @@ def one_torch_thread():
 
 #: Sources' own tile read-ahead pools live as long as their source (like a connection pool); the
 #: threads a detection pass starts must not outlive it.
-SOURCE_POOLS = ("lazytiles-raster", "lazytiles-xyz")
+SOURCE_POOLS = (
+    "lazytiles-raster",
+    "lazytiles-xyz",
+    "lazytiles-warp",
+    "lazytiles-mosaic",
+)  # live as long as their source
 
 
 def lazytiles_threads() -> list[threading.Thread]:
