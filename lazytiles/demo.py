@@ -187,7 +187,9 @@ def run_demo(
     Returns
     -------
     DemoReport
-        ``report.ok`` is True when both sources found every object once and nothing else.
+        ``report.ok`` is True when both sources found every object once and nothing else, every pixel of
+        ``prediction.tif`` has its true class, and its polygons match the true outlines (recall and
+        precision 1).
     """
     from .detection.models import BlobDetector, ColourSegmenter
     from .detection.sequence import detect
