@@ -5,9 +5,11 @@ loopback HTTP server it starts and stops itself, and runs the built-in blob dete
 sources in overlapping windows: the COG durably through ``lt.detect_region`` into
 ``detections.gpkg``, the tile server through ``lt.merge(lt.detect(...))`` in memory. Each result is
 matched one to one against the true objects. Then the built-in segmentation model runs over the COG
-through ``lt.predict_region`` into ``prediction.tif``, compared pixel by pixel with the true classes.
-The demo succeeds when every object is found exactly once, with nothing extra, and every pixel's
-class is right. Offline: nothing leaves 127.0.0.1.
+through ``lt.predict_region`` into ``prediction.tif``, compared pixel by pixel with the true classes;
+``lt.polygons`` traces that raster into ``polygons.gpkg``, and ``lt.evaluate`` matches those outlines
+with the true ones (polygon IoU). The demo succeeds when every object is found exactly once, with
+nothing extra, every pixel's class is right and every traced object is a true one (recall and
+precision 1). Offline: nothing leaves 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -56,11 +58,14 @@ class DemoReport:
     seconds: float
     seam_objects: int = 0
     pixel_accuracy: float = 0.0  #: of prediction.tif against the sample's true classes
+    recall: float = 0.0  #: of polygons.gpkg's objects against the sample's true outlines
+    precision: float = 0.0
     lines: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def ok(self) -> bool:
-        return bool(self.scores) and all(s.ok for s in self.scores) and self.pixel_accuracy == 1.0
+        segmentation = self.pixel_accuracy == 1.0 and self.recall == 1.0 and self.precision == 1.0
+        return bool(self.scores) and all(s.ok for s in self.scores) and segmentation
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -182,16 +187,20 @@ def run_demo(
     Returns
     -------
     DemoReport
-        ``report.ok`` is True when both sources found every object once and nothing else.
+        ``report.ok`` is True when both sources found every object once and nothing else, every pixel of
+        ``prediction.tif`` has its true class, and its polygons match the true outlines (recall and
+        precision 1).
     """
     from .detection.models import BlobDetector, ColourSegmenter
     from .detection.sequence import detect
     from .display.jupyter import sequence_preview
     from .merging.streaming import merge
+    from .outputs.evaluation import evaluate
+    from .outputs.vectorize import polygons
     from .runs.prediction import predict_region
     from .runs.run import detect_region
     from .sources import open as open_source
-    from .testing.sample import make_sample, sample_classes
+    from .testing.sample import COLOURS, make_sample, sample_classes
     from .windowing.sequence import windows
 
     say = echo or (lambda line: None)
@@ -244,24 +253,39 @@ def run_demo(
     prediction = predict_region(
         ColourSegmenter(), cog_wins, directory / "prediction.tif", force_new=True, progress=progress
     )
-    accuracy = _pixel_accuracy(prediction, sample_classes(size, seed=seed))
+    classes = sample_classes(size, seed=seed)
+    accuracy = _pixel_accuracy(prediction, classes)
+    predict_seconds = time.perf_counter() - t
+    t = time.perf_counter()
+    traced = polygons(prediction, classes=sorted(c + 1 for c in COLOURS))  # the ground (0) is no object
+    shapes_gpkg = Path(traced.to_gpkg(directory / "polygons.gpkg", layer="polygons"))
+    evaluation = evaluate(traced, sample.segments(classes), match="polygon")
+    vector_seconds = time.perf_counter() - t
 
     preview = directory / "preview.png"
     sequence_preview(cog_wins, 1024, grid=True, detections=found_cog).save(preview)
-    outputs = (geojson, gpkg, prediction, preview)
+    outputs = (geojson, gpkg, prediction, shapes_gpkg, preview)
     for line in _table(tuple(scores)):
         emit(line)
-    emit(f"  segmentation: {prediction.name} in {time.perf_counter() - t:.1f} s, pixel accuracy {accuracy:.2%}")
+    emit(f"  segmentation: {prediction.name} in {predict_seconds:.1f} s, pixel accuracy {accuracy:.2%}")
+    emit(
+        f"  polygons: {len(traced)} objects traced into {shapes_gpkg.name} in {vector_seconds:.1f} s; against the "
+        f"true outlines (polygon IoU >= {evaluation.iou:g}): recall {evaluation.recall:.2%}, "
+        f"precision {evaluation.precision:.2%}"
+    )
+    for line in repr(evaluation.table).splitlines():
+        emit(f"    {line}")
     seconds = time.perf_counter() - start
-    report = DemoReport(directory, tuple(scores), outputs, seconds, seams, accuracy)
+    scored = (seams, accuracy, evaluation.recall, evaluation.precision)
+    report = DemoReport(directory, tuple(scores), outputs, seconds, *scored)
     emit(f"  wrote {', '.join(str(p) for p in outputs)}")
     verdict = (
-        "every object found once, nothing extra, every pixel's class right"
+        "every object found once, nothing extra, every pixel's class right, every outline true"
         if report.ok
-        else "MISMATCH: found != expected, or pixels misclassified"
+        else "MISMATCH: found != expected, pixels misclassified, or outlines missed or extra"
     )
     emit(f"  {verdict}; {seconds:.1f} s in all")
-    return DemoReport(directory, tuple(scores), outputs, seconds, seams, accuracy, tuple(lines))
+    return DemoReport(directory, tuple(scores), outputs, seconds, *scored, tuple(lines))
 
 
 def _pixel_accuracy(path: Path, truth: np.ndarray) -> float:

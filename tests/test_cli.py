@@ -233,8 +233,26 @@ def test_detect_with_a_bad_model_is_a_usage_error(sample_cog, tmp_path, capsys):
 def test_demo_finds_every_object_once(tmp_path):
     done = lazytiles("demo", "--out", "demo", "--no-progress", cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "every object found once, nothing extra, every pixel's class right" in done.stdout
-    for name in ("detections.geojson", "detections.gpkg", "prediction.tif", "preview.png", "sample.tif"):
+    assert "every object found once, nothing extra, every pixel's class right, every outline true" in done.stdout
+    assert "pixel accuracy 100.00%" in done.stdout
+    assert "polygons: 64 objects traced into polygons.gpkg" in done.stdout
+    assert "recall 100.00%, precision 100.00%" in done.stdout
+    names = ("detections.geojson", "detections.gpkg", "prediction.tif", "polygons.gpkg", "preview.png", "sample.tif")
+    for name in names:
         assert (tmp_path / "demo" / name).stat().st_size > 0
     features = json.loads((tmp_path / "demo" / "detections.geojson").read_text())["features"]
     assert len(features) == 64
+    from pyogrio.raw import read
+
+    meta, _, geoms, fields = read(tmp_path / "demo" / "polygons.gpkg", layer="polygons")
+    assert len(geoms) == 64 and sorted(set(fields[meta["fields"].tolist().index("label")])) == [1, 2, 3]
+
+
+def test_the_demo_fails_unless_every_pixel_and_every_outline_is_right(tmp_path):
+    from lazytiles.demo import DemoReport, Score
+
+    good = (Score("COG", 25, 1.0, 6.6, found=64, expected=64, extra=0, min_iou=1.0),)
+    assert DemoReport(tmp_path, good, (), 1.0, 23, pixel_accuracy=1.0, recall=1.0, precision=1.0).ok
+    for accuracy, recall, precision in [(0.999, 1.0, 1.0), (1.0, 63 / 64, 1.0), (1.0, 1.0, 64 / 65)]:
+        report = DemoReport(tmp_path, good, (), 1.0, 23, accuracy, recall, precision)
+        assert not report.ok, (accuracy, recall, precision)

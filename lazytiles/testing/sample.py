@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import shapely
 from affine import Affine
 from rasterio.crs import CRS
 
@@ -93,6 +94,27 @@ class Sample:
         from ..detections import Detections
 
         return Detections(self.boxes, np.ones(len(self.boxes)), self.labels, transform=self.transform, crs=self.crs)
+
+    def segments(self, classes: np.ndarray) -> Detections:
+        """The true objects as a perfect segmentation model finds them: each one's exact outline (the union
+        of its pixels' squares) and its class in ``classes``, the label + 1 (``classes`` is
+        :func:`sample_classes` of the arguments this sample was made with); score 1, in the COG's pixel grid.
+        """
+        from ..detections import Detections
+
+        if np.shape(classes) != (self.height, self.width):
+            raise InvalidArgumentError(
+                f"classes must be the sample's {self.height} x {self.width} class raster (sample_classes with "
+                f"its size, objects and seed), got shape {np.shape(classes)}"
+            )
+        return Detections(
+            self.boxes,
+            np.ones(len(self.boxes)),
+            self.labels + 1,
+            shapes=object_outlines(classes, self.boxes),
+            transform=self.transform,
+            crs=self.crs,
+        )
 
 
 def _ground(size: int, rng: np.random.Generator) -> np.ndarray:
@@ -171,6 +193,20 @@ def sample_classes(size: int = 2048, *, objects: int | None = None, seed: int = 
     0 for the ground and ``label + 1`` on each object's pixels (what a perfect segmentation model gives,
     e.g. :class:`lazytiles.detection.models.ColourSegmenter`)."""
     return _draw(size, objects, seed)[3]
+
+
+def object_outlines(classes: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """The exact outline of each object of ``classes`` (:func:`sample_classes`): the union of the squares
+    of the non-ground pixels inside its box (objects lie apart, so a box holds one object), as shapely
+    polygons in pixels; an object array."""
+    shapes = np.empty(len(boxes), dtype=object)
+    for k, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, np.int64).reshape(-1, 4)):
+        inside = np.pad(classes[y0:y1, x0:x1] != 0, ((0, 0), (1, 1))).astype(np.int8)
+        step = np.diff(inside, axis=1)  # +1 where a run of object pixels starts, -1 just after it ends
+        rows, starts = np.nonzero(step == 1)
+        _, ends = np.nonzero(step == -1)
+        shapes[k] = shapely.union_all(shapely.box(x0 + starts, y0 + rows, x0 + ends, y0 + rows + 1))
+    return shapes
 
 
 def _draw(size: int, objects: int | None, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -340,6 +376,7 @@ __all__ = [
     "ZOOM",
     "Sample",
     "make_sample",
+    "object_outlines",
     "sample_classes",
     "sample_scene",
     "sample_transform",

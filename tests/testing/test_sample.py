@@ -9,7 +9,7 @@ import rasterio
 from numpy.testing import assert_array_equal
 
 import lazytiles as lt
-from lazytiles.testing.sample import COLOURS, ORIGIN_TILE, SEAM, ZOOM, make_sample, sample_scene
+from lazytiles.testing.sample import COLOURS, ORIGIN_TILE, SEAM, ZOOM, make_sample, sample_classes, sample_scene
 
 BRIGHT = 160  # objects have a band above this; the ground never does
 
@@ -62,6 +62,23 @@ def test_bad_sizes_and_crowding_are_clear_errors():
         sample_scene(10)
     with pytest.raises(ValueError, match="cannot place 40 objects apart in a 128 x 128 scene"):
         sample_scene(128, objects=40)
+
+
+def test_segments_are_the_exact_outlines_of_the_true_classes(tmp_path):
+    from rasterio.features import rasterize
+
+    sample = make_sample(tmp_path, size=512, objects=12, seed=3, tiles=False)
+    classes = sample_classes(512, objects=12, seed=3)
+    truth = sample.segments(classes)
+    assert_array_equal(truth.boxes, sample.boxes)
+    assert_array_equal(truth.labels, sample.labels + 1)
+    assert truth.transform == sample.transform and truth.crs == sample.crs
+    assert all(shape.geom_type == "Polygon" and shape.is_valid for shape in truth.shapes)
+    assert sum(shape.area for shape in truth.shapes) == np.count_nonzero(classes)
+    drawn = rasterize(zip(truth.shapes, truth.labels.tolist()), out_shape=classes.shape, dtype="uint8")
+    assert_array_equal(drawn, classes)
+    with pytest.raises(lt.InvalidArgumentError, match=r"classes must be the sample's 512 x 512 class raster"):
+        sample.segments(classes[:256])
 
 
 def test_the_cog_is_a_cog_on_the_xyz_grid_with_the_scene_pixels(tmp_path):
