@@ -6,11 +6,11 @@ import argparse
 import time
 
 from ..errors import InvalidArgumentError
-from .arguments import positive_int, window_arguments, windows_from_args
+from .arguments import SRC_HELP, positive_int, window_arguments, windows_from_args
 
 
 def predict_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", help="a raster or a tile-URL template (with --zoom)")
+    p.add_argument("src", nargs="+", help=SRC_HELP)
     p.add_argument("--model", required=True, help="'pkg.module:factory' or a TorchScript file (model.pt)")
     p.add_argument("--out", required=True, metavar="FILE", help="the raster to write (GeoTIFF; a COG by default)")
     window_arguments(p)
