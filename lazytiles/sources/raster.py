@@ -222,6 +222,8 @@ class RasterSource(TileSource):
         self.overviews = tuple(ds.overviews(bands[0]))
         self._explicit_tile_shape = tile_shape
         self._explicit_nodata = nodata
+        bands_text = ",".join(map(str, self.bands))
+        self._token = f"raster:{redact(self.path)}|bands={bands_text}|tile={self.tile_shape[0]}x{self.tile_shape[1]}"
         self._init_tiles(cache)
 
     # -- handles -----------------------------------------------------------------------------------
@@ -243,8 +245,7 @@ class RasterSource(TileSource):
 
     @property
     def token(self) -> str:
-        bands = ",".join(map(str, self.bands))
-        return f"raster:{redact(self.path)}|bands={bands}|tile={self.tile_shape[0]}x{self.tile_shape[1]}"
+        return self._token
 
     def _read(self, window: Window, **options: Any) -> np.ndarray:
         """The source's bands in ``window`` of this thread's handle, with the source's GDAL options."""
