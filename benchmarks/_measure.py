@@ -66,23 +66,17 @@ def fold(total: int, crc: int) -> int:
     return (total * 1_000_003 + crc) % (1 << 61)
 
 
-def run_child(args: list[str]) -> tuple[str, float]:
-    """Run ``python args...``; its stdout and the peak RSS (MB) of the child (``ru_maxrss`` from
-    ``wait4``: the child and any descendants it waited for, never the parent)."""
+def run_child(args: list[str]) -> str:
+    """Run ``python args...`` and return its stdout; its stderr's tail if it fails. (A child's own
+    peak RSS is its ``own_peak_rss_mb()``: the parent's ``ru_maxrss`` of it would count the
+    parent's memory at the fork.)"""
     import subprocess
     import sys
 
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=err)
-        assert proc.stdout is not None
-        out = proc.stdout.read()
-        proc.stdout.close()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            err.seek(0)
-            raise RuntimeError(f"{args} failed ({proc.returncode}):\n{err.read().decode()[-3000:]}")
-    return out.decode(), usage.ru_maxrss * 1024 / 1e6  # KiB on Linux
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{args} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout
 
 
 def best_and_median(values: list[float]) -> tuple[float, float]:

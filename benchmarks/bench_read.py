@@ -277,6 +277,7 @@ def run_vrt(vrt: str, n_windows: int, every: int) -> dict[str, Any]:
         "seconds": seconds,
         "series": series,
         "tiles_read": src.stats()["tiles_read"],
+        "self_rss_mb": own_peak_rss_mb(),
     }
 
 
@@ -289,9 +290,9 @@ def warm_page_cache(path: Path) -> None:
 
 
 def in_subprocess(args: list[str]) -> tuple[dict[str, Any], float]:
-    """Run this script with ``args`` in a child; its JSON result and the child's peak RSS (MB)."""
-    out, peak = run_child([str(HERE), *args])
-    return json.loads(out.strip().splitlines()[-1]), peak
+    """Run this script with ``args`` in a child; its JSON result and the child's peak RSS (MB, its VmHWM)."""
+    result = json.loads(run_child([str(HERE), *args]).strip().splitlines()[-1])
+    return result, result["self_rss_mb"]
 
 
 # -- the report -------------------------------------------------------------------------------------
@@ -397,7 +398,7 @@ def print_table(runs: dict[str, list[dict[str, Any]]]) -> None:
     if len(sums) > 1:
         raise SystemExit(f"cases disagree on the pixels: checksums {sums}")
     if sums:
-        print(f"# every case read the same pixels (crc32s folded: {sums.pop()})")
+        print(f"# every window case read the same pixels (crc32s folded: {sums.pop()})")
     best = {case: max(rs, key=rate) for case, rs in runs.items() if rs}
     rates = {case: best_and_median([rate(r) for r in rs]) for case, rs in runs.items() if rs}
     naive, floor = rates.get("naive-64MB"), rates.get("floor")
@@ -424,7 +425,7 @@ def print_table(runs: dict[str, list[dict[str, Any]]]) -> None:
         print(
             f"# floor (best run): decode once on 2 threads {f['decode_s']:.2f} s + copy and crc32 {f['copy_s']:.2f} s / 2"
         )
-    print("# ratios: best / best and median / median; peak RSS: the most of any run of the case (ru_maxrss)")
+    print("# ratios: best / best and median / median; peak RSS: the most of any run of the case's process (VmHWM)")
     serial, pre = rates.get("lazytiles-serial"), rates.get("lazytiles-prefetch-threads")
     if serial and naive and floor:
         ok = serial[1] >= 1.25 * naive[1] and serial[1] >= 0.9 * floor[1]
