@@ -150,3 +150,48 @@ def test_a_view_and_a_pickled_copy_keep_the_depth_but_not_the_state():
 def test_a_bad_depth_is_refused(readahead):
     with pytest.raises(lt.InvalidArgumentError, match=r"readahead must be a number of windows >= 0"):
         lt.windows(lt.ArraySource(image()), 16, readahead=readahead)
+
+
+class ThreadNoting(PooledSource):
+    """Notes the thread each tile is taken from the cache on (the thread assembling its window)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.threads: set[str] = set()
+
+    def get_tile(self, key):
+        self.threads.add(threading.current_thread().name)
+        return super().get_tile(key)
+
+
+def test_a_pass_over_a_local_source_assembles_the_next_windows_on_its_fetch_threads():
+    src = ThreadNoting(image(), tile_shape=16, cache=lt.TileCache(2**20))
+    wins = lt.windows(src, 32, stride=16)
+    got = [(w.index, w.data) for w in wins]
+    assert [i for i, _ in got] == list(range(9))
+    for i, data in got:
+        r, c = 16 * (i // 3), 16 * (i % 3)
+        assert_array_equal(data, image()[:, r : r + 32, c : c + 32])
+    assert any(name.startswith("lazytiles-test") for name in src.threads)
+    src.threads.clear()
+    for _ in lt.windows(src, 32, stride=16, readahead=0):  # no read-ahead: all on this thread
+        pass
+    assert src.threads == {threading.current_thread().name}
+
+
+def test_a_window_assembled_ahead_raises_its_error_at_its_turn():
+    class Failing(PooledSource):
+        def _read_tile(self, key):
+            if (key.row, key.col) == (2, 2):
+                raise lt.TileFetchError("tile (2, 2) is gone")
+            return super()._read_tile(key)
+
+    wins = lt.windows(Failing(image(), tile_shape=16, cache=lt.TileCache(2**20)), 16)  # one tile per window
+    seen = []
+    with pytest.raises(lt.TileFetchError, match=r"window 10 .* tile \(2, 2\) is gone"):
+        for w in wins:
+            seen.append(w.index)
+    assert seen == list(range(10))
+    outcomes = list(wins.outcomes(tolerate=(lt.TileFetchError,)))
+    assert [i for i, _, _ in outcomes] == list(range(16))
+    assert [i for i, w, err in outcomes if err is not None] == [10]
