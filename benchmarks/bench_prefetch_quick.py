@@ -20,12 +20,15 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from _measure import best_and_median, cached_cog, data_dir, fold, run_child, window_crc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lazytiles, also in the children
 
 CASES = {
     "serial": None,
