@@ -120,8 +120,8 @@ def windows(
         run past the edge; pixels outside the raster are nodata. ``"drop"``: only complete windows.
     readahead
         Windows ahead whose tiles iterating, or indexing that moves forward, fetches in the background
-        on the source's fetch threads, at most 4 loads per thread at a time (default: one row of
-        windows, 0 for an in-memory array; see :mod:`lazytiles.windowing.readahead`). 0 turns it off: each
+        on the source's fetch threads, within loads of an eighth of the tile cache (default: one row
+        of windows, 0 for an in-memory array; see :mod:`lazytiles.windowing.readahead`). 0 turns it off: each
         window is read on the consuming thread, except that a remote source still fetches a window's
         tiles together.
 
