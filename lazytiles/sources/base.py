@@ -12,9 +12,9 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 from affine import Affine
@@ -31,8 +31,6 @@ from ..grid import Bounds, TileGrid, window_bounds
 FULL_READ_MAX = 4096 * 4096
 
 _create_lock = threading.Lock()
-
-T = TypeVar("T")
 
 
 class _Released(Exception):
@@ -84,10 +82,6 @@ class FetchPool:
             pool.submit(self._load, src, key)
             submitted += 1
         return submitted
-
-    def submit(self, fn: Callable[[int], T], arg: int) -> Future[T]:
-        """Run ``fn(arg)`` on these threads, after the loads submitted before it."""
-        return self._pool().submit(fn, arg)
 
     def forget(self, keys: Iterable[TileKey]) -> None:
         """``keys`` are used up: a background load of one that has not started yet is skipped
@@ -217,11 +211,6 @@ class TileSource(ABC):
         if self._pool is None:
             return 0
         return self._pool.fetch(self, keys)
-
-    def background(self, fn: Callable[[int], T], arg: int) -> Future[T] | None:
-        """``fn(arg)`` started on this source's fetch threads (a window assembled ahead of its
-        reader), or None for a source without them. When, is :mod:`lazytiles.windowing.readahead`'s call."""
-        return None if self._pool is None else self._pool.submit(fn, arg)
 
     def release(self, keys: Iterable[TileKey]) -> None:
         """Drop ``keys`` from the cache (and from the fetches not started yet): they are used up."""

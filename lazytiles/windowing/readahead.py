@@ -40,7 +40,6 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from typing import TypeVar
 
 import numpy as np
@@ -59,9 +58,6 @@ TILES_PER_WORKER = 4
 #: :data:`~lazytiles.windowing.plan.CACHE_SHARE`), so the fetch threads also work ahead through rows
 #: of windows that need no new tile.
 AHEAD_SHARE = 0.125
-#: Windows a pass over a local source has assembled ahead, on the source's fetch threads: the
-#: copying then runs beside the consumer's own work instead of before it.
-WINDOWS_AHEAD = 2
 #: Windows indexing must read one after another, in order, before it releases tiles behind it.
 MIN_RUN = 8
 
@@ -197,8 +193,7 @@ class ReadAhead:
 
     def walk(self, positions: Positions, read: Callable[[int], T]) -> Iterator[T]:
         """``read(index)`` for each index of ``positions`` in turn, yielded, with the tiles of the
-        next windows in flight (within :attr:`depth` windows and :attr:`tiles` loads) and, from a
-        local source, the next :data:`WINDOWS_AHEAD` windows assembled on its fetch threads; when
+        next windows in flight (within :attr:`depth` windows and :attr:`tiles` loads); when
         ``positions`` follow the plan's order, each tile is released right after the last window
         that uses it."""
         in_order = positions.step > 0 if isinstance(positions, range) else bool(np.all(np.diff(positions) > 0))
@@ -206,9 +201,6 @@ class ReadAhead:
         warmed = 0
         started: deque[int] = deque()  # loads started for each window from the next one read to the last warmed
         in_flight = 0
-        windows_ahead = WINDOWS_AHEAD if self.depth and not self._src.remote else 0
-        assembling: deque[Future[T]] = deque()  # windows read on the fetch threads, in order
-        submitted = 0
         for k, index in enumerate(positions):
             index = int(index)
             while self.depth and warmed < min(n, k + 1 + self.depth) and (in_flight < self.tiles or warmed <= k):
@@ -216,15 +208,9 @@ class ReadAhead:
                 started.append(got)
                 in_flight += got
                 warmed += 1
-            while submitted < min(n, k + 1 + windows_ahead, warmed):
-                future = self._src.background(read, int(positions[submitted]))
-                if future is None:
-                    break
-                assembling.append(future)
-                submitted += 1
             if started:  # this window's loads are no longer ahead
                 in_flight -= started.popleft()
-            result = assembling.popleft().result() if assembling else read(index)
+            result = read(index)
             if in_order:  # nothing later needs these tiles
                 finished = self._finished(index)
                 if finished:
