@@ -10,8 +10,7 @@ used-up tiles from the cache, and ``src.fetch_workers`` and ``src.remote`` descr
 - indexing forward (``wins[i]``, ``wins[i + 1]``, ... in a loop, a DataLoader's sequential sampler,
   the threads of ``lt.prefetch`` taking turns): the tiles of the next windows; one index, or a jump,
   reads only what it asks for until indexing moves forward again;
-- iterating (``for w in wins``): the tiles of the next windows and, from a local source, the next
-  :data:`WINDOWS_AHEAD` windows themselves, assembled on the fetch threads beside the consumer.
+- iterating (``for w in wins``): the tiles of the next windows.
 
 How far ahead is bounded twice: by ``depth`` windows (``lt.windows(..., readahead=N)``, by default
 :func:`default_depth`: one row of windows, so the next row's tiles load while this row is read, even
