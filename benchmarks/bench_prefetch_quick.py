@@ -1,14 +1,17 @@
 """Throughput of one full window pass: serial vs ``lt.prefetch`` on threads and on processes.
 
-Writes a 3-band uint8 DEFLATE GeoTIFF in 512-px blocks (8192 x 8192 by default) to a temporary
-directory, then runs one pass of 512-px windows with stride 256 per case, each case in a fresh Python
-process with its own tile cache (the fastest of ``--repeat`` runs). Prints windows/s, the ratio to
-the serial pass, the CPU seconds spent (consumer and workers: on a busy machine a steadier measure
-than wall time) and peak RSS (of the consumer and, for process workers, of the largest worker).
-Every case must produce the same checksum. Also prints what the progress bar costs per item.
+Uses the read benchmark's scene (``_measure.cached_cog``: a 3-band uint8 DEFLATE COG in 512-px blocks
+with overviews, 8192 x 8192 by default, kept between runs in ``--data-dir``), then runs one pass of
+512-px windows with stride 256 per case, a crc32 of each window, each case in a fresh Python process
+with its own ``lt.TileCache(max_bytes=256 MiB)``, interleaved ``--repeat`` times. Prints the best
+and median windows/s, their ratios to the serial pass, the CPU seconds spent (consumer and workers:
+on a busy machine a steadier measure than wall time), peak RSS (of the consumer and, for process
+workers, of the largest worker) and the most tile-cache bytes held. Every case must produce the same
+checksum. Also prints what the progress bar costs per item.
 
-    python benchmarks/bench_prefetch_quick.py            # 8192 x 8192, 961 windows
-    python benchmarks/bench_prefetch_quick.py --quick    # 2048 x 2048, 49 windows (a smoke test)
+    python benchmarks/bench_prefetch_quick.py               # 8192 x 8192, 961 windows
+    python benchmarks/bench_prefetch_quick.py --size 16384  # 3969 windows
+    python benchmarks/bench_prefetch_quick.py --quick       # 2048 x 2048, 49 windows (a smoke test)
 """
 
 from __future__ import annotations
@@ -17,15 +20,15 @@ import argparse
 import json
 import os
 import platform
-import resource
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from _measure import best_and_median, cached_cog, data_dir, fold, run_child, window_crc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lazytiles, also in the children
 
 CASES = {
     "serial": None,
@@ -35,44 +38,22 @@ CASES = {
 }
 
 
-def write_scene(path: Path, size: int) -> Path:
-    """A textured scene (smooth gradients plus noise: DEFLATE compresses it about 2:1), written by strips."""
-    profile = dict(
-        driver="GTiff",
-        width=size,
-        height=size,
-        count=3,
-        dtype="uint8",
-        tiled=True,
-        blockxsize=512,
-        blockysize=512,
-        compress="deflate",
-        crs="EPSG:3857",
-        transform=rasterio.transform.from_origin(0, size, 1, 1),
-    )
-    rng = np.random.default_rng(0)
-    with rasterio.open(path, "w", **profile) as ds:
-        for r0 in range(0, size, 512):
-            r, c = np.mgrid[r0 : r0 + 512, 0:size]
-            base = (r // 3 + c // 5) % 256 + (np.sin(c / 97.0) * 40).astype(np.int64)
-            for b in range(3):
-                band = (base * (b + 1) + rng.integers(0, 24, base.shape)) % 256
-                ds.write(band.astype(np.uint8), b + 1, window=rasterio.windows.Window(0, r0, size, 512))
-    return path
-
-
 def run_case(path: str, name: str) -> dict:
     import lazytiles as lt
 
     options = CASES[name]
-    wins = lt.windows(lt.open(path, cache=lt.TileCache()), size=512, stride=256)
+    src = lt.open(path, cache=lt.TileCache(max_bytes=256 * 2**20))
+    wins = lt.windows(src, size=512, stride=256)
     cpu0 = _cpu_seconds()
     start = time.perf_counter()
     seq = wins if options is None else lt.prefetch(wins, progress=False, **options)
     checksum = 0
     count = 0
+    most_cached = 0
     for w in seq:
-        checksum += int(w.data[:, ::61, ::61].sum(dtype=np.int64))
+        checksum = fold(checksum, window_crc(w.data))
+        if count % 64 == 0:
+            most_cached = max(most_cached, src.cache.stats()["nbytes"])
         count += 1
     seconds = time.perf_counter() - start
     cpu = _cpu_seconds() - cpu0
@@ -87,8 +68,9 @@ def run_case(path: str, name: str) -> dict:
         seconds=seconds,
         checksum=checksum,
         cpu_seconds=cpu,
-        rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        rss_mb=_peak_rss_mb(os.getpid()),
         worker_rss_mb=worker_rss,
+        cached_mb=most_cached / 2**20,
     )
 
 
@@ -139,7 +121,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 2048 x 2048 scene")
     parser.add_argument("--size", type=int, default=8192, help="scene width and height in pixels")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per case; the fastest is shown")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs per case: best and median")
+    parser.add_argument("--data-dir", default=None, help="keep the scene here between runs")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -153,40 +136,36 @@ def main() -> None:
         f"lazytiles {lt.__version__}, python {platform.python_version()}, numpy {np.__version__}, "
         f"rasterio {rasterio.__version__} (GDAL {rasterio.__gdal_version__}), {os.cpu_count()} CPUs"
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        path = write_scene(Path(tmp) / "scene.tif", size)
-        print(
-            f"scene: {size} x {size} x 3 uint8, DEFLATE, 512-px blocks, {path.stat().st_size / 2**20:.0f} MiB "
-            f"on disk (written in {time.perf_counter() - start:.1f} s); windows 512 px, stride 256"
-        )
-        print(
-            f"{'case':32} | {'windows':>7} | {'seconds':>7} | {'windows/s':>9} | {'ratio':>5} | "
-            f"{'CPU s':>5} | {'peak RSS MB':>11} | {'worker RSS MB':>13}"
-        )
-        results = {}
+    start = time.perf_counter()
+    path, written = cached_cog(data_dir(args.data_dir), size)
+    how = f"written in {time.perf_counter() - start:.1f} s" if written else "kept from an earlier run"
+    print(
+        f"scene: {size} x {size} x 3 uint8, DEFLATE, 512-px blocks, {path.stat().st_size / 2**20:.0f} MiB "
+        f"on disk ({how}); windows 512 px, stride 256, crc32 of each; lt.TileCache(max_bytes=256 MiB)"
+    )
+    runs: dict[str, list[dict]] = {name: [] for name in CASES}
+    for _ in range(1 if args.quick else args.repeat):  # interleaved
         for name in CASES:
-            runs = []
-            for _ in range(1 if args.quick else args.repeat):
-                done = subprocess.run(
-                    [sys.executable, __file__, "--case", name, "--path", str(path)],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                )
-                runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            r = results[name] = min(runs, key=lambda run: run["seconds"])
-            rate = r["windows"] / r["seconds"]
-            ratio = rate / (results["serial"]["windows"] / results["serial"]["seconds"])
-            child = f"{r['worker_rss_mb']:.0f}" if r["worker_rss_mb"] else "-"
-            print(
-                f"{name:32} | {r['windows']:7d} | {r['seconds']:7.2f} | {rate:9.1f} | {ratio:5.2f} | "
-                f"{r['cpu_seconds']:5.2f} | {r['rss_mb']:11.0f} | {child:>13}"
-            )
-        sums = {r["checksum"] for r in results.values()}
-        if len(sums) != 1:
-            raise SystemExit(f"cases disagree on the pixels: checksums {sums}")
-        print(f"all cases read the same pixels (checksum {sums.pop()})")
+            out = run_child([__file__, "--case", name, "--path", str(path)])
+            runs[name].append(json.loads(out.strip().splitlines()[-1]))
+    print(
+        f"{'case':32} | {'windows':>7} | {'windows/s best / median':>23} | {'ratio':>11} | "
+        f"{'CPU s':>5} | {'peak RSS MB':>11} | {'worker RSS MB':>13} | most cached MB"
+    )
+    rates = {name: best_and_median([r["windows"] / r["seconds"] for r in rs]) for name, rs in runs.items()}
+    serial = rates["serial"]
+    for name, rs in runs.items():
+        r = min(rs, key=lambda run: run["seconds"])
+        top, mid = rates[name]
+        child = f"{max(x['worker_rss_mb'] for x in rs):.0f}" if r["worker_rss_mb"] else "-"
+        print(
+            f"{name:32} | {r['windows']:7d} | {top:10.1f} / {mid:10.1f} | {top / serial[0]:4.2f} / {mid / serial[1]:4.2f} | "
+            f"{r['cpu_seconds']:5.2f} | {max(x['rss_mb'] for x in rs):11.0f} | {child:>13} | {r['cached_mb']:.0f}"
+        )
+    sums = {r["checksum"] for rs in runs.values() for r in rs}
+    if len(sums) != 1:
+        raise SystemExit(f"cases disagree on the pixels: checksums {sums}")
+    print(f"all cases read the same pixels (checksum {sums.pop()}); ratio: best / median to the serial pass's")
     print(f"progress bar: {progress_cost() * 1e6:.2f} us per item")
 
 

@@ -69,8 +69,11 @@ def assemble(tiles: TileReader, window: Window, keys: Sequence[TileKey]) -> tupl
     """
     start = time.perf_counter()
     r0, c0, h, w = _integer_window(window)
-    out = np.full((tiles.count, h, w), tiles.fill_value, dtype=tiles.dtype)
     grid = tiles.grid
+    if r0 >= 0 and c0 >= 0 and r0 + h <= grid.height and c0 + w <= grid.width:
+        out = np.empty((tiles.count, h, w), dtype=tiles.dtype)  # the tiles under it cover every pixel
+    else:
+        out = np.full((tiles.count, h, w), tiles.fill_value, dtype=tiles.dtype)
     hits = 0
     for key in keys:
         tile, hit = tiles.get_tile(key)

@@ -110,6 +110,24 @@ class TileCache:
                 generation = self._generation
         if waiting_on is not None:
             return waiting_on.result(), True  # single flight: share the load in progress
+        return self._load(key, load, mine, generation), False
+
+    def fill(self, key: TileKey, load: Loader) -> bool:
+        """Load ``key`` into the cache unless it is cached or another thread is loading it, without
+        ever waiting for that thread; whether this call loaded it. For background loads: a fetch
+        thread moves on to its next tile instead of waiting for a tile the consumer is reading."""
+        with self._lock:
+            if key in self._tiles or key in self._pending:
+                return False
+            mine: Future[np.ndarray] = Future()
+            self._pending[key] = mine
+            self._fetches += 1
+            generation = self._generation
+        self._load(key, load, mine, generation)
+        return True
+
+    def _load(self, key: TileKey, load: Loader, mine: Future[np.ndarray], generation: int) -> np.ndarray:
+        """``load(key)`` outside the lock, cached and handed to the threads waiting on ``mine``."""
         try:
             tile = load(key)  # outside the lock: other tiles keep flowing
             tile.flags.writeable = False
@@ -129,7 +147,7 @@ class TileCache:
             if generation == self._generation:
                 self._insert(key, tile)
         mine.set_result(tile)
-        return tile, False
+        return tile
 
     def peek(self, key: TileKey) -> np.ndarray | None:
         """The tile if cached, without loading, counting or refreshing it."""

@@ -353,3 +353,27 @@ def test_discard_drops_cached_tiles_only_and_counts_them():
     assert (s["released"], s["evictions"], s["nbytes"], s["tiles"]) == (2, 0, 100, 1)
     cache.get(key(0), lambda k: tile_of(100))  # a discarded tile loads again on demand
     assert cache.stats()["fetches"] == 4
+
+
+def test_fill_loads_a_missing_tile_and_never_waits_for_another_thread_s_load():
+    cache = lt.TileCache(max_bytes=2**20)
+    key, other = TileKey("fill", 0, 0, 0), TileKey("fill", 0, 0, 1)
+    started, finish = threading.Event(), threading.Event()
+
+    def slow(k):
+        started.set()
+        assert finish.wait(TIMEOUT)
+        return np.ones((1, 4, 4), np.uint8)
+
+    reader = threading.Thread(target=cache.get, args=(key, slow))
+    reader.start()
+    assert started.wait(TIMEOUT)
+    calls = []
+    assert cache.fill(key, lambda k: calls.append(k) or np.zeros((1, 4, 4), np.uint8)) is False  # at once
+    assert calls == [] and key not in cache
+    finish.set()
+    reader.join(TIMEOUT)
+    assert cache.get(key, slow).sum() == 16  # the reader's tile, not a second load
+    assert cache.fill(key, lambda k: calls.append(k) or np.zeros((1, 4, 4), np.uint8)) is False  # cached
+    assert cache.fill(other, lambda k: np.zeros((1, 4, 4), np.uint8)) is True and other in cache
+    assert calls == [] and cache.stats()["fetches"] == 2

@@ -45,7 +45,8 @@ class FetchPool:
     It fetches what it is told (:meth:`fetch`) and decides nothing: what to fetch early, and when,
     is :mod:`lazytiles.windowing.readahead`'s call. The cache's single flight makes a foreground read
     of a tile wait for its background load instead of starting a second one, so every tile is still
-    fetched once. A background load that fails leaves nothing behind: the foreground read that needs
+    fetched once; a fetch thread never waits for a load another thread started (the consumer's), it
+    takes its next tile. A background load that fails leaves nothing behind: the foreground read that needs
     the tile loads it again (or waits for the load in progress) and raises the error itself.
     """
 
@@ -65,10 +66,12 @@ class FetchPool:
                     self._pid = os.getpid()
         return self._executor
 
-    def fetch(self, src: TileSource, keys: Iterable[TileKey]) -> None:
-        """Submit the loads of ``keys`` that are neither cached nor submitted; returns at once."""
+    def fetch(self, src: TileSource, keys: Iterable[TileKey]) -> int:
+        """Submit the loads of ``keys`` that are neither cached nor submitted; returns at once, with
+        how many it submitted."""
         pool = self._pool()
         cache = src.cache
+        submitted = 0
         for key in keys:
             if key in cache:
                 continue
@@ -78,6 +81,8 @@ class FetchPool:
                     continue
                 self._inflight.add(key)
             pool.submit(self._load, src, key)
+            submitted += 1
+        return submitted
 
     def forget(self, keys: Iterable[TileKey]) -> None:
         """``keys`` are used up: a background load of one that has not started yet is skipped
@@ -96,8 +101,8 @@ class FetchPool:
                     raise _Released
             return src.load_tile(k)
 
-        try:
-            src.cache.get(key, load_unless_released)
+        try:  # a tile another thread is loading already is left to it: this thread moves on
+            src.cache.fill(key, load_unless_released)
         except _Released:
             pass
         finally:
@@ -200,12 +205,13 @@ class TileSource(ABC):
         """Threads that fetch tiles in the background when told to (:meth:`warm`); 0: none."""
         return 0 if self._pool is None else self._pool.workers
 
-    def warm(self, keys: Iterable[TileKey]) -> None:
+    def warm(self, keys: Iterable[TileKey]) -> int:
         """Start fetching ``keys`` that are neither cached nor loading, on this source's fetch threads,
-        and return at once; a source without them does nothing. Which keys, and when, is decided by
-        :mod:`lazytiles.windowing.readahead`."""
-        if self._pool is not None:
-            self._pool.fetch(self, keys)
+        and return at once, with how many loads were started; a source without them does nothing.
+        Which keys, and when, is decided by :mod:`lazytiles.windowing.readahead`."""
+        if self._pool is None:
+            return 0
+        return self._pool.fetch(self, keys)
 
     def release(self, keys: Iterable[TileKey]) -> None:
         """Drop ``keys`` from the cache (and from the fetches not started yet): they are used up."""

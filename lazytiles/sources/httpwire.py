@@ -114,8 +114,11 @@ class Watchdog:
         finally:
             _local.deadline = None
             deadline.finish()
-            with self._cond:  # the thread forgets it now, and ends when no attempt is left
-                self._cond.notify()
+            with self._cond:  # woken only when no attempt is left, to end: not once per request
+                while self._heap and self._heap[0][2].done:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.notify()
 
     def _run(self) -> None:
         with self._cond:

@@ -237,6 +237,10 @@ class RasterSource(TileSource):
         self._explicit_nodata = nodata
         self._levels: dict[int, RasterSource] = {}
         self._levels_lock = threading.Lock()
+        bands_text = ",".join(map(str, self.bands))
+        level = "" if self.overview_level is None else f"|overview={self.overview_level}"
+        tile = f"{self.tile_shape[0]}x{self.tile_shape[1]}"
+        self._token = f"raster:{redact(self.path)}|bands={bands_text}|tile={tile}{level}"
         self._init_tiles(cache)
 
     # -- handles -----------------------------------------------------------------------------------
@@ -259,9 +263,7 @@ class RasterSource(TileSource):
 
     @property
     def token(self) -> str:
-        bands = ",".join(map(str, self.bands))
-        level = "" if self.overview_level is None else f"|overview={self.overview_level}"
-        return f"raster:{redact(self.path)}|bands={bands}|tile={self.tile_shape[0]}x{self.tile_shape[1]}{level}"
+        return self._token
 
     def _read(self, window: Window, **options: Any) -> np.ndarray:
         """The source's bands in ``window`` of this thread's handle, with the source's GDAL options."""

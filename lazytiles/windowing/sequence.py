@@ -121,8 +121,8 @@ def windows(
         run past the edge; pixels outside the raster are nodata. ``"drop"``: only complete windows.
     readahead
         Windows ahead whose tiles iterating, or indexing that moves forward, fetches in the background
-        on the source's fetch threads (default: 2 per thread for a remote source, 4 for a local file,
-        0 for an in-memory array; see :mod:`lazytiles.windowing.readahead`). 0 turns it off: each
+        on the source's fetch threads, within loads of an eighth of the tile cache (default: one row
+        of windows, 0 for an in-memory array; see :mod:`lazytiles.windowing.readahead`). 0 turns it off: each
         window is read on the consuming thread, except that a remote source still fetches a window's
         tiles together.
     skip_empty
@@ -252,7 +252,7 @@ class WindowSequence(Sequence[Window]):
         self._keep = keep  # candidate ids kept by a region filter, or None for all
         self._positions = positions
         self._readahead = readahead  # as given to lt.windows: None for the source's default
-        self._ahead = ReadAhead(src, plan, keep, readahead)
+        self._ahead = ReadAhead(src, plan, keep, positions, readahead)
 
     # -- what it is --------------------------------------------------------------------------------
 
@@ -366,8 +366,11 @@ class WindowSequence(Sequence[Window]):
     def __getitem__(self, key: Any) -> Any:
         picked = select(self._positions, key)
         if isinstance(picked, int):
-            self._ahead.indexed(picked)  # indexing forward reads ahead, as iterating does
-            return self._read(picked)
+            self._ahead.indexed(picked)  # indexing forward reads ahead, and releases behind, as iterating does
+            try:
+                return self._read(picked)
+            finally:
+                self._ahead.done(picked)
         return WindowSequence(self._src, self._plan, self._keep, picked, self._readahead)
 
     def __iter__(self) -> Iterator[Window]:

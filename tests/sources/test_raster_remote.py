@@ -16,7 +16,6 @@ from rasterio.windows import Window
 import lazytiles as lt
 from lazytiles.sources.raster import REMOTE_GDAL_DEFAULTS
 from lazytiles.testing.tileserver import TileServer
-from lazytiles.windowing.readahead import LOCAL_DEPTH
 
 
 @pytest.fixture
@@ -55,7 +54,8 @@ def test_windows_over_vsicurl_equal_the_file(served):
     server, url, array = served
     src = lt.open(url, cache=lt.TileCache(64 * 2**20))
     wins = lt.windows(src, size=300, stride=200)
-    assert src.remote and src.fetch_workers == 16 and wins.readahead == 32 and src.tile_shape == (128, 128)
+    assert src.remote and src.fetch_workers == 16 and src.tile_shape == (128, 128)
+    assert wins.readahead == len(wins.plan.cols) + 1  # a row of windows ahead
     for w in wins:
         r, c = int(w.window.row_off), int(w.window.col_off)
         assert_array_equal(w.data, array[:, r : r + 300, c : c + 300])
@@ -84,11 +84,12 @@ def test_remote_gdal_defaults_apply_unless_the_user_set_them(served, monkeypatch
         assert "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES" not in lt.open(url)._gdal_options
 
 
-def test_local_files_get_no_network_options_and_a_small_decode_readahead(cog):
+def test_local_files_get_no_network_options_and_a_row_of_decode_readahead(cog):
     path, array = cog
     src = lt.open(path)
     assert src._gdal_options == {} and not src.remote
-    assert src.fetch_workers == min(4, os.cpu_count() or 1) and lt.windows(src, 128).readahead == LOCAL_DEPTH
+    wins = lt.windows(src, 128)
+    assert src.fetch_workers == min(4, os.cpu_count() or 1) and wins.readahead == len(wins.plan.cols) + 1
     for w in lt.windows(src, 256, stride=128, readahead=0):  # everything on this thread
         r, c = w.window.row_off, w.window.col_off
         assert_array_equal(w.data, array[:, r : r + 256, c : c + 256])
