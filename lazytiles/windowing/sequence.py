@@ -1,7 +1,6 @@
 """Window, WindowSequence and ``lt.windows``: a tiled image as a lazy list of sliding windows.
 
-The display hooks (``_repr_png_``, ``_repr_html_``, ``preview``) import :mod:`lazytiles.display` when
-called, in one line each: display sits above windowing, which never imports it at module level.
+The display hooks (``_repr_png_``, ``_repr_html_``, ``preview``) import :mod:`lazytiles.display` when called.
 """
 
 from __future__ import annotations
