@@ -39,6 +39,9 @@ from typing import Any
 
 import numpy as np
 import rasterio.warp
+import shapely
+import shapely.affinity
+import shapely.geometry
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
@@ -387,6 +390,30 @@ class WarpedSource(TileSource):
                 resampling=self.resampling,
             )
         return out, to_source
+
+    def data_footprint(self) -> shapely.Geometry | None:
+        """The parent's :meth:`~lazytiles.TileSource.data_footprint` (its whole raster if it cannot tell)
+        on this grid, grown by the kernel's reach and a pixel; None where the CRSs cannot carry it."""
+        parent, t, back = self.parent, self.parent.transform, ~self.transform
+        inside = parent.data_footprint()
+        inside = shapely.box(0, 0, parent.width, parent.height) if inside is None else inside
+        geo = shapely.affinity.affine_transform(inside, [t.a, t.b, t.d, t.e, t.c, t.f])
+        if not geo.is_empty and self.crs is not None and parent.crs is not None and self.crs != parent.crs:
+            dense_geo = shapely.segmentize(geo, max(parent.width, parent.height) * abs(t.a) / 64)
+            dense = shapely.geometry.mapping(dense_geo)
+            try:
+                carried = shapely.geometry.shape(rasterio.warp.transform_geom(parent.crs, self.crs, dense))
+                there = shapely.get_coordinates(carried)
+                xs, ys = rasterio.warp.transform(self.crs, parent.crs, there[:, 0], there[:, 1])
+            except Exception:  # rasterio's or GDAL's errors: a footprint outside the target CRS's domain
+                return None
+            start = shapely.get_coordinates(dense_geo)  # outside a CRS's domain an outline folds or does not come back
+            if not carried.is_valid or start.shape != there.shape or not np.allclose((xs, ys), start.T, atol=abs(t.a)):
+                return None
+            geo = carried
+        pixels = shapely.affinity.affine_transform(geo, [back.a, back.b, back.d, back.e, back.c, back.f])
+        # the kernel's reach (scaled up when upsampling), plus a pixel for the edges' bend and the level's pixels
+        return shapely.buffer(pixels, (KERNEL_MARGIN + 1) * max(1.0, 1.0 / self.ratio) + 1, join_style="mitre")
 
     # -- reporting and pickling --------------------------------------------------------------------
 
