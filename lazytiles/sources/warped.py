@@ -227,6 +227,7 @@ class WarpedSource(TileSource):
         self._needs: dict[tuple[int, int], list[TileKey]] = {}  # level tiles each warped tile was made from
         self._used_up: set[tuple[int, int]] = set()  # warped tiles released by a pass
         self._held: dict[TileKey, set[tuple[int, int]]] = {}  # level tiles read, and the warped tiles they make
+        self._token = self._make_token()
         self._init_tiles(parent.cache if cache is None else cache)
         self.level_index = choose_level(self.ratio, parent.levels())
 
@@ -269,13 +270,13 @@ class WarpedSource(TileSource):
 
     @property
     def token(self) -> str:
-        rx, ry = self.transform.a, -self.transform.e
+        return self._token
+
+    def _make_token(self) -> str:  # once: a CRS's text costs PROJ a fraction of a millisecond
         crs = "none" if self.crs is None else self.crs.to_string()
-        if len(crs) > 40:
-            crs = "sha256:" + hashlib.sha256(crs.encode()).hexdigest()[:16]
-        th, tw = self.tile_shape
-        grid = f"{tuple(self.transform)[:6]!r}|{self.width}x{self.height}|tile={th}x{tw}"
-        digest = hashlib.sha256(grid.encode()).hexdigest()[:16]
+        crs = crs if len(crs) <= 40 else "sha256:" + hashlib.sha256(crs.encode()).hexdigest()[:16]
+        grid = f"{tuple(self.transform)[:6]!r}|{self.width}x{self.height}|tile={'x'.join(map(str, self.tile_shape))}"
+        digest, rx, ry = hashlib.sha256(grid.encode()).hexdigest()[:16], self.transform.a, -self.transform.e
         return f"at:res={rx!r},{ry!r}|crs={crs}|{self.resampling.name}|grid={digest}|of={self.parent.token}"
 
     # -- warping one tile --------------------------------------------------------------------------
@@ -393,7 +394,7 @@ class WarpedSource(TileSource):
 
     def data_footprint(self) -> shapely.Geometry | None:
         """The parent's :meth:`~lazytiles.TileSource.data_footprint` (its whole raster if it cannot tell)
-        on this grid, grown by the kernel's reach and a pixel; None where the CRSs cannot carry it."""
+        on this grid, grown by the kernel's reach (scaled when upsampling) and a pixel; None if the CRSs cannot."""
         parent, t, back = self.parent, self.parent.transform, ~self.transform
         inside = parent.data_footprint()
         inside = shapely.box(0, 0, parent.width, parent.height) if inside is None else inside
@@ -412,7 +413,6 @@ class WarpedSource(TileSource):
                 return None
             geo = carried
         pixels = shapely.affinity.affine_transform(geo, [back.a, back.b, back.d, back.e, back.c, back.f])
-        # the kernel's reach (scaled up when upsampling), plus a pixel for the edges' bend and the level's pixels
         return shapely.buffer(pixels, (KERNEL_MARGIN + 1) * max(1.0, 1.0 / self.ratio) + 1, join_style="mitre")
 
     # -- reporting and pickling --------------------------------------------------------------------
