@@ -29,6 +29,7 @@ call warps other chunks, and differs from the VRT's own windowed reads by those 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -38,6 +39,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import rasterio.env
 import rasterio.warp
 import shapely
 import shapely.affinity
@@ -350,24 +352,25 @@ class WarpedSource(TileSource):
         level.warm(keys)  # the parent's tiles decode in parallel on its own threads
         pixels, _ = assemble(level, area, keys)
         src_transform = level.transform @ Affine.translation(area.col_off, area.row_off)
-        for r0 in range(r_first, bottom, ch):
-            for c0 in range(c_first, right, cw):
-                h, w = min(ch, self.height - r0), min(cw, self.width - c0)
-                chunk = np.full((self.count, h, w), self.fill_value, dtype=self.dtype)
-                _reproject(
-                    pixels,
-                    chunk,
-                    src_transform=src_transform,
-                    src_crs=level.crs,
-                    src_nodata=level.nodata,
-                    dst_transform=self.transform @ Affine.translation(c0, r0),
-                    dst_crs=self.crs,
-                    dst_nodata=self.nodata,
-                    resampling=self.resampling,
-                    SRC_FILL_RATIO_HEURISTICS="NO",  # one chunk, as the VRT warps it: never split
-                )
-                ra, rb, ca, cb = max(r0, top), min(r0 + h, bottom), max(c0, left), min(c0 + w, right)
-                out[:, ra - top : rb - top, ca - left : cb - left] = chunk[:, ra - r0 : rb - r0, ca - c0 : cb - c0]
+        with rasterio.env.env_ctx_if_needed():  # one GDAL environment per tile: each start searches the disk
+            for r0 in range(r_first, bottom, ch):
+                for c0 in range(c_first, right, cw):
+                    h, w = min(ch, self.height - r0), min(cw, self.width - c0)
+                    chunk = np.full((self.count, h, w), self.fill_value, dtype=self.dtype)
+                    _reproject(
+                        pixels,
+                        chunk,
+                        src_transform=src_transform,
+                        src_crs=level.crs,
+                        src_nodata=level.nodata,
+                        dst_transform=self.transform @ Affine.translation(c0, r0),
+                        dst_crs=self.crs,
+                        dst_nodata=self.nodata,
+                        resampling=self.resampling,
+                        SRC_FILL_RATIO_HEURISTICS="NO",  # one chunk, as the VRT warps it: never split
+                    )
+                    ra, rb, ca, cb = max(r0, top), min(r0 + h, bottom), max(c0, left), min(c0 + w, right)
+                    out[:, ra - top : rb - top, ca - left : cb - left] = chunk[:, ra - r0 : rb - r0, ca - c0 : cb - c0]
         return out
 
     def _overview(self, area: Window, max_size: int) -> tuple[np.ndarray, Affine]:
@@ -424,7 +427,7 @@ class WarpedSource(TileSource):
 
     def __reduce__(self) -> tuple[Any, ...]:  # the recipe: the parent's recipe and the grid
         grid = (self.crs, self.transform, self.width, self.height, self.resampling.name)
-        return (_restore_warped, (self.parent, *grid, self.tile_shape, self.cache))
+        return (functools.partial(WarpedSource, tile_shape=self.tile_shape, cache=self.cache), (self.parent, *grid))
 
     def __repr__(self) -> str:
         crs = None if self.crs is None else self.crs.to_string()
@@ -432,19 +435,6 @@ class WarpedSource(TileSource):
             f"WarpedSource({self.parent!r}, crs={crs!r}, res={(self.transform.a, -self.transform.e)!r}, "
             f"{self.width}x{self.height} px, resampling={self.resampling.name!r})"
         )
-
-
-def _restore_warped(
-    parent: TileSource,
-    crs: CRS | None,
-    transform: Affine,
-    width: int,
-    height: int,
-    resampling: str,
-    tile_shape: tuple[int, int],
-    cache: TileCache,
-) -> WarpedSource:
-    return WarpedSource(parent, crs, transform, width, height, resampling, tile_shape=tile_shape, cache=cache)
 
 
 __all__ = ["WarpedSource", "choose_level", "footprint", "resampling_of", "target_grid"]
