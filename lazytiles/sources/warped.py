@@ -333,7 +333,6 @@ class WarpedSource(TileSource):
         tile = self.grid.tile_window(key.row, key.col)
         top, left = int(tile.row_off), int(tile.col_off)
         bottom, right = top + int(tile.height), left + int(tile.width)
-        out = np.full((self.count, bottom - top, right - left), self.fill_value, dtype=self.dtype)
         # GDAL's warped VRT warps its blocks (cut at the raster's edge) one by one: warping the same
         # chunks, from pixels where GDAL finds the same source window, makes the same approximations
         # (the transformation to 1/8 pixel, the kernel's scale), so the same pixels.
@@ -345,7 +344,8 @@ class WarpedSource(TileSource):
         level = self.level_source
         area = self._source_window(span, level)
         if area is None:
-            return out
+            return np.full((self.count, bottom - top, right - left), self.fill_value, dtype=self.dtype)
+        out = np.empty((self.count, bottom - top, right - left), dtype=self.dtype)  # the chunks cover it whole
         keys = level.tiles_under(area)
         with self._level_lock:
             self._needs[(key.row, key.col)] = keys
