@@ -298,7 +298,9 @@ class MosaicSource(TileSource):
             pc = np.clip(((xs[cols] - dc) * back.a + back.c).astype(int), 0, pixels.shape[2] - 1)
             data = pixels[:, pr[:, None], pc[None, :]]
             hole = empty[np.ix_(rows, cols)]
-            take = hole & self._has_data(i, data, ys[rows], xs[cols])
+            # data where the pixel sampled holds it: its own centre, not the shrunk pixel's, is inside the outline
+            centres = dr + to_scene.e * (pr + 0.5) + to_scene.f, dc + to_scene.a * (pc + 0.5) + to_scene.c
+            take = hole & self._has_data(i, data, *centres)
             patch = out[:, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
             np.copyto(patch, data, where=take)
             empty[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = hole & ~take

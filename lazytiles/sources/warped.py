@@ -29,6 +29,7 @@ call warps other chunks, and differs from the VRT's own windowed reads by those 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -38,7 +39,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import rasterio.env
 import rasterio.warp
+import shapely
+import shapely.affinity
+import shapely.geometry
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
@@ -224,6 +229,7 @@ class WarpedSource(TileSource):
         self._needs: dict[tuple[int, int], list[TileKey]] = {}  # level tiles each warped tile was made from
         self._used_up: set[tuple[int, int]] = set()  # warped tiles released by a pass
         self._held: dict[TileKey, set[tuple[int, int]]] = {}  # level tiles read, and the warped tiles they make
+        self._token = self._make_token()
         self._init_tiles(parent.cache if cache is None else cache)
         self.level_index = choose_level(self.ratio, parent.levels())
 
@@ -266,13 +272,13 @@ class WarpedSource(TileSource):
 
     @property
     def token(self) -> str:
-        rx, ry = self.transform.a, -self.transform.e
+        return self._token
+
+    def _make_token(self) -> str:  # once: a CRS's text costs PROJ a fraction of a millisecond
         crs = "none" if self.crs is None else self.crs.to_string()
-        if len(crs) > 40:
-            crs = "sha256:" + hashlib.sha256(crs.encode()).hexdigest()[:16]
-        th, tw = self.tile_shape
-        grid = f"{tuple(self.transform)[:6]!r}|{self.width}x{self.height}|tile={th}x{tw}"
-        digest = hashlib.sha256(grid.encode()).hexdigest()[:16]
+        crs = crs if len(crs) <= 40 else "sha256:" + hashlib.sha256(crs.encode()).hexdigest()[:16]
+        grid = f"{tuple(self.transform)[:6]!r}|{self.width}x{self.height}|tile={'x'.join(map(str, self.tile_shape))}"
+        digest, rx, ry = hashlib.sha256(grid.encode()).hexdigest()[:16], self.transform.a, -self.transform.e
         return f"at:res={rx!r},{ry!r}|crs={crs}|{self.resampling.name}|grid={digest}|of={self.parent.token}"
 
     # -- warping one tile --------------------------------------------------------------------------
@@ -327,7 +333,6 @@ class WarpedSource(TileSource):
         tile = self.grid.tile_window(key.row, key.col)
         top, left = int(tile.row_off), int(tile.col_off)
         bottom, right = top + int(tile.height), left + int(tile.width)
-        out = np.full((self.count, bottom - top, right - left), self.fill_value, dtype=self.dtype)
         # GDAL's warped VRT warps its blocks (cut at the raster's edge) one by one: warping the same
         # chunks, from pixels where GDAL finds the same source window, makes the same approximations
         # (the transformation to 1/8 pixel, the kernel's scale), so the same pixels.
@@ -339,31 +344,33 @@ class WarpedSource(TileSource):
         level = self.level_source
         area = self._source_window(span, level)
         if area is None:
-            return out
+            return np.full((self.count, bottom - top, right - left), self.fill_value, dtype=self.dtype)
+        out = np.empty((self.count, bottom - top, right - left), dtype=self.dtype)  # the chunks cover it whole
         keys = level.tiles_under(area)
         with self._level_lock:
             self._needs[(key.row, key.col)] = keys
         level.warm(keys)  # the parent's tiles decode in parallel on its own threads
         pixels, _ = assemble(level, area, keys)
         src_transform = level.transform @ Affine.translation(area.col_off, area.row_off)
-        for r0 in range(r_first, bottom, ch):
-            for c0 in range(c_first, right, cw):
-                h, w = min(ch, self.height - r0), min(cw, self.width - c0)
-                chunk = np.full((self.count, h, w), self.fill_value, dtype=self.dtype)
-                _reproject(
-                    pixels,
-                    chunk,
-                    src_transform=src_transform,
-                    src_crs=level.crs,
-                    src_nodata=level.nodata,
-                    dst_transform=self.transform @ Affine.translation(c0, r0),
-                    dst_crs=self.crs,
-                    dst_nodata=self.nodata,
-                    resampling=self.resampling,
-                    SRC_FILL_RATIO_HEURISTICS="NO",  # one chunk, as the VRT warps it: never split
-                )
-                ra, rb, ca, cb = max(r0, top), min(r0 + h, bottom), max(c0, left), min(c0 + w, right)
-                out[:, ra - top : rb - top, ca - left : cb - left] = chunk[:, ra - r0 : rb - r0, ca - c0 : cb - c0]
+        with rasterio.env.env_ctx_if_needed():  # one GDAL environment per tile: each start searches the disk
+            for r0 in range(r_first, bottom, ch):
+                for c0 in range(c_first, right, cw):
+                    h, w = min(ch, self.height - r0), min(cw, self.width - c0)
+                    chunk = np.full((self.count, h, w), self.fill_value, dtype=self.dtype)
+                    _reproject(
+                        pixels,
+                        chunk,
+                        src_transform=src_transform,
+                        src_crs=level.crs,
+                        src_nodata=level.nodata,
+                        dst_transform=self.transform @ Affine.translation(c0, r0),
+                        dst_crs=self.crs,
+                        dst_nodata=self.nodata,
+                        resampling=self.resampling,
+                        SRC_FILL_RATIO_HEURISTICS="NO",  # one chunk, as the VRT warps it: never split
+                    )
+                    ra, rb, ca, cb = max(r0, top), min(r0 + h, bottom), max(c0, left), min(c0 + w, right)
+                    out[:, ra - top : rb - top, ca - left : cb - left] = chunk[:, ra - r0 : rb - r0, ca - c0 : cb - c0]
         return out
 
     def _overview(self, area: Window, max_size: int) -> tuple[np.ndarray, Affine]:
@@ -388,6 +395,29 @@ class WarpedSource(TileSource):
             )
         return out, to_source
 
+    def data_footprint(self) -> shapely.Geometry | None:
+        """The parent's :meth:`~lazytiles.TileSource.data_footprint` (its whole raster if it cannot tell)
+        on this grid, grown by the kernel's reach (scaled when upsampling) and a pixel; None if the CRSs cannot."""
+        parent, t, back = self.parent, self.parent.transform, ~self.transform
+        inside = parent.data_footprint()
+        inside = shapely.box(0, 0, parent.width, parent.height) if inside is None else inside
+        geo = shapely.affinity.affine_transform(inside, [t.a, t.b, t.d, t.e, t.c, t.f])
+        if not geo.is_empty and self.crs is not None and parent.crs is not None and self.crs != parent.crs:
+            dense_geo = shapely.segmentize(geo, max(parent.width, parent.height) * abs(t.a) / 64)
+            dense = shapely.geometry.mapping(dense_geo)
+            try:
+                carried = shapely.geometry.shape(rasterio.warp.transform_geom(parent.crs, self.crs, dense))
+                there = shapely.get_coordinates(carried)
+                xs, ys = rasterio.warp.transform(self.crs, parent.crs, there[:, 0], there[:, 1])
+            except Exception:  # rasterio's or GDAL's errors: a footprint outside the target CRS's domain
+                return None
+            start = shapely.get_coordinates(dense_geo)  # outside a CRS's domain an outline folds or does not come back
+            if not carried.is_valid or start.shape != there.shape or not np.allclose((xs, ys), start.T, atol=abs(t.a)):
+                return None
+            geo = carried
+        pixels = shapely.affinity.affine_transform(geo, [back.a, back.b, back.d, back.e, back.c, back.f])
+        return shapely.buffer(pixels, (KERNEL_MARGIN + 1) * max(1.0, 1.0 / self.ratio) + 1, join_style="mitre")
+
     # -- reporting and pickling --------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
@@ -397,7 +427,7 @@ class WarpedSource(TileSource):
 
     def __reduce__(self) -> tuple[Any, ...]:  # the recipe: the parent's recipe and the grid
         grid = (self.crs, self.transform, self.width, self.height, self.resampling.name)
-        return (_restore_warped, (self.parent, *grid, self.tile_shape, self.cache))
+        return (functools.partial(WarpedSource, tile_shape=self.tile_shape, cache=self.cache), (self.parent, *grid))
 
     def __repr__(self) -> str:
         crs = None if self.crs is None else self.crs.to_string()
@@ -405,19 +435,6 @@ class WarpedSource(TileSource):
             f"WarpedSource({self.parent!r}, crs={crs!r}, res={(self.transform.a, -self.transform.e)!r}, "
             f"{self.width}x{self.height} px, resampling={self.resampling.name!r})"
         )
-
-
-def _restore_warped(
-    parent: TileSource,
-    crs: CRS | None,
-    transform: Affine,
-    width: int,
-    height: int,
-    resampling: str,
-    tile_shape: tuple[int, int],
-    cache: TileCache,
-) -> WarpedSource:
-    return WarpedSource(parent, crs, transform, width, height, resampling, tile_shape=tile_shape, cache=cache)
 
 
 __all__ = ["WarpedSource", "choose_level", "footprint", "resampling_of", "target_grid"]

@@ -232,3 +232,19 @@ def test_threads_reading_a_mosaic_get_the_serial_pixels(quadrants):
     for w in got:
         r, c = int(w.window.row_off), int(w.window.col_off)
         np.testing.assert_array_equal(w.data, expected[:, r : r + 200, c : c + 200])
+
+
+@pytest.mark.parametrize("resampling", ["nearest", "bilinear", "lanczos"])
+def test_outside_a_warped_scene_without_nodata_the_next_scene_shows_through(tmp_path, resampling):
+    # no nodata in either file: the warped scene's fill (0) outside its tilted outline must not read as dark data
+    dark_t = Affine(0.7, 0, 149_920.0, 0, -0.7, 5_132_410.0)  # inside the bright scene's ground, in UTM 33N
+    dark = write(tmp_path / "dark.tif", np.full((1, 400, 400), 7, np.uint8), dark_t, crs="EPSG:32633", nodata=None)
+    bright = write(tmp_path / "bright.tif", np.full((1, SIZE, SIZE), 200, np.uint8), ORIGIN, nodata=None)
+    scenes = lt.mosaic([bright, dark], order="last", resampling=resampling)  # the warped dark scene wins
+    assert isinstance(scenes._placed[1][0], lt.WarpedSource) and (scenes.width, scenes.height) == (SIZE, SIZE)
+    data = scenes.read(Window(0, 0, SIZE, SIZE))[0]
+    assert set(np.unique(data)) == {7, 200}  # no hole: every pixel is the dark scene's or the bright one's
+    outline = scenes.footprints[1]
+    assert abs((data == 7).sum() - outline.area) < outline.length  # dark exactly within its outline, edges aside
+    coarse, _ = scenes.overview(max_size=256)
+    assert set(np.unique(coarse)) == {7, 200}  # the overview path too

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import shapely
 from affine import Affine
 from conftest import write_tif
 from rasterio.enums import Resampling
@@ -289,3 +290,50 @@ def test_an_in_order_pass_holds_a_few_rows_of_level_tiles_and_reads_each_once(tm
     assert max(held) <= 8 and held[-1] == 0  # a few rows at a time (read-ahead included), not all 16
     assert set(level.reads.values()) == {1} and len(level.reads) == 16  # each read once all the same
     assert not src.reads
+
+
+@pytest.mark.parametrize(
+    ("res", "crs", "overviews", "resampling"),
+    [
+        (1.3, "EPSG:32631", (2, 4), "bilinear"),  # another CRS, from an overview, the parent's footprint
+        (0.3, "EPSG:32631", (2, 4), "lanczos"),  # finer: the kernel reaches further in target pixels
+        (2.4, None, (), "cubic"),  # the parent cannot tell: its whole raster, which the grid covers
+        (1.0, "EPSG:32633", (), "nearest"),  # the parent cannot tell: its outline, tilted 8 degrees in UTM 33
+    ],
+)
+def test_skip_empty_over_a_warped_source_drops_windows_without_data_and_never_one_with_data(
+    tmp_path: Path, res: float, crs: str | None, overviews: tuple[int, ...], resampling: str
+) -> None:
+    image = noise(512, seed=3)
+    image[image == 0] = 1
+    image[:, :, 300:] = 0  # data on the left only
+    image[:, 400:, :150] = 0
+    image[:, 480, 100] = 9  # ... and one lone pixel in the empty corner
+    path = write_tif(tmp_path / "part.tif", image, transform=MERC, crs="EPSG:3857", block=(128, 128),
+                     overviews=overviews, nodata=0)  # fmt: skip
+    warped = lt.open(path).at(res=res, crs=crs, resampling=resampling)
+    size = max(8, round(16 * 0.6 / res))
+    every = lt.windows(warped, size=size)
+    kept = lt.windows(warped, size=size, skip_empty=True)
+    kept_corners = {(int(c), int(r)) for c, r, _, _ in kept.pixel_windows()}
+    empty = set()
+    for c, r, w, h in every.pixel_windows():
+        if warped.read(Window(c, r, w, h)).any():
+            assert (int(c), int(r)) in kept_corners  # a window with data always stays
+        else:
+            empty.add((int(c), int(r)))
+    if overviews:
+        assert len(every) - len(kept) >= 0.5 * len(empty) > 0  # and most windows without data go
+    elif crs is None:
+        assert len(kept) == len(every)  # the parent's whole raster covers the grid: every window stays
+    else:
+        assert len(every) - len(kept) >= 4  # the grid's corners outside the tilted outline go
+
+
+def test_a_warped_footprint_that_leaves_the_target_crs_drops_nothing() -> None:
+    globe = lt.ArraySource(np.ones((1, 360, 720), np.uint8), transform=Affine(0.5, 0, -180, 0, -0.5, 90), crs=4326)
+    warped = WarpedSource(globe, "EPSG:32631", Affine(1000, 0, 0, 0, -1000, 6_000_000), 600, 600)
+    assert warped.read(Window(0, 0, 600, 600)).all()  # data everywhere on the grid
+    footprint = warped.data_footprint()  # the globe's outline folds in UTM: "cannot tell", not a wrong shape
+    assert footprint is None or footprint.contains(shapely.box(0, 0, 600, 600))
+    assert len(lt.windows(warped, size=100, skip_empty=True)) == 36
