@@ -17,8 +17,9 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..windowing.index import Positions, select
+from .feed import Feed, in_order_pass
 from .processes import StartMethod
-from .scheduler import METHODS, Indexable, Method, _Engine, _Options
+from .scheduler import METHODS, Indexable, Method, _Engine, _Options, _Stream
 
 T = TypeVar("T")
 
@@ -168,20 +169,31 @@ class Prefetched(Sequence[T]):
 
     def __iter__(self) -> Iterator[T]:
         engine, positions = self._engine, self._positions
-        stream = engine.open_stream(positions)
+        o = engine.options
+        items = in_order_pass(engine.seq, positions, o.method, o.ahead)
+        feed: Feed | None = None
+        stream: _Stream | None = None
         bar = None
-        if engine.options.progress and len(positions):
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(positions), desc="prefetch", unit="item", mininterval=0.5, smoothing=0.1)
         try:
+            if items is not None:  # windows in order: their own pass, on one producer thread
+                feed = engine.open_feed(items)
+            else:
+                stream = engine.open_stream(positions)
+            if o.progress and len(positions):
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=len(positions), desc="prefetch", unit="item", mininterval=0.5, smoothing=0.1)
             for k in range(len(positions)):
-                item = engine.get(int(positions[k]), stream, k)
+                index = int(positions[k])
+                item: T = feed.take(index) if feed is not None else engine.get(index, stream, k)
                 if bar is not None:
                     bar.update(1)
                 yield item
         finally:
-            engine.close_stream(stream)
+            if feed is not None:
+                engine.close_feed(feed)
+            if stream is not None:
+                engine.close_stream(stream)
             if bar is not None:
                 bar.close()
 
