@@ -1,4 +1,5 @@
 """The scheduler behind :func:`lazytiles.prefetch`: which item each worker computes next, and when.
+(Iterating windows in order on threads is the windows' own pass instead: :mod:`lazytiles.prefetching.feed`.)
 
 Each consumer (an iterator over the prefetched sequence, or a thread calling ``pre[i]``)
 is a *stream*. An iterator's stream knows its order; an indexing thread's stream is detected like OS

@@ -2,8 +2,9 @@
 
 This module is the public face: :func:`prefetch` checks its arguments, and :class:`Prefetched` (a
 sequence, with views that share one set of workers) hands every item request to the scheduler in
-:mod:`lazytiles.prefetching.scheduler`, which says how read-ahead is planned and bounded. Process workers
-are in :mod:`lazytiles.prefetching.processes`.
+:mod:`lazytiles.prefetching.scheduler`, which says how read-ahead is planned and bounded, except
+a pass over windows in order on threads, which runs the windows' own pass in
+:mod:`lazytiles.prefetching.feed`. Process workers are in :mod:`lazytiles.prefetching.processes`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ def prefetch(
     Nothing is computed, and no worker started, until an item is asked for. Iterating, or indexing
     ``i, i + 1, ...`` (also in reverse or every k-th item), makes the workers compute the next
     ``ahead`` items in order. Any other index is computed on its own, without draining or restarting
-    the read-ahead, so random access costs what ``seq[i]`` costs.
+    the read-ahead, so random access costs what ``seq[i]`` costs. Iterating windows in order on
+    threads runs their own pass (``for w in wins``, which decodes ahead on the source's fetch threads
+    and frees tiles behind) on one thread instead, ``ahead`` windows ahead of you
+    (:mod:`lazytiles.prefetching.feed`).
 
     Parameters
     ----------
