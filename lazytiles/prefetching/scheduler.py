@@ -1,4 +1,5 @@
 """The scheduler behind :func:`lazytiles.prefetch`: which item each worker computes next, and when.
+(Iterating windows in order on threads is the windows' own pass instead: :mod:`lazytiles.prefetching.feed`.)
 
 Each consumer (an iterator over the prefetched sequence, or a thread calling ``pre[i]``)
 is a *stream*. An iterator's stream knows its order; an indexing thread's stream is detected like OS
@@ -31,11 +32,13 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
-from ..errors import InvalidArgumentError, WorkerError
+from ..errors import InvalidArgumentError
 from ..windowing.index import Positions
+from .feed import Feed, closed_error
 from .processes import CLOSE_TIMEOUT, StartMethod, _Failure, _ProcessWorker
 
 Method = Literal["thread", "process"]
@@ -158,6 +161,7 @@ class _Engine:
         self._requests = 0
         self._threads: list[threading.Thread] = []
         self._procs: list[_ProcessWorker] = []  # their processes and shared memory are the parent's
+        self._feeds: set[Feed] = set()  # in-order passes of window sequences (see .feed)
         self._counts = {"computed": 0, "hits": 0, "misses": 0, "wasted": 0, "restarts": 0}
 
     # -- consumers ---------------------------------------------------------------------------------
@@ -174,6 +178,25 @@ class _Engine:
         with self._lock:
             if self._streams.pop(stream, None) is not None:
                 self._plan = None
+
+    def open_feed(self, items: Iterable[Any]) -> Feed:
+        """Start a producer thread running the pass ``items`` (see :mod:`lazytiles.prefetching.feed`)."""
+        with self._lock:
+            self._check_open()
+            feed = Feed(items, self.options.ahead, self._count)
+            self._feeds.add(feed)
+            feed.start()
+        return feed
+
+    def close_feed(self, feed: Feed) -> None:
+        """The consumer of ``feed`` is done with it: the producer stops after its item in progress."""
+        with self._lock:
+            self._feeds.discard(feed)
+        feed.stop()
+
+    def _count(self, name: str, n: int) -> None:
+        with self._lock:
+            self._counts[name] += n
 
     def get(self, index: int, stream: _Stream | None, pos: int = -1) -> Any:
         """Item ``index``, for ``stream`` (an iterator at ``pos`` of its order) or for plain indexing."""
@@ -208,10 +231,7 @@ class _Engine:
             try:
                 while slot.state != _DONE:
                     if self.closed:
-                        raise WorkerError(
-                            f"item {index} was still being computed when this prefetched sequence was "
-                            "closed; index the underlying sequence (.sequence[i]) or make a new lt.prefetch"
-                        )
+                        raise closed_error(index)
                     self._done.wait()
             finally:
                 slot.waiters -= 1
@@ -246,10 +266,7 @@ class _Engine:
 
     def _check_open(self) -> None:
         if self.closed:
-            raise WorkerError(
-                "this prefetched sequence is closed; index the underlying sequence (.sequence[i]) or "
-                "make a new lt.prefetch"
-            )
+            raise closed_error()
 
     # -- workers -----------------------------------------------------------------------------------
 
@@ -382,9 +399,14 @@ class _Engine:
             self.closed = True
             self._work.notify_all()
             self._done.notify_all()
-            threads, procs = list(self._threads), list(self._procs)
+            threads, procs, feeds = list(self._threads), list(self._procs), list(self._feeds)
+            self._feeds.clear()
+        for feed in feeds:
+            feed.stop(closed=True)
         others = [t for t in threads if t is not threading.current_thread()]
         deadline = time.monotonic() + timeout
+        for feed in feeds:
+            feed.join(max(0.0, deadline - time.monotonic()))
         for thread in others:  # an idle worker stops at once, a busy one after its item
             thread.join(max(0.0, deadline - time.monotonic()))
         for thread, worker in zip(threads, procs):

@@ -2,8 +2,9 @@
 
 This module is the public face: :func:`prefetch` checks its arguments, and :class:`Prefetched` (a
 sequence, with views that share one set of workers) hands every item request to the scheduler in
-:mod:`lazytiles.prefetching.scheduler`, which says how read-ahead is planned and bounded. Process workers
-are in :mod:`lazytiles.prefetching.processes`.
+:mod:`lazytiles.prefetching.scheduler`, which says how read-ahead is planned and bounded, except
+a pass over windows in order on threads, which runs the windows' own pass in
+:mod:`lazytiles.prefetching.feed`. Process workers are in :mod:`lazytiles.prefetching.processes`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..windowing.index import Positions, select
+from .feed import Feed, in_order_pass
 from .processes import StartMethod
-from .scheduler import METHODS, Indexable, Method, _Engine, _Options
+from .scheduler import METHODS, Indexable, Method, _Engine, _Options, _Stream
 
 T = TypeVar("T")
 
@@ -37,7 +39,10 @@ def prefetch(
     Nothing is computed, and no worker started, until an item is asked for. Iterating, or indexing
     ``i, i + 1, ...`` (also in reverse or every k-th item), makes the workers compute the next
     ``ahead`` items in order. Any other index is computed on its own, without draining or restarting
-    the read-ahead, so random access costs what ``seq[i]`` costs.
+    the read-ahead, so random access costs what ``seq[i]`` costs. Iterating windows in order on
+    threads runs their own pass (``for w in wins``, which decodes ahead on the source's fetch threads
+    and frees tiles behind) on one thread instead, ``ahead`` windows ahead of you
+    (:mod:`lazytiles.prefetching.feed`).
 
     Parameters
     ----------
@@ -168,20 +173,31 @@ class Prefetched(Sequence[T]):
 
     def __iter__(self) -> Iterator[T]:
         engine, positions = self._engine, self._positions
-        stream = engine.open_stream(positions)
+        o = engine.options
+        items = in_order_pass(engine.seq, positions, o.method, o.ahead)
+        feed: Feed | None = None
+        stream: _Stream | None = None
         bar = None
-        if engine.options.progress and len(positions):
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(positions), desc="prefetch", unit="item", mininterval=0.5, smoothing=0.1)
         try:
+            if items is not None:  # windows in order: their own pass, on one producer thread
+                feed = engine.open_feed(items)
+            else:
+                stream = engine.open_stream(positions)
+            if o.progress and len(positions):
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=len(positions), desc="prefetch", unit="item", mininterval=0.5, smoothing=0.1)
             for k in range(len(positions)):
-                item = engine.get(int(positions[k]), stream, k)
+                index = int(positions[k])
+                item: T = feed.take(index) if feed is not None else engine.get(index, stream, k)
                 if bar is not None:
                     bar.update(1)
                 yield item
         finally:
-            engine.close_stream(stream)
+            if feed is not None:
+                engine.close_feed(feed)
+            if stream is not None:
+                engine.close_stream(stream)
             if bar is not None:
                 bar.close()
 

@@ -124,16 +124,18 @@ def test_a_jump_starts_a_new_run_and_random_access_releases_nothing():
     assert src.cache.stats()["released"] == 10
 
 
-def test_prefetch_threads_release_tiles_behind_them_like_a_plain_pass():
+@pytest.mark.parametrize("how", ["iterating", "indexing"])
+def test_prefetch_threads_release_tiles_behind_them_like_a_plain_pass(how):
     src = PooledSource(image(), tile_shape=8, workers=2, cache=lt.TileCache(2**20))
     wins = lt.windows(src, 16, stride=8)  # 7 x 7 windows of 2 x 2 tiles over 8 x 8 tiles
     most = 0
     with lt.prefetch(wins, workers=3, progress=False) as pre:
-        for w in pre:
+        for w in pre if how == "iterating" else (pre[i] for i in range(len(pre))):
             assert_array_equal(
                 w.data, image()[:, w.window.row_off : w.window.row_off + 16, w.window.col_off : w.window.col_off + 16]
             )
             most = max(most, len(src.cache))
+        assert bool(pre._engine._threads) is (how == "indexing")  # iterating: wins' own pass, no workers
     assert src.cache.stats()["released"] == 64 and len(src.cache) == 0
     assert most < 64  # never the whole image: the threads release behind them
     assert sum(src.reads.values()) == 64  # and no tile was read twice

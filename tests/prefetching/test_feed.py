@@ -1,0 +1,215 @@
+"""lt.prefetch on threads iterating windows in order: the sequence's own pass on one producer thread.
+
+Oracles: the plain pass (``for w in wins``) and numpy slicing for pixels, a counting source for tile
+reads and the cache's own counters for what is held. Waits have timeouts; no timing is asserted.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+
+import numpy as np
+import pytest
+import seqtools
+from conftest import CountingSource
+from numpy.testing import assert_array_equal
+
+import lazytiles as lt
+from lazytiles.prefetching.feed import in_order_pass
+from lazytiles.sources.base import FetchPool
+
+WAIT = 20  # seconds: the most any wait may take before a test fails instead of hanging
+
+
+class FetchingSource(CountingSource):
+    """An in-memory source with fetch threads, as a file has (so its windows read ahead); reading
+    tile ``fail`` raises ``error`` (a type and a message), reading tile ``gate`` waits for ``opened``."""
+
+    def __init__(self, *args, fail=None, gate=None, error=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._pool = FetchPool(2, "lazytiles-test")
+        self.fail, self.gate, self.error = fail, gate, error
+        self.entered, self.opened = threading.Event(), threading.Event()
+
+    def _read_tile(self, key):
+        if (key.row, key.col) == self.gate:
+            self.entered.set()
+            assert self.opened.wait(2 * WAIT), "the gated tile was never let through"
+        if (key.row, key.col) == self.fail:
+            raise self.error[0](self.error[1])
+        return super()._read_tile(key)
+
+
+def image() -> np.ndarray:
+    return np.arange(2 * 64 * 64, dtype=np.uint16).reshape(2, 64, 64)
+
+
+def pixels(w: lt.Window) -> np.ndarray:
+    r, c = int(w.window.row_off), int(w.window.col_off)
+    return image()[:, r : r + 16, c : c + 16]
+
+
+def producers(prefix: str = "lazytiles-prefetch") -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(prefix)]
+
+
+def first_window_of(wins: lt.WindowSequence, tile: tuple[int, int]) -> int:
+    return next(i for i in range(len(wins)) if any((k.row, k.col) == tile for k in wins.tiles(i)))
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left():
+    yield
+    deadline = time.monotonic() + WAIT
+    while producers("lazytiles") and time.monotonic() < deadline:  # a failed background load may still
+        gc.collect()  # be finishing: once it has, its source is garbage, and its fetch threads stop
+        for t in producers("lazytiles"):
+            t.join(0.1)
+    assert producers("lazytiles") == []
+
+
+def test_only_threads_iterating_windows_in_order_run_the_pass_itself():
+    wins = lt.windows(FetchingSource(image(), tile_shape=8), 16, stride=8)
+    assert wins.readahead
+    for positions in (range(49), range(3, 40, 5), np.array([2, 9, 30])):
+        view = in_order_pass(wins, positions, "thread", 4)
+        assert isinstance(view, lt.WindowSequence) and list(view.indices) == list(positions)
+    assert in_order_pass(wins[10:], range(5), "thread", 4).indices == range(10, 15)  # a view of a view
+    for seq, positions, method, ahead in [
+        (wins, range(48, -1, -1), "thread", 4),  # reverse
+        (wins, np.array([5, 3, 9]), "thread", 4),  # out of order
+        (wins, range(49), "process", 4),
+        (wins, range(49), "thread", 0),  # no read-ahead asked for
+        (wins, range(0), "thread", 4),
+        (lt.windows(FetchingSource(image(), tile_shape=8), 16, readahead=0), range(16), "thread", 4),
+        (lt.windows(lt.ArraySource(image(), tile_shape=8), 16), range(16), "thread", 4),  # no fetch threads
+        (seqtools.smap(pixels, wins), range(49), "thread", 4),
+        (list(range(49)), range(49), "thread", 4),
+    ]:
+        assert in_order_pass(seq, positions, method, ahead) is None
+
+
+@pytest.mark.timeout(60)
+def test_the_same_windows_in_order_and_the_tiles_released_behind():
+    src = FetchingSource(image(), tile_shape=8, cache=lt.TileCache(2**20))
+    wins = lt.windows(src, 16, stride=8)  # 7 x 7 windows of 2 x 2 tiles over 8 x 8 tiles
+    most = 0
+    with lt.prefetch(wins, workers=2, ahead=3, progress=False) as pre:
+        seen = []
+        for w in pre:
+            if w.index < 49 - 3 - 1:  # the producer has windows left to give: it has not ended
+                assert [t.name for t in producers()] == ["lazytiles-prefetch-pass"]
+            assert_array_equal(w.data, pixels(w))
+            seen.append(w.index)
+            most = max(most, len(src.cache))
+            counts = pre.stats()
+            assert counts["computed"] - counts["hits"] <= 3  # never more than ahead windows waiting
+        assert seen == list(range(49)) and pre._engine._threads == []  # no worker threads started
+        assert pre.stats() == dict(computed=49, hits=49, misses=0, wasted=0, restarts=0)
+        assert src.cache.stats()["released"] == 64 and len(src.cache) == 0
+        assert most < 64 and set(src.reads.values()) == {1}  # never the whole image; every tile read once
+        assert [w.index for w in pre[5:30:4]] == list(range(5, 30, 4))
+        assert [w.index for w in pre[[1, 4, 40]]] == [1, 4, 40]
+    with lt.prefetch(wins[20:], ahead=2, progress=False) as pre:
+        assert [w.index for w in pre[3:6]] == [23, 24, 25]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "error, kind, text",
+    [
+        (
+            (lt.TileFetchError, "tile (3, 4) is gone"),
+            lt.TileFetchError,
+            r"TileFetchError: window {i} .*\(3, 4\) is gone",
+        ),
+        ((ValueError, "bad bytes in tile (3, 4)"), lt.WorkerError, r"ValueError: bad bytes in tile \(3, 4\)"),
+    ],
+)
+def test_a_failure_is_raised_at_its_window_with_the_scheduler_s_type_and_text(error, kind, text):
+    src = FetchingSource(image(), tile_shape=8, fail=(3, 4), error=error)
+    wins = lt.windows(src, 16, stride=8)
+    bad = first_window_of(wins, (3, 4))
+    with lt.prefetch(wins, workers=2, progress=False) as pre:
+        got = []
+        with pytest.raises(kind, match=rf"item {bad} failed in a prefetch thread: " + text.format(i=bad)) as info:
+            for w in pre:
+                got.append(w.index)
+        assert got == list(range(bad))
+        assert isinstance(info.value.__cause__, error[0])
+        with pytest.raises(kind, match=rf"item {bad} failed in .*" + text.format(i=bad)):
+            pre[bad]  # indexing (the scheduler) says the same
+        assert_array_equal(pre[bad - 1].data, pixels(wins[bad - 1]))
+
+
+@pytest.mark.timeout(60)
+def test_a_break_stops_the_producer_after_a_few_windows():
+    src = FetchingSource(image(), tile_shape=8)
+    wins = lt.windows(src, 16, stride=8)
+    pre = lt.prefetch(wins, workers=2, ahead=2, progress=False)
+    for w in pre:
+        if w.index == 10:
+            break
+    for t in producers():
+        t.join(WAIT)
+    assert producers() == []  # stopped at the break, before close()
+    counts = pre.stats()
+    assert counts["hits"] == 11 and counts["computed"] <= 11 + 2 + 1  # ahead, and the one in progress
+    assert counts["wasted"] == counts["computed"] - 11
+    assert [w.index for w in pre] == list(range(49))  # a new pass starts afresh
+    pre.close()
+    with pytest.raises(lt.WorkerError, match="this prefetched sequence is closed"):
+        next(iter(pre))
+
+
+@pytest.mark.timeout(60)
+def test_close_tells_a_waiting_consumer_at_once_and_stops_the_producer():
+    src = FetchingSource(image(), tile_shape=8, gate=(4, 0))
+    wins = lt.windows(src, 16, stride=8)
+    gated = first_window_of(wins, (4, 0))
+    pre = lt.prefetch(wins, workers=2, progress=False)
+    it = iter(pre)
+    assert [next(it).index for _ in range(gated)] == list(range(gated))
+    assert src.entered.wait(WAIT)
+    errors: list[Exception] = []
+
+    def consume() -> None:
+        try:
+            next(it)
+        except lt.WorkerError as err:
+            errors.append(err)
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    closer = threading.Thread(target=pre.close)
+    closer.start()
+    consumer.join(WAIT)  # told while the gated tile still blocks the producer
+    assert not consumer.is_alive() and len(errors) == 1 and not src.opened.is_set()
+    assert "closed" in str(errors[0]) and "index the underlying sequence" in str(errors[0])
+    src.opened.set()
+    closer.join(WAIT)
+    assert not closer.is_alive()
+    with pytest.raises(lt.WorkerError, match="this prefetched sequence is closed"):
+        next(iter(pre))
+
+
+@pytest.mark.timeout(60)
+def test_an_abandoned_pass_and_prefetch_stop_their_producer():
+    wins = lt.windows(FetchingSource(image(), tile_shape=8), 16, stride=8)
+    pre = lt.prefetch(wins, workers=2, progress=False)
+    it = iter(pre)
+    next(it)
+    assert len(producers()) == 1
+    del it
+    gc.collect()
+    for t in producers():
+        t.join(WAIT)
+    assert producers() == []
+    it = iter(pre)
+    next(it)
+    del pre  # the iterator keeps the prefetched sequence alive: the pass goes on
+    assert next(it).index == 1
+    del it
+    gc.collect()
