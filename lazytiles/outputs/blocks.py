@@ -8,7 +8,8 @@ The result does not depend on the order windows arrive in:
 
 - ``blend="center"``: each output pixel comes from the window whose centre is nearest (Euclidean, in
   exact integer arithmetic), ties broken by the lower window index;
-- ``blend="mean"``: the float32 average of the windows covering the pixel, summed in window-index order.
+- ``blend="mean"``: the float32 average of the windows covering the pixel, summed in window-index order,
+  optionally weighted by a per-pixel weight of the window (:func:`taper`: the middle counts most).
 """
 
 from __future__ import annotations
@@ -72,6 +73,18 @@ def output_grid(rects: np.ndarray, raster_shape: tuple[int, int], factor: int, b
     return OutputGrid(c0, r0, factor, math.ceil((c1 - c0) / factor), math.ceil((r1 - r0) / factor), block)
 
 
+def taper(height: int, width: int) -> np.ndarray:
+    """Weights ``(height, width)`` float32 falling linearly from 1 in a window's middle to ``1/ceil(n/2)``
+    at its edges (a pyramid; never 0, so a pixel only one window covers keeps its value)."""
+
+    def ramp(n: int) -> np.ndarray:
+        i = np.arange(n)
+        return (np.minimum(i, n - 1 - i) + 1) / math.ceil(n / 2)
+
+    weights: np.ndarray = np.outer(ramp(height), ramp(width)).astype(np.float32)
+    return weights
+
+
 class BlockPlan:
     """Which windows touch each block of ``grid``: from the windows' rectangles, no pixels.
 
@@ -123,11 +136,12 @@ class BlockPlan:
 
     def owners(self, key: BlockKey) -> np.ndarray:
         """The position of the window each pixel of block ``key`` comes from with ``blend="center"``
-        (-1 where none covers it): the nearest centre, ties to the lower window index."""
+        (-1 where none covers it): the nearest centre, ties to the lower window index. int16 while
+        positions fit (the owners of the blocks in memory are most of the stitcher's memory)."""
         col, row, width, height = self.grid.block_window(key)
         ys = 2 * np.arange(row, row + height, dtype=np.int64)[:, None] + 1  # doubled pixel centres
         xs = 2 * np.arange(col, col + width, dtype=np.int64)[None, :] + 1
-        owner = np.full((height, width), -1, np.int32)
+        owner = np.full((height, width), -1, np.int16 if len(self.rects) < 2**15 else np.int32)
         best = np.full((height, width), np.iinfo(np.int64).max, np.int64)
         for position in sorted(self.touching.get(key, []), key=lambda p: int(self.indices[p])):
             x0, y0, x1, y1 = self.rects[position].tolist()
@@ -157,15 +171,21 @@ class _MeanBlock:
         self.order, self.cursor = order, 0
         self.total = np.zeros((bands, height, width), np.float32)
         self.count = np.zeros((height, width), np.float32)
-        self.parked: dict[int, tuple[tuple[slice, slice], np.ndarray]] = {}
+        self.parked: dict[int, tuple[tuple[slice, slice], np.ndarray, np.ndarray | None]] = {}
 
-    def add(self, position: int, inner: tuple[slice, slice], piece: np.ndarray) -> None:
-        self.parked[position] = (inner, piece)
+    def add(self, position: int, inner: tuple[slice, slice], piece: np.ndarray, weight: np.ndarray | None) -> None:
+        """Add window ``position``'s ``piece`` at ``inner``, times ``weight`` (its part of the window's weights;
+        None: 1) when its turn comes."""
+        self.parked[position] = (inner, piece, weight)
         while self.cursor < len(self.order) and self.order[self.cursor] in self.parked:
-            where, values = self.parked.pop(self.order[self.cursor])
+            where, values, w = self.parked.pop(self.order[self.cursor])
             self.cursor += 1
-            self.total[(slice(None), *where)] += values
-            self.count[where] += 1
+            if w is None:
+                self.total[(slice(None), *where)] += values
+                self.count[where] += 1
+            else:
+                self.total[(slice(None), *where)] += values * w
+                self.count[where] += w
 
     def mean(self, fill: float) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -190,6 +210,8 @@ class Stitcher:
         ``"center"`` or ``"mean"`` (see the module's docstring).
     fill
         The value of pixels no window covers.
+    weights
+        ``blend="mean"``: each window's per-pixel weights ``(h, w)`` (positive, float32); None: all 1.
     """
 
     def __init__(
@@ -200,8 +222,10 @@ class Stitcher:
         blend: Blend,
         fill: float,
         convert: Callable[[np.ndarray], np.ndarray] | None = None,
+        weights: np.ndarray | None = None,
     ) -> None:
         self.plan, self.bands, self.blend, self.fill = plan, bands, blend, fill
+        self.weights = None if weights is None else np.asarray(weights, np.float32)[None]
         self.dtype = np.dtype(np.float32) if blend == "mean" else np.dtype(dtype)
         self.convert = convert
         self.remaining = {key: len(ps) for key, ps in plan.touching.items()}
@@ -245,7 +269,8 @@ class Stitcher:
                 _, _, width, height = self.plan.grid.block_window(key)
                 order = sorted(self.plan.touching[key], key=lambda p: int(self.plan.indices[p]))
                 block = self._mean[key] = _MeanBlock(order, self.bands, height, width)
-            block.add(position, inner, piece.astype(np.float32))
+            weight = None if self.weights is None else self.plan.piece(position, key, self.weights)[1][0]
+            block.add(position, inner, piece.astype(np.float32), weight)
         self.max_held = max(self.max_held, self.held)
         self.remaining[key] -= 1
         return self._finish(key) if self.remaining[key] == 0 else None
@@ -263,4 +288,4 @@ class Stitcher:
         return self._mean.pop(key).mean(self.fill)
 
 
-__all__ = ["Blend", "BlockKey", "BlockPlan", "OutputGrid", "Stitcher", "output_grid"]
+__all__ = ["Blend", "BlockKey", "BlockPlan", "OutputGrid", "Stitcher", "output_grid", "taper"]
