@@ -15,8 +15,7 @@ The result does not depend on the order windows arrive in:
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -85,6 +84,45 @@ def taper(height: int, width: int) -> np.ndarray:
     return weights
 
 
+class Touching(Mapping[BlockKey, list[int]]):
+    """The windows touching each block (positions, in sequence order), for the blocks some window touches.
+
+    Held as two flat arrays (an offset per block, a position per window and block it touches), about
+    8 bytes per block: a 131072² raster of 256-px blocks (262144 of them) needs 2 MB, not the hundreds
+    a dict of lists would.
+    """
+
+    def __init__(self, grid: OutputGrid, rects: np.ndarray) -> None:
+        self.shape = grid.blocks
+        b = grid.block
+        live = np.flatnonzero((rects[:, 2] > rects[:, 0]) & (rects[:, 3] > rects[:, 1]))
+        r0, c0 = rects[live, 1] // b, rects[live, 0] // b
+        rn, cn = (rects[live, 3] - 1) // b - r0 + 1, (rects[live, 2] - 1) // b - c0 + 1
+        per = rn * cn  # blocks each live window touches
+        owner = np.repeat(np.arange(len(live)), per)
+        k = np.arange(int(per.sum())) - np.repeat(np.cumsum(per) - per, per)  # which of its blocks
+        block = (r0[owner] + k // cn[owner]) * self.shape[1] + c0[owner] + k % cn[owner]
+        order = np.argsort(block, kind="stable")  # by block, then position
+        self.positions = live[owner[order]].astype(np.int32)
+        counts = np.bincount(block, minlength=self.shape[0] * self.shape[1])
+        self.counts = counts.reshape(self.shape).astype(np.int32)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def __getitem__(self, key: BlockKey) -> list[int]:
+        br, bc = key
+        if not (0 <= br < self.shape[0] and 0 <= bc < self.shape[1]) or not self.counts[br, bc]:
+            raise KeyError(key)
+        i = br * self.shape[1] + bc
+        positions: list[int] = self.positions[self.offsets[i] : self.offsets[i + 1]].tolist()
+        return positions
+
+    def __iter__(self) -> Iterator[BlockKey]:
+        yield from ((br, bc) for br, bc in np.argwhere(self.counts > 0).tolist())
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self.counts))
+
+
 class BlockPlan:
     """Which windows touch each block of ``grid``: from the windows' rectangles, no pixels.
 
@@ -106,14 +144,7 @@ class BlockPlan:
         out[:, 3] = np.minimum(out[:, 3], grid.height)
         self.rects = out
         self.indices = np.asarray(indices, np.int64)
-        self.touching: dict[BlockKey, list[int]] = defaultdict(list)
-        b = grid.block
-        for position, (x0, y0, x1, y1) in enumerate(out.tolist()):
-            if x1 <= x0 or y1 <= y0:
-                continue
-            for br in range(y0 // b, (y1 - 1) // b + 1):
-                for bc in range(x0 // b, (x1 - 1) // b + 1):
-                    self.touching[(br, bc)].append(position)
+        self.touching = Touching(grid, out)
 
     def blocks_of(self, position: int) -> list[BlockKey]:
         """The blocks window ``position`` touches."""
@@ -228,7 +259,7 @@ class Stitcher:
         self.weights = None if weights is None else np.asarray(weights, np.float32)[None]
         self.dtype = np.dtype(np.float32) if blend == "mean" else np.dtype(dtype)
         self.convert = convert
-        self.remaining = {key: len(ps) for key, ps in plan.touching.items()}
+        self.remaining = plan.touching.counts.copy()  # per block: windows still to come
         self._center: dict[BlockKey, tuple[np.ndarray, np.ndarray]] = {}  # buffer, owners
         self._mean: dict[BlockKey, _MeanBlock] = {}
         self.max_held = 0
@@ -243,7 +274,7 @@ class Stitcher:
         ``(key, (bands, bh, bw) array)``."""
         finished = []
         for key in self.plan.blocks_of(position):
-            if self.remaining.get(key, 0) > 0:  # else finished before, or stitched elsewhere
+            if self.remaining[key] > 0:  # else finished before, or stitched elsewhere
                 block = self.take(key, position, *self.plan.piece(position, key, data))
                 if block is not None:
                     finished.append((key, block))
@@ -288,4 +319,4 @@ class Stitcher:
         return self._mean.pop(key).mean(self.fill)
 
 
-__all__ = ["Blend", "BlockKey", "BlockPlan", "OutputGrid", "Stitcher", "output_grid", "taper"]
+__all__ = ["Blend", "BlockKey", "BlockPlan", "OutputGrid", "Stitcher", "Touching", "output_grid", "taper"]

@@ -16,7 +16,7 @@ from numpy.testing import assert_array_equal
 import lazytiles as lt
 from lazytiles.detection.models import ColourSegmenter
 from lazytiles.merging.window_table import WindowTable
-from lazytiles.outputs.blocks import taper
+from lazytiles.outputs.blocks import BlockPlan, OutputGrid, taper
 from lazytiles.outputs.raster import BlockWriter
 from lazytiles.testing.sample import sample_classes, sample_scene
 
@@ -224,6 +224,23 @@ def test_weighted_mean_in_the_file_and_bad_weights(tmp_path):
             lt.write_raster(preds, tmp_path / "x.tif", blend="mean", weights=bad, progress=False)
     with pytest.raises(lt.InvalidArgumentError, match="blend='mean' only"):
         lt.write_raster(preds, tmp_path / "x.tif", weights="taper", progress=False)
+
+
+def test_the_windows_touching_each_block_match_a_brute_force_search():
+    rng = np.random.default_rng(3)
+    grid = OutputGrid(0, 0, 1, 100, 70, 16)
+    rects = rng.integers(-20, 110, (60, 4))
+    rects[:, 2:] = rects[:, :2] + rng.integers(0, 40, (60, 2))  # x1, y1; some empty
+    plan = BlockPlan(grid, np.column_stack([rects[:, :2], rects[:, 2:] - rects[:, :2]]), np.arange(60))
+    brute = {}
+    for key in np.ndindex(*grid.blocks):
+        col, row, w, h = grid.block_window(key)
+        x0, y0, x1, y1 = plan.rects.T
+        hit = (x0 < col + w) & (x1 > col) & (y0 < row + h) & (y1 > row) & (x1 > x0) & (y1 > y0)
+        if hit.any():
+            brute[key] = np.flatnonzero(hit).tolist()
+    assert dict(plan.touching) == brute and len(plan.touching) == len(brute)
+    assert all(plan.touching.get(key) is None for key in np.ndindex(*grid.blocks) if key not in brute)
 
 
 def test_only_blocks_that_windows_to_come_touch_are_held():
