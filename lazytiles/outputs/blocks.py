@@ -166,15 +166,16 @@ class BlockPlan:
         return inner, data[:, by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0]
 
     def owners(self, key: BlockKey) -> np.ndarray:
-        """The position of the window each pixel of block ``key`` comes from with ``blend="center"``
-        (-1 where none covers it): the nearest centre, ties to the lower window index. int16 while
-        positions fit (the owners of the blocks in memory are most of the stitcher's memory)."""
+        """The window each pixel of block ``key`` comes from with ``blend="center"``, as its place in
+        ``touching[key]`` (-1 where none covers it): the nearest centre, ties to the lower window index.
+        int8 for up to 127 windows (the owners of the blocks in memory are much of the stitcher's memory)."""
         col, row, width, height = self.grid.block_window(key)
         ys = 2 * np.arange(row, row + height, dtype=np.int64)[:, None] + 1  # doubled pixel centres
         xs = 2 * np.arange(col, col + width, dtype=np.int64)[None, :] + 1
-        owner = np.full((height, width), -1, np.int16 if len(self.rects) < 2**15 else np.int32)
+        touching = self.touching.get(key, [])
+        owner = np.full((height, width), -1, np.int8 if len(touching) < 2**7 else np.int32)
         best = np.full((height, width), np.iinfo(np.int64).max, np.int64)
-        for position in sorted(self.touching.get(key, []), key=lambda p: int(self.indices[p])):
+        for place, position in sorted(enumerate(touching), key=lambda t: int(self.indices[t[1]])):
             x0, y0, x1, y1 = self.rects[position].tolist()
             fx0, fy0, fx1, fy1 = self.full[position].tolist()
             r0, r1 = max(y0, row) - row, min(y1, row + height) - row  # the part of the block it covers
@@ -185,7 +186,7 @@ class BlockPlan:
             dist = dy * dy + dx * dx
             near = best[r0:r1, c0:c1]
             better = dist < near  # strictly: an equal distance keeps the lower index
-            np.copyto(owner[r0:r1, c0:c1], position, where=better)
+            np.copyto(owner[r0:r1, c0:c1], place, where=better)
             np.minimum(near, dist, out=near)
         return owner
 
@@ -285,7 +286,7 @@ class Stitcher:
         when that was the last window touching it."""
         if self.blend == "center":
             buffer, owners = self._center_block(key)
-            mine = owners[inner] == position
+            mine = owners[inner] == self.plan.touching[key].index(position)
             rows, cols = np.flatnonzero(mine.any(axis=1)), np.flatnonzero(mine.any(axis=0))
             if len(rows) and mine[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all():  # a rectangle: slices
                 part = (slice(None), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
