@@ -7,7 +7,7 @@ pixel's class depends on which window it is taken from (the stitch matters); ``l
 batches of 8 on the CPU for both cases.
 
 Cases, each in its own process (so peak RSS is its own), run alternately ``--repeat`` times (the fastest
-run is shown):
+run is shown, and the throughput ratio of each interleaved pair):
 
 - the usual way: predict every window, write the argmax of its valid middle (the window minus half the
   overlap on each inner side) into one ``(H, W)`` uint8 array, write the GeoTIFF at the end;
@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -276,6 +277,7 @@ def main() -> int:
                     print(done.stdout + done.stderr, file=sys.stderr)
                     return 1
                 results[case].append(json.loads(done.stdout.splitlines()[-1]))
+        pairs = [u["seconds"] / w["seconds"] for u, w in zip(*results.values())]  # each interleaved pair's ratio
         results = {case: [min(runs, key=lambda r: r["seconds"])] for case, runs in results.items()}  # the fastest
         base = results["the usual way"][0]["seconds"]
         print(f"\n{'case':<24}{'seconds':>9}{'windows/s':>11}{'ratio':>8}{'CPU s':>8}{'peak RSS MB':>13}")
@@ -284,6 +286,9 @@ def main() -> int:
                 f"{case:<24}{r['seconds']:>9.1f}{n / r['seconds']:>11.1f}{base / r['seconds']:>7.2f}x"
                 f"{r['cpu']:>8.1f}{r['rss']:>13.0f}"
             )
+        print(
+            f"ratio per interleaved pair: {', '.join(f'{r:.2f}' for r in pairs)} (median {statistics.median(pairs):.2f})"
+        )
         same = same_pixels(*outputs.values())
         print(f"\nsame raster in every case: {'yes' if same else 'NO'}")
         return 0 if same else 1
