@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +26,8 @@ from ..windowing.sequence import WindowSequence
 from .blocks import Blend, BlockKey, BlockPlan, OutputGrid, Stitcher, output_grid, taper
 
 Output = Literal["labels", "scores"]
+#: Windows whose finished blocks may wait for the writing thread.
+WRITES_AHEAD = 16
 
 
 @dataclass(frozen=True)
@@ -372,6 +376,10 @@ def write_raster(
     from rasterio.errors import NotGeoreferencedWarning
 
     ds = None
+    # one thread compresses and writes blocks (GDAL lets go of the GIL) while this one stitches; at most
+    # WRITES_AHEAD windows' blocks wait for it
+    writes: deque[Future[None]] = deque()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="lazytiles-write")
     try:
         stream = preds.outcomes(tolerate=(), progress=progress, reduce=writer.reducing())
         with contextlib.closing(stream):
@@ -382,12 +390,18 @@ def write_raster(
                     with warnings.catch_warnings():  # a source without georeferencing gives a file without it
                         warnings.simplefilter("ignore", NotGeoreferencedWarning)
                         ds = rasterio.open(temp, "w", **writer.profile(src.transform, src.crs))
-                write_blocks(ds, writer, finished)
+                if finished:
+                    writes.append(pool.submit(write_blocks, ds, writer, finished))
+                while writes and (len(writes) > WRITES_AHEAD or writes[0].done()):
+                    writes.popleft().result()  # raises a write's error here
+        while writes:
+            writes.popleft().result()
         if ds is None:
             raise InvalidArgumentError("preds has no windows; there is nothing to write")
         ds.close()
         os.replace(temp, path)
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # before the file is closed
         if ds is not None and not ds.closed:
             ds.close()
         temp.unlink(missing_ok=True)
