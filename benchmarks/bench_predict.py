@@ -7,7 +7,7 @@ pixel's class depends on which window it is taken from (the stitch matters); ``l
 batches of 8 on the CPU for both cases.
 
 Cases, each in its own process (so peak RSS is its own), run alternately ``--repeat`` times (the fastest
-run is shown):
+run is shown, and the throughput ratio of each interleaved pair):
 
 - the usual way: predict every window, write the argmax of its valid middle (the window minus half the
   overlap on each inner side) into one ``(H, W)`` uint8 array, write the GeoTIFF at the end;
@@ -20,8 +20,14 @@ peak RSS (target for lazytiles on 16384²: <= 500 MB; the usual way holds the wh
 cases share the streaming pipeline's memory (torch, batches in flight); ``--malloc glibc`` shows what
 glibc's dynamic mmap threshold adds to it (the heap it keeps after large arrays are freed).
 
+``--flat SIZE [SIZE ...]``: a single-class output of each size (131072 px square: the VRT case), to show
+peak RSS does not grow with the raster. The source is synthetic (one 1024-px tile, repeated: no file to
+read), the windows 1024 px with no overlap, the model one score per pixel; lazytiles only (the usual way
+would need SIZE² bytes). Each size in its own process; prints seconds, windows/s, peak RSS and the file.
+
     python benchmarks/bench_predict.py             # 16384 x 16384, 1849 windows
     python benchmarks/bench_predict.py --quick     # 2048 x 2048: a smoke test for the test suite
+    python benchmarks/bench_predict.py --flat 16384 131072
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -111,6 +118,49 @@ def lazy(scene: str, out: str) -> None:
 
 
 CASES = {"the usual way": usual, "lazytiles write_raster": lazy}
+FLAT_TILE = 1024
+
+
+def flat_source(size: int) -> object:
+    """A ``size``² one-band uint8 source whose every tile is the same 1024² array: no file, no decoding."""
+    import numpy as np
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from lazytiles.sources.base import TileSource
+
+    class Flat(TileSource):
+        def __init__(self) -> None:
+            self.crs, self.transform = CRS.from_epsg(32633), Affine(0.5, 0, 500_000, 0, -0.5, 5_000_000)
+            self.count, self.dtype, self.nodata = 1, np.dtype(np.uint8), None
+            self.tile_shape, self.height, self.width = (FLAT_TILE, FLAT_TILE), size, size
+            self._init_tiles(None)
+            self._tile = np.full((1, FLAT_TILE, FLAT_TILE), 200, np.uint8)
+            self._tile.flags.writeable = False
+
+        @property
+        def token(self) -> str:
+            return f"flat:{size}"
+
+        def _read_tile(self, key: object) -> np.ndarray:
+            return self._tile
+
+    return Flat()
+
+
+def flat(size: int, out: str) -> dict[str, float]:
+    """write_raster of a single-class output over a synthetic ``size``² source."""
+    import torch
+
+    import lazytiles as lt
+
+    class OneClass(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full((x.shape[0], 1, *x.shape[-2:]), 0.9)  # one score, >= 0.5 everywhere: class 1
+
+    wins = lt.windows(flat_source(size), size=FLAT_TILE, stride=FLAT_TILE, edge="pad")
+    lt.write_raster(lt.predict(OneClass(), wins, batch_size=4, progress=False), out, block=BLOCK, progress=False)
+    return {"windows": len(wins), "bytes": os.path.getsize(out)}
 
 
 def child(case: str, scene: str, out: str) -> None:
@@ -119,8 +169,42 @@ def child(case: str, scene: str, out: str) -> None:
 
     torch.set_num_threads(1)
     start, cpu = time.perf_counter(), cpu_seconds()
-    CASES[case](scene, out)
-    print(json.dumps({"seconds": time.perf_counter() - start, "cpu": cpu_seconds() - cpu, "rss": own_peak_rss_mb()}))
+    more = flat(int(scene), out) if case == "flat" else CASES[case](scene, out)
+    took = {"seconds": time.perf_counter() - start, "cpu": cpu_seconds() - cpu, "rss": own_peak_rss_mb()}
+    print(json.dumps({**took, **(more or {})}))
+
+
+def bigtiff(path: Path) -> bool:
+    """Whether ``path`` is a BigTIFF (64-bit offsets: past 4 GB), by its header."""
+    with open(path, "rb") as f:
+        return f.read(4) in (b"II+\x00", b"MM\x00+")
+
+
+def run_flat(sizes: list[int], env: dict[str, str]) -> int:
+    """The --flat cases: one process per size; peak RSS should not grow with the size."""
+    print(f"\n{'size':>8}{'windows':>9}{'seconds':>9}{'windows/s':>11}{'peak RSS MB':>13}{'file MB':>9}  BigTIFF")
+    with tempfile.TemporaryDirectory(prefix="bench-predict-flat-") as tmp:
+        for size in sizes:
+            out = Path(tmp) / f"flat-{size}.tif"
+            command = [sys.executable, __file__, "--case", "flat", "--scene", str(size), "--out", str(out)]
+            done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+            if done.returncode:
+                print(done.stdout + done.stderr, file=sys.stderr)
+                return 1
+            r = json.loads(done.stdout.splitlines()[-1])
+            print(
+                f"{size:>8}{r['windows']:>9.0f}{r['seconds']:>9.1f}{r['windows'] / r['seconds']:>11.1f}"
+                f"{r['rss']:>13.0f}{r['bytes'] / 1e6:>9.1f}  {'yes' if bigtiff(out) else 'no'}"
+            )
+            import rasterio
+
+            with rasterio.open(out) as ds:
+                corner = ds.read(1, window=((size - 300, size), (size - 300, size)))
+                if ds.shape != (size, size) or not (corner == 1).all():
+                    print(f"the {size}² file is not all class 1", file=sys.stderr)
+                    return 1
+            out.unlink()
+    return 0
 
 
 def same_pixels(a: Path, b: Path) -> bool:
@@ -150,13 +234,19 @@ def main() -> int:
         help="fixed (default): MALLOC_MMAP_THRESHOLD_=1 MiB in both cases' processes, so peak RSS counts the "
         "arrays alive, not the heap glibc keeps after 25-MB batches are freed; glibc: its dynamic threshold",
     )
-    p.add_argument("--case", choices=sorted(CASES), help=argparse.SUPPRESS)
+    p.add_argument("--flat", type=int, nargs="+", metavar="SIZE", help="single-class outputs of these sizes only")
+    p.add_argument("--case", choices=[*sorted(CASES), "flat"], help=argparse.SUPPRESS)
     p.add_argument("--scene", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.case:
         child(args.case, args.scene, args.out)
         return 0
+    env = dict(os.environ)
+    if args.malloc == "fixed":
+        env["MALLOC_MMAP_THRESHOLD_"] = str(2**20)
+    if args.flat:
+        return run_flat(args.flat, env)
     import rasterio
     import torch
     from _measure import write_cog
@@ -172,9 +262,6 @@ def main() -> int:
             f"lazytiles {lt.__version__}, {os.cpu_count()} CPUs; scene {size} x {size} px, {n} windows of {SIZE} px, "
             f"stride {STRIDE}, 3 classes, blocks of {BLOCK} px; malloc: {args.malloc}"
         )
-        env = dict(os.environ)
-        if args.malloc == "fixed":
-            env["MALLOC_MMAP_THRESHOLD_"] = str(2**20)
         results: dict[str, list[dict[str, float]]] = {case: [] for case in CASES}
         outputs = {case: Path(tmp) / f"{k}.tif" for k, case in enumerate(CASES)}
         for _ in range(1 if args.quick else args.repeat):  # alternately: a load that comes and goes hits both
@@ -190,6 +277,7 @@ def main() -> int:
                     print(done.stdout + done.stderr, file=sys.stderr)
                     return 1
                 results[case].append(json.loads(done.stdout.splitlines()[-1]))
+        pairs = [u["seconds"] / w["seconds"] for u, w in zip(*results.values())]  # each interleaved pair's ratio
         results = {case: [min(runs, key=lambda r: r["seconds"])] for case, runs in results.items()}  # the fastest
         base = results["the usual way"][0]["seconds"]
         print(f"\n{'case':<24}{'seconds':>9}{'windows/s':>11}{'ratio':>8}{'CPU s':>8}{'peak RSS MB':>13}")
@@ -198,6 +286,9 @@ def main() -> int:
                 f"{case:<24}{r['seconds']:>9.1f}{n / r['seconds']:>11.1f}{base / r['seconds']:>7.2f}x"
                 f"{r['cpu']:>8.1f}{r['rss']:>13.0f}"
             )
+        print(
+            f"ratio per interleaved pair: {', '.join(f'{r:.2f}' for r in pairs)} (median {statistics.median(pairs):.2f})"
+        )
         same = same_pixels(*outputs.values())
         print(f"\nsame raster in every case: {'yes' if same else 'NO'}")
         return 0 if same else 1

@@ -94,8 +94,8 @@ def parse_dense(out: Any, n: int, windows: Sequence[int], window_shape: tuple[in
             f"one whole factor (factors {rows / max(h, 1):g} and {cols / max(w, 1):g}); {DENSE_EXPECTED}"
         )
     if array.dtype.kind == "f":
-        with np.errstate(over="ignore"):
-            array = array.astype(np.float32)
+        with np.errstate(over="ignore"):  # a tensor's array is the model's own (the runner copies one sharing
+            array = array.astype(np.float32, copy=not isinstance(out, torch.Tensor))  # the input): kept as it is
         if not np.isfinite(array).all():
             bad = int(np.isfinite(array.reshape(n, -1)).all(axis=1).argmin())
             raise ModelOutputError(

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError, TileFetchError
 from ..windowing.sequence import WindowSequence
-from .pipeline import _Pipeline
+from .pipeline import Reduce, _Pipeline
 from .preprocess import Preprocess
 
 if TYPE_CHECKING:
@@ -203,7 +203,11 @@ class ModelSequence(Sequence[T], Generic[T]):
                 yield item
 
     def outcomes(
-        self, *, tolerate: tuple[type[BaseException], ...] = (TileFetchError,), progress: bool | None = None
+        self,
+        *,
+        tolerate: tuple[type[BaseException], ...] = (TileFetchError,),
+        progress: bool | None = None,
+        reduce: Reduce | None = None,
     ) -> Generator[tuple[int, T | None, str | None], None, None]:
         """Stream ``(window index, result | None, error message | None)`` per window, in order.
 
@@ -211,7 +215,9 @@ class ModelSequence(Sequence[T], Generic[T]):
         read, after the source's retries) yields ``(index, None, message)`` instead of ending the
         pass; other errors (a model bug) still raise. ``index`` is the window's :attr:`Window.index`,
         so a later run can retry just those: ``seq[failed]`` over the same windows. ``progress``
-        overrides the progress-bar option the sequence was made with.
+        overrides the progress-bar option the sequence was made with. ``reduce(index, result)``, when
+        given, runs on the model thread on each window's checked result (for ``lt.predict``, its array)
+        and its return value is what the pass carries on: a smaller one keeps less memory in flight.
 
         Examples
         --------
@@ -221,7 +227,7 @@ class ModelSequence(Sequence[T], Generic[T]):
         >>> [(i, len(d), err) for i, d, err in lt.detect(BlobDetector(), wins, progress=False).outcomes()]
         [(0, 0, None), (1, 0, None), (2, 0, None), (3, 0, None)]
         """
-        return self._stream(tuple(tolerate), progress=progress)
+        return self._stream(tuple(tolerate), progress=progress, reduce=reduce)
 
     def stats(self) -> dict[str, Any]:
         """Timings of the last streaming pass: ``windows``, ``batches``, ``seconds`` (wall),
@@ -230,14 +236,18 @@ class ModelSequence(Sequence[T], Generic[T]):
         return dict(self._shared.last_pass)
 
     def _stream(
-        self, tolerate: tuple[type[BaseException], ...], *, progress: bool | None = None
+        self,
+        tolerate: tuple[type[BaseException], ...],
+        *,
+        progress: bool | None = None,
+        reduce: Reduce | None = None,
     ) -> Generator[tuple[int, T | None, str | None], None, None]:
         if not len(self._wins):
             return
         from tqdm.auto import tqdm
 
         opts = self._shared.options
-        pipe = _Pipeline(self._runner(), self._wins, opts, tolerate)
+        pipe = _Pipeline(self._runner(), self._wins, opts, tolerate, reduce)
         show = opts["progress"] if progress is None else progress
         bar = tqdm(total=len(self._wins), unit="win", desc=self._verb) if show else None
         try:

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from .runner import ModelRunner
 
 _Slot = tuple[int, Any, Any, "str | None"]  # index, pixel window, result (None: unread), error
+#: Applied on the model thread to each window's checked result: ``reduce(window index, result)``.
+Reduce = Callable[[int, Any], Any]
 
 
 class _Pipeline:
@@ -43,8 +45,10 @@ class _Pipeline:
         wins: WindowSequence,
         options: dict[str, Any],
         tolerate: tuple[type[BaseException], ...],
+        reduce: Reduce | None = None,
     ) -> None:
         self._runner, self._wins, self._bs, self._tolerate = runner, wins, options["batch_size"], tolerate
+        self._reduce = reduce
         workers = options["workers"]
         self._indices = np.asarray(wins.indices)
         self._depth = max(2, math.ceil(2 * workers / self._bs))  # batches read ahead of the model
@@ -172,6 +176,8 @@ class _Pipeline:
                     started = time.perf_counter()
                     batch = tensor[: len(slots)] if len(ok) == len(slots) else tensor[ok]
                     results = self._runner.run(batch, [slots[k][0] for k in ok])
+                    if self._reduce is not None:  # here, so that only the reduced results wait in the queue
+                        results = [self._reduce(slots[k][0], result) for k, result in zip(ok, results)]
                     self._times["model_seconds"] += time.perf_counter() - started
                     for k, result in zip(ok, results):
                         slots[k] = (slots[k][0], slots[k][1], result, None)

@@ -139,6 +139,11 @@ def parse_outputs(out: Any, n: int, windows: Sequence[int]) -> list[ImageResult]
     return results
 
 
+def _shares(a: Tensor, b: Tensor) -> bool:
+    """Whether tensors ``a`` and ``b`` lie in the same memory (a view of the other, or of one storage)."""
+    return bool(a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())
+
+
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
 
@@ -270,6 +275,8 @@ class ModelRunner:
                 raise WorkerError(
                     f"the model raised {type(err).__name__} on the batch of windows {_span(windows)}: {err}"
                 ) from err
+            if isinstance(out, Tensor) and out.device == x.device and _shares(out, x):
+                out = out.clone()  # the batch is refilled while the results are used: parse may keep views
             results = self.parse(out, len(windows), windows)
             if self.cuda:
                 copied.synchronize()  # the pinned buffer may be refilled only after its copy finished

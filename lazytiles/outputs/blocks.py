@@ -8,14 +8,14 @@ The result does not depend on the order windows arrive in:
 
 - ``blend="center"``: each output pixel comes from the window whose centre is nearest (Euclidean, in
   exact integer arithmetic), ties broken by the lower window index;
-- ``blend="mean"``: the float32 average of the windows covering the pixel, summed in window-index order.
+- ``blend="mean"``: the float32 average of the windows covering the pixel, summed in window-index order,
+  optionally weighted by a per-pixel weight of the window (:func:`taper`: the middle counts most).
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -72,6 +72,57 @@ def output_grid(rects: np.ndarray, raster_shape: tuple[int, int], factor: int, b
     return OutputGrid(c0, r0, factor, math.ceil((c1 - c0) / factor), math.ceil((r1 - r0) / factor), block)
 
 
+def taper(height: int, width: int) -> np.ndarray:
+    """Weights ``(height, width)`` float32 falling linearly from 1 in a window's middle to ``1/ceil(n/2)``
+    at its edges (a pyramid; never 0, so a pixel only one window covers keeps its value)."""
+
+    def ramp(n: int) -> np.ndarray:
+        i = np.arange(n)
+        return (np.minimum(i, n - 1 - i) + 1) / math.ceil(n / 2)
+
+    weights: np.ndarray = np.outer(ramp(height), ramp(width)).astype(np.float32)
+    return weights
+
+
+class Touching(Mapping[BlockKey, list[int]]):
+    """The windows touching each block (positions, in sequence order), for the blocks some window touches.
+
+    Held as two flat arrays (an offset per block, a position per window and block it touches), about
+    8 bytes per block: a 131072² raster of 256-px blocks (262144 of them) needs 2 MB, not the hundreds
+    a dict of lists would.
+    """
+
+    def __init__(self, grid: OutputGrid, rects: np.ndarray) -> None:
+        self.shape = grid.blocks
+        b = grid.block
+        live = np.flatnonzero((rects[:, 2] > rects[:, 0]) & (rects[:, 3] > rects[:, 1]))
+        r0, c0 = rects[live, 1] // b, rects[live, 0] // b
+        rn, cn = (rects[live, 3] - 1) // b - r0 + 1, (rects[live, 2] - 1) // b - c0 + 1
+        per = rn * cn  # blocks each live window touches
+        owner = np.repeat(np.arange(len(live)), per)
+        k = np.arange(int(per.sum())) - np.repeat(np.cumsum(per) - per, per)  # which of its blocks
+        block = (r0[owner] + k // cn[owner]) * self.shape[1] + c0[owner] + k % cn[owner]
+        order = np.argsort(block, kind="stable")  # by block, then position
+        self.positions = live[owner[order]].astype(np.int32)
+        counts = np.bincount(block, minlength=self.shape[0] * self.shape[1])
+        self.counts = counts.reshape(self.shape).astype(np.int32)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def __getitem__(self, key: BlockKey) -> list[int]:
+        br, bc = key
+        if not (0 <= br < self.shape[0] and 0 <= bc < self.shape[1]) or not self.counts[br, bc]:
+            raise KeyError(key)
+        i = br * self.shape[1] + bc
+        positions: list[int] = self.positions[self.offsets[i] : self.offsets[i + 1]].tolist()
+        return positions
+
+    def __iter__(self) -> Iterator[BlockKey]:
+        yield from ((br, bc) for br, bc in np.argwhere(self.counts > 0).tolist())
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self.counts))
+
+
 class BlockPlan:
     """Which windows touch each block of ``grid``: from the windows' rectangles, no pixels.
 
@@ -93,14 +144,7 @@ class BlockPlan:
         out[:, 3] = np.minimum(out[:, 3], grid.height)
         self.rects = out
         self.indices = np.asarray(indices, np.int64)
-        self.touching: dict[BlockKey, list[int]] = defaultdict(list)
-        b = grid.block
-        for position, (x0, y0, x1, y1) in enumerate(out.tolist()):
-            if x1 <= x0 or y1 <= y0:
-                continue
-            for br in range(y0 // b, (y1 - 1) // b + 1):
-                for bc in range(x0 // b, (x1 - 1) // b + 1):
-                    self.touching[(br, bc)].append(position)
+        self.touching = Touching(grid, out)
 
     def blocks_of(self, position: int) -> list[BlockKey]:
         """The blocks window ``position`` touches."""
@@ -122,14 +166,16 @@ class BlockPlan:
         return inner, data[:, by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0]
 
     def owners(self, key: BlockKey) -> np.ndarray:
-        """The position of the window each pixel of block ``key`` comes from with ``blend="center"``
-        (-1 where none covers it): the nearest centre, ties to the lower window index."""
+        """The window each pixel of block ``key`` comes from with ``blend="center"``, as its place in
+        ``touching[key]`` (-1 where none covers it): the nearest centre, ties to the lower window index.
+        int8 for up to 127 windows (the owners of the blocks in memory are much of the stitcher's memory)."""
         col, row, width, height = self.grid.block_window(key)
         ys = 2 * np.arange(row, row + height, dtype=np.int64)[:, None] + 1  # doubled pixel centres
         xs = 2 * np.arange(col, col + width, dtype=np.int64)[None, :] + 1
-        owner = np.full((height, width), -1, np.int32)
+        touching = self.touching.get(key, [])
+        owner = np.full((height, width), -1, np.int8 if len(touching) < 2**7 else np.int32)
         best = np.full((height, width), np.iinfo(np.int64).max, np.int64)
-        for position in sorted(self.touching.get(key, []), key=lambda p: int(self.indices[p])):
+        for place, position in sorted(enumerate(touching), key=lambda t: int(self.indices[t[1]])):
             x0, y0, x1, y1 = self.rects[position].tolist()
             fx0, fy0, fx1, fy1 = self.full[position].tolist()
             r0, r1 = max(y0, row) - row, min(y1, row + height) - row  # the part of the block it covers
@@ -140,7 +186,7 @@ class BlockPlan:
             dist = dy * dy + dx * dx
             near = best[r0:r1, c0:c1]
             better = dist < near  # strictly: an equal distance keeps the lower index
-            np.copyto(owner[r0:r1, c0:c1], position, where=better)
+            np.copyto(owner[r0:r1, c0:c1], place, where=better)
             np.minimum(near, dist, out=near)
         return owner
 
@@ -157,15 +203,21 @@ class _MeanBlock:
         self.order, self.cursor = order, 0
         self.total = np.zeros((bands, height, width), np.float32)
         self.count = np.zeros((height, width), np.float32)
-        self.parked: dict[int, tuple[tuple[slice, slice], np.ndarray]] = {}
+        self.parked: dict[int, tuple[tuple[slice, slice], np.ndarray, np.ndarray | None]] = {}
 
-    def add(self, position: int, inner: tuple[slice, slice], piece: np.ndarray) -> None:
-        self.parked[position] = (inner, piece)
+    def add(self, position: int, inner: tuple[slice, slice], piece: np.ndarray, weight: np.ndarray | None) -> None:
+        """Add window ``position``'s ``piece`` at ``inner``, times ``weight`` (its part of the window's weights;
+        None: 1) when its turn comes."""
+        self.parked[position] = (inner, piece, weight)
         while self.cursor < len(self.order) and self.order[self.cursor] in self.parked:
-            where, values = self.parked.pop(self.order[self.cursor])
+            where, values, w = self.parked.pop(self.order[self.cursor])
             self.cursor += 1
-            self.total[(slice(None), *where)] += values
-            self.count[where] += 1
+            if w is None:
+                self.total[(slice(None), *where)] += values
+                self.count[where] += 1
+            else:
+                self.total[(slice(None), *where)] += values * w
+                self.count[where] += w
 
     def mean(self, fill: float) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -190,6 +242,8 @@ class Stitcher:
         ``"center"`` or ``"mean"`` (see the module's docstring).
     fill
         The value of pixels no window covers.
+    weights
+        ``blend="mean"``: each window's per-pixel weights ``(h, w)`` (positive, float32); None: all 1.
     """
 
     def __init__(
@@ -200,11 +254,13 @@ class Stitcher:
         blend: Blend,
         fill: float,
         convert: Callable[[np.ndarray], np.ndarray] | None = None,
+        weights: np.ndarray | None = None,
     ) -> None:
         self.plan, self.bands, self.blend, self.fill = plan, bands, blend, fill
+        self.weights = None if weights is None else np.asarray(weights, np.float32)[None]
         self.dtype = np.dtype(np.float32) if blend == "mean" else np.dtype(dtype)
         self.convert = convert
-        self.remaining = {key: len(ps) for key, ps in plan.touching.items()}
+        self.remaining = plan.touching.counts.copy()  # per block: windows still to come
         self._center: dict[BlockKey, tuple[np.ndarray, np.ndarray]] = {}  # buffer, owners
         self._mean: dict[BlockKey, _MeanBlock] = {}
         self.max_held = 0
@@ -219,7 +275,7 @@ class Stitcher:
         ``(key, (bands, bh, bw) array)``."""
         finished = []
         for key in self.plan.blocks_of(position):
-            if self.remaining.get(key, 0) > 0:  # else finished before, or stitched elsewhere
+            if self.remaining[key] > 0:  # else finished before, or stitched elsewhere
                 block = self.take(key, position, *self.plan.piece(position, key, data))
                 if block is not None:
                     finished.append((key, block))
@@ -230,7 +286,7 @@ class Stitcher:
         when that was the last window touching it."""
         if self.blend == "center":
             buffer, owners = self._center_block(key)
-            mine = owners[inner] == position
+            mine = owners[inner] == self.plan.touching[key].index(position)
             rows, cols = np.flatnonzero(mine.any(axis=1)), np.flatnonzero(mine.any(axis=0))
             if len(rows) and mine[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all():  # a rectangle: slices
                 part = (slice(None), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
@@ -245,7 +301,8 @@ class Stitcher:
                 _, _, width, height = self.plan.grid.block_window(key)
                 order = sorted(self.plan.touching[key], key=lambda p: int(self.plan.indices[p]))
                 block = self._mean[key] = _MeanBlock(order, self.bands, height, width)
-            block.add(position, inner, piece.astype(np.float32))
+            weight = None if self.weights is None else self.plan.piece(position, key, self.weights)[1][0]
+            block.add(position, inner, piece.astype(np.float32), weight)
         self.max_held = max(self.max_held, self.held)
         self.remaining[key] -= 1
         return self._finish(key) if self.remaining[key] == 0 else None
@@ -263,4 +320,4 @@ class Stitcher:
         return self._mean.pop(key).mean(self.fill)
 
 
-__all__ = ["Blend", "BlockKey", "BlockPlan", "OutputGrid", "Stitcher", "output_grid"]
+__all__ = ["Blend", "BlockKey", "BlockPlan", "OutputGrid", "Stitcher", "Touching", "output_grid", "taper"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,9 +23,11 @@ from ..detection.dense import Prediction, PredictionSequence
 from ..errors import InvalidArgumentError, ModelOutputError
 from ..merging.window_table import WindowTable
 from ..windowing.sequence import WindowSequence
-from .blocks import Blend, BlockKey, BlockPlan, OutputGrid, Stitcher, output_grid
+from .blocks import Blend, BlockKey, BlockPlan, OutputGrid, Stitcher, output_grid, taper
 
 Output = Literal["labels", "scores"]
+#: Windows whose finished blocks may wait for the writing thread.
+WRITES_AHEAD = 16
 
 
 @dataclass(frozen=True)
@@ -41,10 +45,48 @@ class Layout:
         return cls(prediction.factor, 1 if data.ndim == 2 else int(data.shape[0]), prediction.labels)
 
 
-def check_options(blend: Any, output: Any, dtype: Any, nodata: Any, block: Any) -> None:
+class ToLabels:
+    """Scores to labels (``output="labels"``, ``blend="center"``) as each batch leaves the model: what the
+    pipeline then queues and the stitcher takes is one small integer array per window, not K float32
+    bands. The argmax of a pixel is the same whichever window part it is taken for, so the file is too.
+    Called on the model thread; :attr:`seen` is the first window's ``(bands, labels)``."""
+
+    def __init__(self) -> None:
+        self.seen: tuple[int, bool] | None = None
+
+    def __call__(self, index: int, data: np.ndarray) -> np.ndarray:
+        kind = (1 if data.ndim == 2 else int(data.shape[0]), data.dtype.kind in "iub")
+        if self.seen is None:
+            self.seen = kind
+        elif kind != self.seen:
+            raise ModelOutputError(
+                f"window {index} has a prediction of shape {data.shape} and dtype {data.dtype}, unlike the first "
+                f"window's ({self.seen[0]} bands of {'labels' if self.seen[1] else 'scores'}); a dense model must "
+                "return one shape for every window"
+            )
+        if kind[1]:
+            return data  # the model's labels, checked against the file's dtype when stitched
+        scores = data if data.ndim == 3 else data[None]
+        return scores[0] >= 0.5 if kind[0] == 1 else first_argmax(scores)
+
+
+def check_options(blend: Any, output: Any, dtype: Any, nodata: Any, block: Any, weights: Any = None) -> None:
     """An error naming the bad one of ``write_raster``'s options."""
     if blend not in ("center", "mean"):
         raise InvalidArgumentError(f"blend must be 'center' or 'mean', got {blend!r}")
+    if weights is not None:
+        if blend != "mean":
+            raise InvalidArgumentError("weights apply to blend='mean' only; pass weights=None with blend='center'")
+        if isinstance(weights, str):
+            if weights != "taper":
+                raise InvalidArgumentError(f"weights must be 'taper', an array (h, w) or None, got {weights!r}")
+        else:
+            array = np.asarray(weights)
+            if array.ndim != 2 or array.dtype.kind not in "fiu" or not (np.isfinite(array) & (array > 0)).all():
+                raise InvalidArgumentError(
+                    f"weights must be 'taper' or an array (h, w) of positive finite numbers, one per pixel of a "
+                    f"window's output, got {'an array of shape ' + str(array.shape) if array.ndim else repr(weights)}"
+                )
     if output not in ("labels", "scores"):
         raise InvalidArgumentError(
             f"output must be 'labels' (one band of classes) or 'scores' (K bands), got {output!r}"
@@ -79,8 +121,10 @@ class BlockWriter:
         dtype: Any,
         nodata: float | None,
         block: int,
+        weights: Any = None,
     ) -> None:
-        check_options(blend, output, dtype, nodata, block)
+        check_options(blend, output, dtype, nodata, block, weights)
+        self.weights = weights
         self.table, self.raster_shape = table, raster_shape
         self.blend, self.output, self.nodata, self.block = blend, output, nodata, block
         self._dtype: np.dtype | None = None if dtype is None else np.dtype(dtype)
@@ -88,6 +132,14 @@ class BlockWriter:
         self.grid: OutputGrid | None = None
         self.plan: BlockPlan | None = None
         self.stitcher: Stitcher | None = None
+        self.reduce: ToLabels | None = None
+
+    def reducing(self) -> ToLabels | None:
+        """Take predictions reduced to labels on the model thread from now on (``blend="center"``,
+        ``output="labels"``): the ``reduce`` to pass ``outcomes``; None for other options (nothing changes)."""
+        if self.blend == "center" and self.output == "labels" and self.layout is None:
+            self.reduce = ToLabels()
+        return self.reduce
 
     def start(self, layout: Layout) -> None:
         """Fix the layout: the output grid, the block plan, the stitcher."""
@@ -103,9 +155,27 @@ class BlockWriter:
         if self.blend == "center":  # each pixel from one window: stitch the file's pixels, converted already
             empty = np.nan if self.output == "scores" else 0
             fill = empty if self.nodata is None else self.nodata
-            self.stitcher = Stitcher(self.plan, self.count, self.dtype, "center", fill, self.convert)
+            reduced = self.reduce is not None and not layout.labels  # labels already: the buffer casts them
+            convert = None if reduced else self.convert
+            self.stitcher = Stitcher(self.plan, self.count, self.dtype, "center", fill, convert)
         else:
-            self.stitcher = Stitcher(self.plan, layout.bands, np.dtype(np.float32), "mean", np.nan)
+            weights = self._window_weights(layout.factor)
+            self.stitcher = Stitcher(self.plan, layout.bands, np.dtype(np.float32), "mean", np.nan, weights=weights)
+
+    def _window_weights(self, factor: int) -> np.ndarray | None:
+        """The weights of a window's output pixels ``(h, w)`` for ``blend="mean"``; None: all 1."""
+        if self.weights is None:
+            return None
+        shape = (int(self.table.rects[0, 3]) // factor, int(self.table.rects[0, 2]) // factor)
+        if isinstance(self.weights, str):
+            return taper(*shape)
+        weights = np.asarray(self.weights, np.float32)
+        if weights.shape != shape:
+            raise InvalidArgumentError(
+                f"weights have shape {weights.shape}, but a window's output is {shape[0]} x {shape[1]} pixels; "
+                "pass an array of that shape, or weights='taper'"
+            )
+        return weights
 
     @property
     def dtype(self) -> np.dtype:
@@ -130,10 +200,13 @@ class BlockWriter:
 
     def add(self, position: int, prediction: Prediction) -> list[tuple[BlockKey, np.ndarray]]:
         """Take the prediction of the window at ``position``; the blocks it finished, in the file's format."""
+        layout = Layout.of(prediction)
+        if self.reduce is not None and self.reduce.seen is not None:  # reduced to labels: as the model gave it
+            layout = Layout(layout.factor, *self.reduce.seen)
         if self.layout is None:
-            self.start(Layout.of(prediction))
+            self.start(layout)
         assert self.stitcher is not None and self.layout is not None
-        if Layout.of(prediction) != self.layout:
+        if layout != self.layout:
             raise ModelOutputError(
                 f"window {prediction.index} has a prediction of shape {prediction.data.shape}, unlike the "
                 f"first window's ({self.layout}); a dense model must return one shape for every window"
@@ -221,6 +294,7 @@ def write_raster(
     dtype: Any = None,
     nodata: float | None = None,
     block: int = 256,
+    weights: Any = None,
     progress: bool = True,
 ) -> Path:
     """Stitch window predictions into a tiled GeoTIFF, writing each block as soon as it is finished.
@@ -249,6 +323,11 @@ def write_raster(
         scores NaN (the tag).
     block
         GeoTIFF tile size in output pixels (a multiple of 16).
+    weights
+        ``blend="mean"`` only: how much each pixel of a window counts, ``sum(weight * score) / sum(weight)``.
+        None: all equally. ``"taper"``: falling linearly from the window's middle to its edges (edge
+        pixels, which see least context, count least). Or an array ``(h, w)`` of positive numbers, the
+        shape of one window's output.
     progress
         Show a progress bar (tqdm) over the windows.
 
@@ -282,7 +361,14 @@ def write_raster(
     src = wins.source
     table = WindowTable.of(wins)
     writer = BlockWriter(
-        table, (src.height, src.width), blend=blend, output=output, dtype=dtype, nodata=nodata, block=block
+        table,
+        (src.height, src.width),
+        blend=blend,
+        output=output,
+        dtype=dtype,
+        nodata=nodata,
+        block=block,
+        weights=weights,
     )
     path = Path(path)
     temp = partial_path(path)
@@ -290,8 +376,13 @@ def write_raster(
     from rasterio.errors import NotGeoreferencedWarning
 
     ds = None
+    # one thread compresses and writes blocks (GDAL lets go of the GIL) while this one stitches; at most
+    # WRITES_AHEAD windows' blocks wait for it
+    writes: deque[Future[None]] = deque()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="lazytiles-write")
     try:
-        with contextlib.closing(preds.outcomes(tolerate=(), progress=progress)) as stream:
+        stream = preds.outcomes(tolerate=(), progress=progress, reduce=writer.reducing())
+        with contextlib.closing(stream):
             for position, (_, prediction, _) in enumerate(stream):
                 assert prediction is not None  # nothing is tolerated: a window that cannot be read raised
                 finished = writer.add(position, prediction)
@@ -299,12 +390,18 @@ def write_raster(
                     with warnings.catch_warnings():  # a source without georeferencing gives a file without it
                         warnings.simplefilter("ignore", NotGeoreferencedWarning)
                         ds = rasterio.open(temp, "w", **writer.profile(src.transform, src.crs))
-                write_blocks(ds, writer, finished)
+                if finished:
+                    writes.append(pool.submit(write_blocks, ds, writer, finished))
+                while writes and (len(writes) > WRITES_AHEAD or writes[0].done()):
+                    writes.popleft().result()  # raises a write's error here
+        while writes:
+            writes.popleft().result()
         if ds is None:
             raise InvalidArgumentError("preds has no windows; there is nothing to write")
         ds.close()
         os.replace(temp, path)
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # before the file is closed
         if ds is not None and not ds.closed:
             ds.close()
         temp.unlink(missing_ok=True)
@@ -325,6 +422,7 @@ __all__ = [
     "BlockWriter",
     "Layout",
     "Output",
+    "ToLabels",
     "check_options",
     "first_argmax",
     "partial_path",

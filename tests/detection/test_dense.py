@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -59,6 +60,36 @@ def test_streaming_equals_random_access_in_batches(ramp_wins):
         assert_array_equal(streamed[i].data, preds[i].data)
     sub = preds[3:6]
     assert isinstance(sub, lt.PredictionSequence) and [p.index for p in sub] == [3, 4, 5]
+
+
+class Band0(torch.nn.Module):
+    """Returns a view of its input batch: the pipeline refills that batch, so the runner must copy it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0]
+
+
+def test_an_output_sharing_the_input_batch_is_copied(ramp_wins):
+    image, wins = ramp_wins
+    streamed = list(lt.predict(Band0(), wins, batch_size=4, workers=2, progress=False))
+    for p in streamed:
+        c, r = int(p.window.col_off), int(p.window.row_off)
+        np.testing.assert_allclose(p.data, image[0, r : r + 32, c : c + 32] / 255, rtol=1e-6)
+
+
+def test_reduce_runs_on_each_result_before_it_is_queued(ramp_wins):
+    _, wins = ramp_wins
+    preds = lt.predict(Counting(), wins, batch_size=4, progress=False)
+    seen = []
+
+    def reduce(index, data):
+        seen.append((index, threading.current_thread().name))
+        return data > 5
+
+    out = list(preds.outcomes(reduce=reduce))
+    assert [i for i, _ in seen] == [i for i, _, _ in out] == list(range(len(wins)))
+    assert {name for _, name in seen} == {"lazytiles-model"}
+    assert_array_equal(out[4][1].data, preds[4].data > 5)
 
 
 def test_a_coarser_output_grid_scales_the_transform():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import rasterio
@@ -14,6 +16,7 @@ from numpy.testing import assert_array_equal
 import lazytiles as lt
 from lazytiles.detection.models import ColourSegmenter
 from lazytiles.merging.window_table import WindowTable
+from lazytiles.outputs.blocks import BlockPlan, OutputGrid, taper
 from lazytiles.outputs.raster import BlockWriter
 from lazytiles.testing.sample import sample_classes, sample_scene
 
@@ -48,9 +51,10 @@ class Scores(torch.nn.Module):
         return out
 
 
-def stitched_in_memory(preds: list[lt.Prediction], shape: tuple[int, int], blend: str, factor: int = 1):
+def stitched_in_memory(preds: list[lt.Prediction], shape: tuple[int, int], blend: str, factor: int = 1, weights=None):
     """The oracle: the whole raster in memory. center: for every pixel, the covering window with the
-    nearest centre (float distance), the lower index on ties; mean: float32 sum in index order / count."""
+    nearest centre (float distance), the lower index on ties; mean: float32 sum in index order / count,
+    or with ``weights`` (h, w): sum of weight * score / sum of weights."""
     k = preds[0].data.shape[0]
     height, width = shape
     rows = np.arange(height)[:, None] + 0.5
@@ -75,9 +79,13 @@ def stitched_in_memory(preds: list[lt.Prediction], shape: tuple[int, int], blend
             full = np.full((k, height, width), np.nan, np.float32)
             full[:, r0 : r0 + ch, c0 : c0 + cw] = cut
             out[:, win] = full[:, win]
-        else:
+        elif weights is None:
             out[:, r0 : r0 + ch, c0 : c0 + cw] += cut
             count[r0 : r0 + ch, c0 : c0 + cw] += 1
+        else:
+            w = weights[:ch, :cw]
+            out[:, r0 : r0 + ch, c0 : c0 + cw] += cut * w
+            count[r0 : r0 + ch, c0 : c0 + cw] += w
     if blend == "mean":
         with np.errstate(invalid="ignore"):
             out = out / count
@@ -91,13 +99,14 @@ def ramp_source(height: int = 150, width: int = 200) -> lt.ArraySource:
 
 def assemble(writer: BlockWriter, order, preds):
     """Feed ``preds`` to ``writer`` in ``order``; the raster from the blocks it finishes (NaN where no
-    block is written, as GDAL fills a float file whose nodata is NaN)."""
+    block is written, as GDAL fills a float file whose nodata is NaN; 0 for labels)."""
     out = None
     for position in order:
         for key, block in writer.add(position, preds[position]):
             grid = writer.grid
             if out is None:
-                out = np.full((block.shape[0], grid.height, grid.width), np.nan, block.dtype)
+                empty = np.nan if block.dtype.kind == "f" else 0
+                out = np.full((block.shape[0], grid.height, grid.width), empty, block.dtype)
             col, row, w, h = grid.block_window(key)
             out[:, row : row + h, col : col + w] = block
     return out
@@ -137,8 +146,9 @@ def test_the_file_equals_an_in_memory_stitch(tmp_path, blend, factor):
     size=st.integers(8, 30),
     stride=st.integers(4, 30),
     block=st.sampled_from([16, 32]),
+    tapered=st.booleans(),
 )
-def test_any_arrival_order_gives_the_same_raster(data, blend, size, stride, block):
+def test_any_arrival_order_gives_the_same_raster(data, blend, size, stride, block, tapered):
     src = ramp_source(70, 90)
     wins = lt.windows(src, size=size, stride=min(stride, size), edge="pad")
     keep = data.draw(st.lists(st.booleans(), min_size=len(wins), max_size=len(wins)).filter(any))
@@ -146,14 +156,91 @@ def test_any_arrival_order_gives_the_same_raster(data, blend, size, stride, bloc
     preds = list(lt.predict(Scores(), wins, batch_size=16, progress=False))
     order = data.draw(st.permutations(range(len(preds))))
 
+    weights = "taper" if tapered and blend == "mean" else None
+
     def writer():
         return BlockWriter(
-            WindowTable.of(wins), (70, 90), blend=blend, output="scores", dtype=None, nodata=None, block=block
+            WindowTable.of(wins),
+            (70, 90),
+            blend=blend,
+            output="scores",
+            dtype=None,
+            nodata=None,
+            block=block,
+            weights=weights,
         )
 
     rows, cols = windows_area(preds, (70, 90))
-    assert_array_equal(assemble(writer(), order, preds), stitched_in_memory(preds, (70, 90), blend)[:, rows, cols])
+    oracle = stitched_in_memory(preds, (70, 90), blend, weights=None if weights is None else taper(size, size))
+    assert_array_equal(assemble(writer(), order, preds), oracle[:, rows, cols])
     assert_array_equal(assemble(writer(), order, preds), assemble(writer(), range(len(preds)), preds))
+
+
+@settings(max_examples=10, deadline=None)
+@given(order=st.permutations(range(20)), k=st.sampled_from([1, 3]))
+def test_labels_reduced_on_the_model_thread_are_stitched_like_scores(order, k):
+    """write_raster's path for labels with blend='center': each window's scores become labels as the
+    batch leaves the model (ToLabels); the blocks equal those stitched from the scores, in any order."""
+    wins = lt.windows(ramp_source(70, 90), size=24, stride=17, edge="pad")
+    assert len(wins) == 20
+    preds = list(lt.predict(Scores(), wins, batch_size=8, progress=False))
+    if k == 1:
+        preds = [dataclasses.replace(p, data=p.data[:1] / 255) for p in preds]  # one score: >= 0.5 is class 1
+
+    def writer():
+        return BlockWriter(
+            WindowTable.of(wins), (70, 90), blend="center", output="labels", dtype=None, nodata=None, block=16
+        )
+
+    reducing = writer()
+    reduce = reducing.reducing()
+    reduced = [dataclasses.replace(p, data=reduce(p.index, p.data)) for p in preds]
+    assert reduced[0].data.shape == (24, 24) and reduced[0].data.dtype == (np.uint8 if k == 3 else bool)
+    assert_array_equal(assemble(reducing, order, reduced), assemble(writer(), range(20), preds))
+    assert reducing.layout.bands == k and not reducing.layout.labels
+    with pytest.raises(lt.ModelOutputError, match="window 3 has a prediction of shape"):
+        reduce(3, np.zeros((2, 24, 24), np.float32))
+
+
+def test_weighted_mean_in_the_file_and_bad_weights(tmp_path):
+    src = ramp_source()
+    wins = lt.windows(src, size=40, stride=26, edge="pad")
+    preds = lt.predict(Scores(), wins, batch_size=4, progress=False)
+    weights = np.random.default_rng(1).uniform(0.1, 2, (40, 40))
+    oracle = stitched_in_memory(list(preds), (150, 200), "mean", weights=weights.astype(np.float32))
+    path = lt.write_raster(preds, tmp_path / "w.tif", blend="mean", output="scores", weights=weights, progress=False)
+    with rasterio.open(path) as ds:
+        assert_array_equal(ds.read(), oracle)
+        assert not np.array_equal(ds.read(), stitched_in_memory(list(preds), (150, 200), "mean"))
+    expected = np.outer([0.5, 1, 1, 0.5], np.array([1, 2, 3, 2, 1]) / 3)
+    np.testing.assert_allclose(taper(4, 5), expected, rtol=1e-6)
+    for bad, match in [
+        ("gauss", "weights must be 'taper'"),
+        (np.zeros((40, 40)), "positive finite"),
+        (np.ones(40), "shape \\(40,\\)"),
+        (np.ones((20, 40)), "weights have shape \\(20, 40\\), but a window's output is 40 x 40"),
+    ]:
+        with pytest.raises(lt.InvalidArgumentError, match=match):
+            lt.write_raster(preds, tmp_path / "x.tif", blend="mean", weights=bad, progress=False)
+    with pytest.raises(lt.InvalidArgumentError, match="blend='mean' only"):
+        lt.write_raster(preds, tmp_path / "x.tif", weights="taper", progress=False)
+
+
+def test_the_windows_touching_each_block_match_a_brute_force_search():
+    rng = np.random.default_rng(3)
+    grid = OutputGrid(0, 0, 1, 100, 70, 16)
+    rects = rng.integers(-20, 110, (60, 4))
+    rects[:, 2:] = rects[:, :2] + rng.integers(0, 40, (60, 2))  # x1, y1; some empty
+    plan = BlockPlan(grid, np.column_stack([rects[:, :2], rects[:, 2:] - rects[:, :2]]), np.arange(60))
+    brute = {}
+    for key in np.ndindex(*grid.blocks):
+        col, row, w, h = grid.block_window(key)
+        x0, y0, x1, y1 = plan.rects.T
+        hit = (x0 < col + w) & (x1 > col) & (y0 < row + h) & (y1 > row) & (x1 > x0) & (y1 > y0)
+        if hit.any():
+            brute[key] = np.flatnonzero(hit).tolist()
+    assert dict(plan.touching) == brute and len(plan.touching) == len(brute)
+    assert all(plan.touching.get(key) is None for key in np.ndindex(*grid.blocks) if key not in brute)
 
 
 def test_only_blocks_that_windows_to_come_touch_are_held():
