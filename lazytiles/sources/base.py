@@ -50,9 +50,12 @@ class FetchPool:
     the tile loads it again (or waits for the load in progress) and raises the error itself.
     """
 
-    def __init__(self, workers: int, name: str) -> None:
+    #: Every pool's threads are named ``lazytiles-fetch-<kind>-<n>``: they live as long as their source.
+    THREAD_PREFIX = "lazytiles-fetch-"
+
+    def __init__(self, workers: int, kind: str) -> None:
         self.workers = workers
-        self.name = name
+        self.name = self.THREAD_PREFIX + kind
         self._pid: int | None = None
 
     def _pool(self) -> ThreadPoolExecutor:

@@ -197,7 +197,7 @@ class RasterSource(TileSource):
             raise InvalidArgumentError(f"max_connections must be a positive int, got {max_connections!r}")
         self._max_connections = max_connections
         self.remote = network
-        self._pool = FetchPool(max_connections or (16 if network else min(4, os.cpu_count() or 1)), "lazytiles-raster")
+        self._pool = FetchPool(max_connections or (16 if network else min(4, os.cpu_count() or 1)), "raster")
         self._gdal_cache_bytes = gdal_cache_bytes
         self._local = threading.local()  # one GDAL handle per thread
         _cap_gdal_block_cache(gdal_cache_bytes)

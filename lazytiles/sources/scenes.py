@@ -172,7 +172,7 @@ class MosaicSource(TileSource):
         self._uses_lock = threading.Lock()
         self.remote = any(s.remote for s in scenes)
         self.needs_area = any(s.needs_area for s in scenes)  # a tile service's world
-        self._pool = FetchPool(min(4, os.cpu_count() or 1), "lazytiles-mosaic")
+        self._pool = FetchPool(min(4, os.cpu_count() or 1), "mosaic")
         recipe = "\n".join(
             [json_grid(self.crs, self.transform, self.width, self.height), self.resampling, repr(self.tile_shape)]
             + [f"{self.labels[i]}|{scenes[i].token}" for i in self.priority]

@@ -223,7 +223,7 @@ class WarpedSource(TileSource):
         self.count, self.dtype, self.nodata = parent.count, np.dtype(parent.dtype), parent.nodata
         self.tile_shape = _tile_shape(tile_shape)
         self.remote, self.needs_area = parent.remote, parent.needs_area
-        self._pool = FetchPool(min(4, os.cpu_count() or 1), "lazytiles-warp")
+        self._pool = FetchPool(min(4, os.cpu_count() or 1), "warp")
         self._level_lock = threading.Lock()
         self._level_source: TileSource | None = None
         self._needs: dict[tuple[int, int], list[TileKey]] = {}  # level tiles each warped tile was made from

@@ -179,7 +179,7 @@ class XYZSource(TileSource):
             DiskCache(cache_dir, max_bytes=cache_dir_max_bytes) if cache_dir is not None and self.remote else None
         )
         workers = self.http.max_connections if self.http is not None else min(8, os.cpu_count() or 1)
-        self._pool = FetchPool(workers, "lazytiles-xyz")
+        self._pool = FetchPool(workers, "xyz")
         self._lock = threading.Lock()
         self._missing: set[tuple[int, int, int]] = set()
         self._failed: set[tuple[int, int, int]] = set()

@@ -15,6 +15,7 @@ from rasterio.windows import Window as PixelWindow
 import lazytiles as lt
 from lazytiles.cache import TileKey
 from lazytiles.detection.models import BandMeanClassifier, BlobDetector
+from lazytiles.sources.base import FetchPool
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,12 +31,7 @@ def one_torch_thread():
 
 #: Sources' own tile read-ahead pools live as long as their source (like a connection pool); the
 #: threads a detection pass starts must not outlive it.
-SOURCE_POOLS = (
-    "lazytiles-raster",
-    "lazytiles-xyz",
-    "lazytiles-warp",
-    "lazytiles-mosaic",
-)  # live as long as their source
+SOURCE_POOLS = FetchPool.THREAD_PREFIX
 
 
 def lazytiles_threads() -> list[threading.Thread]:

@@ -170,7 +170,7 @@ def test_local_readahead_decodes_on_a_pool_that_ends_with_its_source(cog):
             r, c = w.window.row_off, w.window.col_off
             assert_array_equal(w.data, array[:, r : r + 256, c : c + 256])
         assert src.stats()["tiles_read"] == src.grid.rows * src.grid.cols  # each block once
-    pool = [t for t in threading.enumerate() if t.name.startswith("lazytiles-raster")]
+    pool = [t for t in threading.enumerate() if t.name.startswith("lazytiles-fetch-raster")]
     assert pool
     del src, wins, w
     gc.collect()
