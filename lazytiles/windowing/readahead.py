@@ -13,8 +13,8 @@ used-up tiles from the cache, and ``src.fetch_workers`` and ``src.remote`` descr
 - iterating (``for w in wins``): the tiles of the next windows.
 
 How far ahead is bounded twice: by ``depth`` windows (``lt.windows(..., readahead=N)``, by default
-:func:`default_depth`: one row of windows, so the next row's tiles load while this row is read, even
-where a whole row of windows needs no new tile, as when the stride is half the tile), and by
+:func:`default_depth`: the rows of windows to the next row of tiles, so its tiles load while this row
+is read, even where a whole row of windows needs no new tile, as when the stride is half the tile), and by
 :func:`tile_budget` loads started for windows not read yet (an eighth of the cache, at least
 :data:`TILES_PER_WORKER` per fetch thread), which bounds the memory read ahead and keeps every fetch
 thread (every connection) busy.
@@ -72,12 +72,15 @@ def tile_budget(src: TileSource) -> int:
 
 
 def default_depth(src: TileSource, plan: WindowPlan) -> int:
-    """Windows read ahead from ``src`` unless ``lt.windows(..., readahead=)`` says otherwise: one row
-    of the plan's windows (a strip's width) and one more, for a source with fetch threads; 0 for a
+    """Windows read ahead from ``src`` unless ``lt.windows(..., readahead=)`` says otherwise, for a
+    source with fetch threads: as many rows of the plan's windows (a strip's width each) as there are
+    window rows to a row of tiles, and one window more, so that from any window the next row of tiles
+    is in reach (a stride of half the tile: two rows, as every other row needs no new tile); 0 for a
     source without them (an in-memory array). :func:`tile_budget` bounds the loads in flight."""
     if not src.fetch_workers:
         return 0
-    return min(len(plan), plan.strip + 1)
+    rows_per_tile = -(-src.tile_shape[0] // max(1, plan.rows.stride))
+    return min(len(plan), plan.strip * rows_per_tile + 1)
 
 
 class ReadAhead:

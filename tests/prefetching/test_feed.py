@@ -1,7 +1,10 @@
-"""lt.prefetch on threads iterating windows in order: the sequence's own pass on one producer thread.
+"""lt.prefetch on threads iterating windows in order: the sequence's own pass, on the consumer's thread
+until a core is spare, then on one producer thread.
 
-Oracles: the plain pass (``for w in wins``) and numpy slicing for pixels, a counting source for tile
-reads and the cache's own counters for what is held. Waits have timeouts; no timing is asserted.
+Most tests run in both places: ``here`` (the pass never moves) and ``moved`` (it moves to the
+producer after the first window). Oracles: the plain pass (``for w in wins``) and numpy slicing for
+pixels, a counting source for tile reads and the cache's own counters for what is held. Waits have
+timeouts; no timing is asserted.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from conftest import CountingSource
 from numpy.testing import assert_array_equal
 
 import lazytiles as lt
+from lazytiles.prefetching import feed
 from lazytiles.prefetching.feed import in_order_pass
 from lazytiles.sources.base import FetchPool
 
@@ -59,6 +63,17 @@ def first_window_of(wins: lt.WindowSequence, tile: tuple[int, int]) -> int:
     return next(i for i in range(len(wins)) if any((k.row, k.col) == tile for k in wins.tiles(i)))
 
 
+@pytest.fixture(params=["here", "moved"])
+def where(request, monkeypatch) -> str:
+    """Where the pass runs: on the consumer's thread throughout, or moved after the first window."""
+    if request.param == "here":
+        monkeypatch.setattr(feed, "SPARE_CORES", float("inf"))
+    else:
+        monkeypatch.setattr(feed, "SPARE_CORES", float("-inf"))
+        monkeypatch.setattr(feed, "PROBE_SECONDS", 0.0)
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def no_thread_left():
     yield
@@ -92,14 +107,16 @@ def test_only_threads_iterating_windows_in_order_run_the_pass_itself():
 
 
 @pytest.mark.timeout(60)
-def test_the_same_windows_in_order_and_the_tiles_released_behind():
+def test_the_same_windows_in_order_and_the_tiles_released_behind(where):
     src = FetchingSource(image(), tile_shape=8, cache=lt.TileCache(2**20))
     wins = lt.windows(src, 16, stride=8)  # 7 x 7 windows of 2 x 2 tiles over 8 x 8 tiles
     most = 0
     with lt.prefetch(wins, workers=2, ahead=3, progress=False) as pre:
         seen = []
         for w in pre:
-            if w.index < 49 - 3 - 1:  # the producer has windows left to give: it has not ended
+            if where == "here":
+                assert producers() == []
+            elif 0 < w.index < 49 - 3 - 1:  # the producer has windows left to give: it has not ended
                 assert [t.name for t in producers()] == ["lazytiles-prefetch-pass"]
             assert_array_equal(w.data, pixels(w))
             seen.append(w.index)
@@ -128,13 +145,13 @@ def test_the_same_windows_in_order_and_the_tiles_released_behind():
         ((ValueError, "bad bytes in tile (3, 4)"), lt.WorkerError, r"ValueError: bad bytes in tile \(3, 4\)"),
     ],
 )
-def test_a_failure_is_raised_at_its_window_with_the_scheduler_s_type_and_text(error, kind, text):
+def test_a_failure_is_raised_at_its_window_with_the_scheduler_s_type_and_text(error, kind, text, where):
     src = FetchingSource(image(), tile_shape=8, fail=(3, 4), error=error)
     wins = lt.windows(src, 16, stride=8)
     bad = first_window_of(wins, (3, 4))
     with lt.prefetch(wins, workers=2, progress=False) as pre:
         got = []
-        with pytest.raises(kind, match=rf"item {bad} failed in a prefetch thread: " + text.format(i=bad)) as info:
+        with pytest.raises(kind, match=rf"item {bad} failed in the prefetch pass: " + text.format(i=bad)) as info:
             for w in pre:
                 got.append(w.index)
         assert got == list(range(bad))
@@ -145,8 +162,8 @@ def test_a_failure_is_raised_at_its_window_with_the_scheduler_s_type_and_text(er
 
 
 @pytest.mark.timeout(60)
-def test_a_break_stops_the_producer_after_a_few_windows():
-    src = FetchingSource(image(), tile_shape=8)
+def test_a_break_stops_the_pass_after_a_few_windows(where):
+    src = FetchingSource(image(), tile_shape=8, cache=lt.TileCache(2**20))
     wins = lt.windows(src, 16, stride=8)
     pre = lt.prefetch(wins, workers=2, ahead=2, progress=False)
     for w in pre:
@@ -156,8 +173,12 @@ def test_a_break_stops_the_producer_after_a_few_windows():
         t.join(WAIT)
     assert producers() == []  # stopped at the break, before close()
     counts = pre.stats()
-    assert counts["hits"] == 11 and counts["computed"] <= 11 + 2 + 1  # ahead, and the one in progress
+    most = 11 if where == "here" else 11 + 2 + 1  # moved: ahead, and the one in progress
+    assert counts["hits"] == 11 and 11 <= counts["computed"] <= most
     assert counts["wasted"] == counts["computed"] - 11
+    reach = 11 + (2 + 1 if where == "moved" else 0) + wins.readahead  # windows computed, and their read-ahead
+    assert set(src.reads) <= {k for i in range(min(len(wins), reach + 1)) for k in wins.tiles(i)}
+    assert len(src.reads) < 64  # the pass stopped reading ahead at the break
     assert [w.index for w in pre] == list(range(49))  # a new pass starts afresh
     pre.close()
     with pytest.raises(lt.WorkerError, match="this prefetched sequence is closed"):
@@ -165,7 +186,9 @@ def test_a_break_stops_the_producer_after_a_few_windows():
 
 
 @pytest.mark.timeout(60)
-def test_close_tells_a_waiting_consumer_at_once_and_stops_the_producer():
+def test_close_tells_a_waiting_consumer_at_once_and_stops_the_producer(monkeypatch):
+    monkeypatch.setattr(feed, "SPARE_CORES", float("-inf"))  # the pass moves to the producer at once
+    monkeypatch.setattr(feed, "PROBE_SECONDS", 0.0)
     src = FetchingSource(image(), tile_shape=8, gate=(4, 0))
     wins = lt.windows(src, 16, stride=8)
     gated = first_window_of(wins, (4, 0))
@@ -196,12 +219,13 @@ def test_close_tells_a_waiting_consumer_at_once_and_stops_the_producer():
 
 
 @pytest.mark.timeout(60)
-def test_an_abandoned_pass_and_prefetch_stop_their_producer():
+def test_an_abandoned_pass_and_prefetch_stop_their_producer(where):
     wins = lt.windows(FetchingSource(image(), tile_shape=8), 16, stride=8)
     pre = lt.prefetch(wins, workers=2, progress=False)
     it = iter(pre)
     next(it)
-    assert len(producers()) == 1
+    next(it)
+    assert len(producers()) == (where == "moved")
     del it
     gc.collect()
     for t in producers():
@@ -213,3 +237,54 @@ def test_an_abandoned_pass_and_prefetch_stop_their_producer():
     assert next(it).index == 1
     del it
     gc.collect()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cores", [1, 4])
+def test_the_pass_moves_to_a_producer_once_the_process_leaves_a_core_idle(monkeypatch, cores):
+    monkeypatch.setattr(feed, "usable_cores", lambda: cores)
+    monkeypatch.setattr(feed, "PROBE_SECONDS", 0.05)
+    wins = lt.windows(FetchingSource(image(), tile_shape=8), 16, stride=8)
+    seen, moved_at = [], None
+    with lt.prefetch(wins, workers=2, progress=False) as pre:
+        for w in pre:  # a consumer that waits (on a GPU, say) and leaves the cores idle
+            seen.append(w.index)
+            if moved_at is None and producers():
+                moved_at = w.index
+            time.sleep(0.01)
+    assert seen == list(range(49))
+    if cores == 1:  # this consumer's thread is all one core can run: no core is left to a producer
+        assert moved_at is None
+    else:  # the process used far less than three of the four cores: moved at the first look that saw it
+        assert moved_at is not None and moved_at >= 5  # 0.05 s of a consumer that takes 0.01 s a window
+
+
+@pytest.mark.timeout(60)
+def test_closing_while_the_consumer_computes_its_window_tells_it_after_that_window(monkeypatch):
+    monkeypatch.setattr(feed, "SPARE_CORES", float("inf"))  # the pass stays on the consumer's thread
+    src = FetchingSource(image(), tile_shape=8, gate=(4, 0))
+    wins = lt.windows(src, 16, stride=8)
+    gated = first_window_of(wins, (4, 0))
+    pre = lt.prefetch(wins, workers=2, progress=False)
+    it = iter(pre)
+    assert [next(it).index for _ in range(gated)] == list(range(gated))
+    assert producers() == []
+    errors: list[Exception] = []
+
+    def consume() -> None:
+        try:
+            next(it)
+        except lt.WorkerError as err:
+            errors.append(err)
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    assert src.entered.wait(WAIT)
+    pre.close()  # returns at once: the consumer's thread computes the window, nothing can stop it
+    assert consumer.is_alive() and not errors
+    src.opened.set()
+    consumer.join(WAIT)
+    assert not consumer.is_alive() and len(errors) == 1
+    assert f"item {gated} was still being computed when this prefetched sequence was closed" in str(errors[0])
+    with pytest.raises(lt.WorkerError, match="this prefetched sequence is closed"):
+        next(iter(pre))

@@ -37,10 +37,14 @@ def image() -> np.ndarray:
     return np.arange(2 * 64 * 64, dtype=np.uint16).reshape(2, 64, 64)
 
 
-def test_the_default_depth_is_a_row_of_windows_for_a_source_with_fetch_threads():
+def test_the_default_depth_reaches_the_next_row_of_tiles_for_a_source_with_fetch_threads():
     assert lt.windows(lt.ArraySource(image()), 16).readahead == 0  # no fetch threads: nothing to read ahead on
-    assert lt.windows(PooledSource(image(), workers=3), 16).readahead == 5  # 4 windows a row, and one
-    assert lt.windows(PooledSource(image(), remote=True), 16, stride=8).readahead == 8
+    # one row of windows to a row of tiles: that row (4 windows), and one window
+    assert lt.windows(PooledSource(image(), tile_shape=16, workers=3), 16).readahead == 5
+    # a stride of half the tile: two rows of windows (7 each) to a row of tiles, and one
+    assert lt.windows(PooledSource(image(), tile_shape=16, remote=True), 16, stride=8).readahead == 15
+    assert lt.windows(PooledSource(image(), tile_shape=(32, 8)), 16, stride=(8, 16)).readahead == 4 * 4 + 1
+    assert lt.windows(PooledSource(image(), tile_shape=64), 16).readahead == 16  # every window: one row of tiles
     assert lt.windows(PooledSource(image(), remote=True), 16, readahead=0).readahead == 0
 
 
