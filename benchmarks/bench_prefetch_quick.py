@@ -9,8 +9,13 @@ on a busy machine a steadier measure than wall time), peak RSS (of the consumer 
 workers, of the largest worker) and the most tile-cache bytes held. Every case must produce the same
 checksum. Also prints what the progress bar costs per item.
 
+``--wait-ms`` makes the consumer also wait that long after each window's checksum, without using a core,
+as a loop feeding a GPU waits for it: where the checksum alone keeps every core busy, this is the case
+``lt.prefetch`` is for.
+
     python benchmarks/bench_prefetch_quick.py               # 8192 x 8192, 961 windows
     python benchmarks/bench_prefetch_quick.py --size 16384  # 3969 windows
+    python benchmarks/bench_prefetch_quick.py --size 16384 --wait-ms 1   # a consumer waiting 1 ms a window
     python benchmarks/bench_prefetch_quick.py --quick       # 2048 x 2048, 49 windows (a smoke test)
 """
 
@@ -38,7 +43,7 @@ CASES = {
 }
 
 
-def run_case(path: str, name: str) -> dict:
+def run_case(path: str, name: str, wait_ms: float = 0.0) -> dict:
     import lazytiles as lt
 
     options = CASES[name]
@@ -52,6 +57,8 @@ def run_case(path: str, name: str) -> dict:
     most_cached = 0
     for w in seq:
         checksum = fold(checksum, window_crc(w.data))
+        if wait_ms:
+            time.sleep(wait_ms / 1000)
         if count % 64 == 0:
             most_cached = max(most_cached, src.cache.stats()["nbytes"])
         count += 1
@@ -123,11 +130,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=8192, help="scene width and height in pixels")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs per case: best and median")
     parser.add_argument("--data-dir", default=None, help="keep the scene here between runs")
+    parser.add_argument("--wait-ms", type=float, default=0.0, help="the consumer also waits this long a window")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:  # a child run: one case, JSON out
-        print(json.dumps(run_case(args.path, args.case)))
+        print(json.dumps(run_case(args.path, args.case, args.wait_ms)))
         return
     size = 2048 if args.quick else args.size
     import lazytiles as lt
@@ -141,12 +149,14 @@ def main() -> None:
     how = f"written in {time.perf_counter() - start:.1f} s" if written else "kept from an earlier run"
     print(
         f"scene: {size} x {size} x 3 uint8, DEFLATE, 512-px blocks, {path.stat().st_size / 2**20:.0f} MiB "
-        f"on disk ({how}); windows 512 px, stride 256, crc32 of each; lt.TileCache(max_bytes=256 MiB)"
+        f"on disk ({how}); windows 512 px, stride 256, crc32 of each"
+        + (f" and a {args.wait_ms:g} ms wait" if args.wait_ms else "")
+        + "; lt.TileCache(max_bytes=256 MiB)"
     )
     runs: dict[str, list[dict]] = {name: [] for name in CASES}
     for _ in range(1 if args.quick else args.repeat):  # interleaved
         for name in CASES:
-            out = run_child([__file__, "--case", name, "--path", str(path)])
+            out = run_child([__file__, "--case", name, "--path", str(path), "--wait-ms", str(args.wait_ms)])
             runs[name].append(json.loads(out.strip().splitlines()[-1]))
     print(
         f"{'case':32} | {'windows':>7} | {'windows/s best / median':>23} | {'ratio':>11} | "

@@ -111,17 +111,16 @@ class Feed:
         self._probe = (0.0, 0.0)  # (wall, process CPU) seconds when the current stretch started
         self.thread: threading.Thread | None = None  # the producer, once the pass moved to it
 
-    def start(self) -> None:
-        """Nothing starts before the first :meth:`take` (kept for the scheduler, which opens feeds)."""
-
     def take(self, index: int) -> Any:
         """The next item of the pass, which is item ``index`` of the prefetched sequence."""
         with self._cond:
             if self._closed:
                 raise closed_error()
-            inline = self.thread is None and not self._ended
-        if inline:
-            return self._take_here(index)
+            here = self.thread is None and not self._ended and not self._stopped
+        if here:
+            with self._running:
+                if self.thread is None and not self._ended and not self._stopped:  # stop() did not end it
+                    return self._take_here(index)
         with self._cond:
             while not self._buffer and not self._ended and not self._stopped:
                 self._cond.wait()
@@ -139,29 +138,29 @@ class Feed:
 
     def _take_here(self, index: int) -> Any:
         """The next item, computed on the consumer's thread; then, once a stretch of the pass is long
-        enough, a look at whether the process leaves a core idle, to move the pass to a producer thread."""
-        with self._running:
-            if self._iter is None:
-                self._probe = (time.perf_counter(), time.process_time())
-                self._iter = iter(self._items)
-            try:
-                item = next(self._iter)
-            except StopIteration:  # more items asked for than the pass has: cannot happen from __iter__
-                self._finish(None)
-                raise closed_error(index) from None
-            except Exception as err:
-                failure = _Failure.of(err, WHERE)
-                self._finish(failure)
-                failure.raise_for(index)
-            except BaseException:  # KeyboardInterrupt and the like reach the consumer as they are
-                self._finish(None)
-                raise
-            with self._cond:
-                stopped, closed = self._stopped, self._closed
-            if stopped:  # stopped from another thread while this item was computed
-                self._finish(None)
-                if closed:
-                    raise closed_error(index)
+        enough, a look at whether the process leaves a core idle, to move the pass to a producer thread.
+        Called holding ``_running``."""
+        if self._iter is None:
+            self._probe = (time.perf_counter(), time.process_time())
+            self._iter = iter(self._items)
+        try:
+            item = next(self._iter)
+        except StopIteration:  # more items asked for than the pass has: cannot happen from __iter__
+            self._finish(None)
+            raise closed_error(index) from None
+        except Exception as err:
+            failure = _Failure.of(err, WHERE)
+            self._finish(failure)
+            failure.raise_for(index)
+        except BaseException:  # KeyboardInterrupt and the like reach the consumer as they are
+            self._finish(None)
+            raise
+        with self._cond:
+            stopped, closed = self._stopped, self._closed
+        if stopped:  # stopped from another thread while this item was computed
+            self._finish(None)
+            if closed:
+                raise closed_error(index)
         self._count("computed", 1)
         self._count("hits", 1)
         if time.perf_counter() - self._probe[0] >= PROBE_SECONDS:

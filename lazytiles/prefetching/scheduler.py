@@ -180,12 +180,11 @@ class _Engine:
                 self._plan = None
 
     def open_feed(self, items: Iterable[Any]) -> Feed:
-        """Start a producer thread running the pass ``items`` (see :mod:`lazytiles.prefetching.feed`)."""
+        """A feed running the pass ``items`` for one consumer (see :mod:`lazytiles.prefetching.feed`)."""
         with self._lock:
             self._check_open()
             feed = Feed(items, self.options.ahead, self._count)
             self._feeds.add(feed)
-            feed.start()
         return feed
 
     def close_feed(self, feed: Feed) -> None:

@@ -40,9 +40,9 @@ def prefetch(
     ``i, i + 1, ...`` (also in reverse or every k-th item), makes the workers compute the next
     ``ahead`` items in order. Any other index is computed on its own, without draining or restarting
     the read-ahead, so random access costs what ``seq[i]`` costs. Iterating windows in order on
-    threads runs their own pass (``for w in wins``, which decodes ahead on the source's fetch threads
-    and frees tiles behind) on one thread instead, ``ahead`` windows ahead of you
-    (:mod:`lazytiles.prefetching.feed`).
+    threads runs their own pass instead (``for w in wins``, which decodes ahead on the source's fetch
+    threads and frees tiles behind): on your thread while the cores are busy, on one thread ``ahead``
+    windows ahead of you once the process leaves a core idle (:mod:`lazytiles.prefetching.feed`).
 
     Parameters
     ----------
@@ -179,7 +179,7 @@ class Prefetched(Sequence[T]):
         stream: _Stream | None = None
         bar = None
         try:
-            if items is not None:  # windows in order: their own pass, on one producer thread
+            if items is not None:  # windows in order: their own pass (see .feed)
                 feed = engine.open_feed(items)
             else:
                 stream = engine.open_stream(positions)

@@ -137,9 +137,10 @@ class ReadAhead:
             return k
         return None
 
-    def window(self, keys: list[TileKey]) -> None:
-        """A window made of the tiles ``keys`` is about to be assembled: fetch them together."""
-        if len(keys) > 1 and (self.depth or self._src.remote):
+    def window(self, keys: list[TileKey], walked: bool = False) -> None:
+        """A window made of the tiles ``keys`` is about to be assembled: fetch them together, unless
+        it is ``walked`` (read by :meth:`walk`), which fetched them already when reading ahead."""
+        if len(keys) > 1 and not (walked and self.depth) and (self.depth or self._src.remote):
             self._src.warm(keys)
 
     def indexed(self, index: int) -> None:

@@ -342,10 +342,10 @@ class WindowSequence(Sequence[Window]):
 
     # -- reading -----------------------------------------------------------------------------------
 
-    def _read(self, index: int) -> Window:
+    def _read(self, index: int, walked: bool = False) -> Window:
         win = self._plan.window(self._candidate(index))
         keys = self._src.tiles_under(win)
-        self._ahead.window(keys)
+        self._ahead.window(keys, walked)
         try:
             data, info = assemble(self._src, win, keys)
         except TileFetchError as err:
@@ -377,7 +377,7 @@ class WindowSequence(Sequence[Window]):
         region filters) frees each tile from the cache right after the last window that uses it, so
         it holds about one row of tiles, not the cache's ``max_bytes``; the tiles of the next
         :attr:`readahead` windows load in the background meanwhile."""
-        yield from self._ahead.walk(self._positions, self._read)
+        yield from self._ahead.walk(self._positions, lambda i: self._read(i, True))
 
     def outcomes(
         self, *, tolerate: tuple[type[BaseException], ...] = ()
@@ -387,7 +387,7 @@ class WindowSequence(Sequence[Window]):
 
         def read(index: int) -> tuple[int, Window | None, BaseException | None]:
             try:
-                return index, self._read(index), None
+                return index, self._read(index, True), None
             except tolerate as err:
                 return index, None, err
 
