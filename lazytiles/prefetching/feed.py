@@ -90,12 +90,12 @@ class Feed:
 
     :meth:`take` gives the items in turn. :meth:`stop` ends the pass: the thread running it finishes
     its item in progress, then closes the pass, which frees what it holds (:meth:`join` waits for a
-    producer to do so). ``count(name, n)`` adds to the scheduler's counters, never under this feed's
+    producer to do so). ``count(name=n, ...)`` adds to the scheduler's counters, never under this feed's
     lock: ``computed``, ``hits`` (every item taken: computed ahead, in progress, or on the consumer's
     thread as it asked) and ``wasted`` (never taken).
     """
 
-    def __init__(self, items: Iterable[Any], ahead: int, count: Callable[[str, int], None]) -> None:
+    def __init__(self, items: Iterable[Any], ahead: int, count: Callable[..., None]) -> None:
         self._items = items
         self._ahead = ahead
         self._count = count
@@ -113,11 +113,9 @@ class Feed:
 
     def take(self, index: int) -> Any:
         """The next item of the pass, which is item ``index`` of the prefetched sequence."""
-        with self._cond:
-            if self._closed:
-                raise closed_error()
-            here = self.thread is None and not self._ended and not self._stopped
-        if here:
+        if self._closed:
+            raise closed_error()
+        if self.thread is None and not self._ended and not self._stopped:  # one look, without the lock
             with self._running:
                 if self.thread is None and not self._ended and not self._stopped:  # stop() did not end it
                     return self._take_here(index)
@@ -130,7 +128,7 @@ class Feed:
                 self._cond.notify_all()
             failure = None if self._stopped else self._failure
         if ready:
-            self._count("hits", 1)
+            self._count(hits=1)
             return item
         if failure is None:  # closed while this consumer waited
             raise closed_error(index)
@@ -161,8 +159,7 @@ class Feed:
             self._finish(None)
             if closed:
                 raise closed_error(index)
-        self._count("computed", 1)
-        self._count("hits", 1)
+        self._count(computed=1, hits=1)
         if time.perf_counter() - self._probe[0] >= PROBE_SECONDS:
             self._consider_moving()
         return item
@@ -205,7 +202,7 @@ class Feed:
             self._cond.notify_all()
             producing = self.thread is not None
         if dropped:
-            self._count("wasted", dropped)
+            self._count(wasted=dropped)
         if not producing and self._running.acquire(blocking=False):  # else the consumer is mid-item
             try:  # and ends the pass after it
                 if not self._ended:
@@ -243,9 +240,8 @@ class Feed:
                         if kept:
                             self._buffer.append(item)
                             self._cond.notify_all()
-                    self._count("computed", 1)
+                    self._count(computed=1, wasted=int(not kept))
                     if not kept:
-                        self._count("wasted", 1)
                         return
             finally:
                 self._finish(failure)

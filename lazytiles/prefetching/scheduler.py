@@ -193,9 +193,10 @@ class _Engine:
             self._feeds.discard(feed)
         feed.stop()
 
-    def _count(self, name: str, n: int) -> None:
+    def _count(self, **counts: int) -> None:
         with self._lock:
-            self._counts[name] += n
+            for name, n in counts.items():
+                self._counts[name] += n
 
     def get(self, index: int, stream: _Stream | None, pos: int = -1) -> Any:
         """Item ``index``, for ``stream`` (an iterator at ``pos`` of its order) or for plain indexing."""
