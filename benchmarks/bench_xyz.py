@@ -27,6 +27,10 @@ threads. Targets: requests per unique tile = 1.00, >= 0.8x the bound, RSS <= 500
     python benchmarks/bench_xyz.py                  # 32 x 32 tiles (1024), 20 ms latency, 961 windows
     python benchmarks/bench_xyz.py --size 16384     # 64 x 64 tiles (4096), 3969 windows
     python benchmarks/bench_xyz.py --quick          # 8 x 8 tiles, 5 ms latency, 49 windows (seconds)
+    python benchmarks/bench_xyz.py --size 16384 --cases lazytiles --connections 8   # another pool size
+
+``--connections`` sets the connections of lazytiles' client (``lt.HttpClient(max_connections=N)``,
+default 16), of the dict-pool case, and of the bound: the sweep behind lazytiles' default.
 """
 
 from __future__ import annotations
@@ -172,7 +176,8 @@ def run_case(case: str, url: str, tiles: int, baseline_windows: int, data_dir: s
         import lazytiles as lt
         from lazytiles.grid import mercator_bounds
 
-        src = lt.open(template, zoom=ZOOM, cache=lt.TileCache(max_bytes=CACHE_BYTES))
+        http = {} if CONNECTIONS == 16 else {"http": lt.HttpClient(max_connections=CONNECTIONS)}  # 16: the default
+        src = lt.open(template, zoom=ZOOM, cache=lt.TileCache(max_bytes=CACHE_BYTES), **http)
         left, _, _, top = mercator_bounds(ZOOM, ORIGIN[1], ORIGIN[0])
         _, bottom, right, _ = mercator_bounds(ZOOM, ORIGIN[1] + tiles - 1, ORIGIN[0] + tiles - 1)
         wins = lt.windows(src, SIZE, stride=STRIDE, bounds=(left, bottom, right, top))
@@ -287,10 +292,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"keep the tiles here between runs (default ${DATA_ENV}, else lazytiles-bench in the temp dir)",
     )
     parser.add_argument("--repeat", type=int, default=None, help="interleaved runs per case (default 3, quick 1)")
+    parser.add_argument("--connections", type=int, default=16, help="connections of every case (default 16)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global CONNECTIONS
+    CONNECTIONS = args.connections
     tiles = args.tiles or (args.size // TILE if args.size else 8 if args.quick else 32)
     latency = args.latency if args.latency is not None else (0.005 if args.quick else 0.02)
     baseline_windows = args.baseline_windows or (10 if args.quick else 93)
@@ -333,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
                         str(tiles),
                         "--baseline-windows",
                         str(baseline_windows),
+                        "--connections",
+                        str(CONNECTIONS),
                     ],
                 )
             )
@@ -382,8 +392,9 @@ def report(runs: dict[str, list[dict[str, Any]]], n_tiles: int, latency: float) 
         else:
             per_tile = f"{max(x['server_requests'] for x in runs[case]) / n_tiles:.2f}"
         peak = max(x["rss_mb"] for x in runs[case])
+        label = LABELS[case].replace("16", str(CONNECTIONS)) if case == "dict-pool" else LABELS[case]
         print(
-            f"{LABELS[case]:38} | {rates[case][0]:10.1f} / {rates[case][1]:10.1f} | {per_tile:>8} | "
+            f"{label:38} | {rates[case][0]:10.1f} / {rates[case][1]:10.1f} | {per_tile:>8} | "
             f"{vs(case, pool):>13} | {vs(case, bound):>13} | {r['cpu_s']:5.2f} | {peak:6.0f}"
         )
     if "per-window" in results:
