@@ -116,9 +116,13 @@ class Feed:
         if self._closed:
             raise closed_error()
         if self.thread is None and not self._ended and not self._stopped:  # one look, without the lock
+            here = False
             with self._running:
                 if self.thread is None and not self._ended and not self._stopped:  # stop() did not end it
-                    return self._take_here(index)
+                    item, here = self._take_here(index), True
+            if here:
+                self._end_if_stopped(index)
+                return item
         with self._cond:
             while not self._buffer and not self._ended and not self._stopped:
                 self._cond.wait()
@@ -133,6 +137,17 @@ class Feed:
         if failure is None:  # closed while this consumer waited
             raise closed_error(index)
         failure.raise_for(index)
+
+    def _end_if_stopped(self, index: int) -> None:
+        """After an item computed here: a stop() while this thread held ``_running`` could not end the
+        pass, so end it now (stop() sets the flag before it tries the lock: one of the two sees the
+        other); a consumer that was closed meanwhile is told so instead of getting the item."""
+        if self._stopped and self.thread is None:
+            with self._running:
+                if not self._ended:
+                    self._finish(None)
+            if self._closed:
+                raise closed_error(index)
 
     def _take_here(self, index: int) -> Any:
         """The next item, computed on the consumer's thread; then, once a stretch of the pass is long
@@ -153,12 +168,6 @@ class Feed:
         except BaseException:  # KeyboardInterrupt and the like reach the consumer as they are
             self._finish(None)
             raise
-        with self._cond:
-            stopped, closed = self._stopped, self._closed
-        if stopped:  # stopped from another thread while this item was computed
-            self._finish(None)
-            if closed:
-                raise closed_error(index)
         self._count(computed=1, hits=1)
         if time.perf_counter() - self._probe[0] >= PROBE_SECONDS:
             self._consider_moving()
@@ -176,20 +185,26 @@ class Feed:
         with self._cond:
             if self._stopped or self._ended:
                 return
-            self.thread = threading.Thread(target=self._produce, name="lazytiles-prefetch-pass", daemon=True)
-            self.thread.start()
+            thread = threading.Thread(target=self._produce, name="lazytiles-prefetch-pass", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had (out of threads, or the interpreter exiting): stay here
+                return
+            self.thread = thread  # the producer waits for this thread's _running before it goes on
 
     def _finish(self, failure: _Failure | None) -> None:
         """End the pass (called by the thread holding ``_running``): close it, which stops its read-ahead."""
         it, self._iter = self._iter, None
         close = getattr(it, "close", None)
-        if close is not None:
-            close()  # the pass's generator
-        with self._cond:
-            if failure is not None and not self._stopped:
-                self._failure = failure
-            self._ended = True
-            self._cond.notify_all()
+        try:
+            if close is not None:
+                close()  # the pass's generator
+        finally:  # whatever its clean-up raises, the consumer is told the pass ended
+            with self._cond:
+                if failure is not None and not self._stopped:
+                    self._failure = failure
+                self._ended = True
+                self._cond.notify_all()
 
     def stop(self, *, closed: bool = False) -> None:
         """End the pass: the thread running it stops after its item in progress; ``closed``: the

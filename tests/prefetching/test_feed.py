@@ -288,3 +288,51 @@ def test_closing_while_the_consumer_computes_its_window_tells_it_after_that_wind
     assert f"item {gated} was still being computed when this prefetched sequence was closed" in str(errors[0])
     with pytest.raises(lt.WorkerError, match="this prefetched sequence is closed"):
         next(iter(pre))
+
+
+def counting_pass(n: int, closed: list[bool]):
+    """A pass of ``n`` items that records in ``closed`` when it is closed."""
+    try:
+        yield from range(n)
+    finally:
+        closed.append(True)
+
+
+@pytest.mark.timeout(60)
+def test_a_close_while_the_consumer_holds_the_pass_still_ends_the_pass(monkeypatch):
+    monkeypatch.setattr(feed, "SPARE_CORES", float("inf"))
+    closed: list[bool] = []
+    feeds: list[feed.Feed] = []
+
+    def count(**counts):  # called on the consumer's thread, after the item, holding the pass: close now
+        if counts.get("computed") and feeds:
+            t = threading.Thread(target=feeds.pop().stop, kwargs={"closed": True})
+            t.start()
+            t.join(WAIT)
+
+    f = feed.Feed(counting_pass(10, closed), 4, count)
+    feeds.append(f)
+    with pytest.raises(lt.WorkerError, match="item 0 was still being computed"):
+        f.take(0)
+    assert closed == [True]  # the pass (and its read-ahead) closed, though stop() could not take it
+    with pytest.raises(lt.WorkerError, match="this prefetched sequence is closed"):
+        f.take(1)
+
+
+@pytest.mark.timeout(60)
+def test_a_producer_that_cannot_start_leaves_the_pass_on_the_consumer_s_thread(monkeypatch):
+    monkeypatch.setattr(feed, "SPARE_CORES", float("-inf"))  # always try to move
+    monkeypatch.setattr(feed, "PROBE_SECONDS", 0.0)
+    start = threading.Thread.start
+
+    def refuse(self):
+        if self.name == "lazytiles-prefetch-pass":
+            raise RuntimeError("can't start new thread")
+        return start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    closed: list[bool] = []
+    f = feed.Feed(counting_pass(10, closed), 4, lambda **counts: None)
+    assert [f.take(i) for i in range(10)] == list(range(10)) and f.thread is None
+    f.stop()
+    assert closed == [True]
