@@ -1,4 +1,4 @@
-"""Web-mercator tile math in lazytiles.grid: hypothesis round-trips, and mercantile as the oracle."""
+"""Tile math in lazytiles.grid: hypothesis round-trips, mercantile and affine as the oracles."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import math
 
 import mercantile
 import pytest
+from affine import Affine
 from hypothesis import example, given
 from hypothesis import strategies as st
+from rasterio.windows import Window
 
 from lazytiles.grid import (
     MAX_LATITUDE,
@@ -17,6 +19,7 @@ from lazytiles.grid import (
     mercator_transform,
     quadkey,
     tile_lnglat_bounds,
+    window_transform,
 )
 
 
@@ -70,3 +73,16 @@ def test_a_tile_s_corners_are_its_pixels_in_the_whole_world_grid(t):
 def test_the_outermost_tiles_end_at_the_world_edge():
     assert math.isclose(tile_lnglat_bounds(0, 0, 0)[3], MAX_LATITUDE)
     assert mercator_bounds(0, 0, 0) == pytest.approx((-WORLD / 2, -WORLD / 2, WORLD / 2, WORLD / 2))
+
+
+finite = st.floats(-1e9, 1e9, allow_nan=False, allow_infinity=False)
+
+
+@given(
+    st.tuples(finite, finite, finite, finite, finite, finite),
+    st.integers(-(10**6), 10**7),
+    st.integers(-(10**6), 10**7),
+)
+def test_a_window_s_transform_is_affine_s_own_product_bit_for_bit(coefficients, col, row):
+    transform, window = Affine(*coefficients), Window(col, row, 512, 256)
+    assert tuple(window_transform(window, transform)) == tuple(transform @ Affine.translation(col, row))
