@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 CASES = ["lazytiles", "dict-pool", "per-window", "decode-floor"]
 LABELS = {
     "lazytiles": "lazytiles, one consumer thread",
-    "dict-pool": "dict cache + 16-thread pool",
+    "dict-pool": "dict cache + {connections}-thread pool",
     "per-window": "per-window fetch, no cache",
     "decode-floor": "decode floor: each PNG once, 2 threads",
 }
@@ -392,7 +392,7 @@ def report(runs: dict[str, list[dict[str, Any]]], n_tiles: int, latency: float) 
         else:
             per_tile = f"{max(x['server_requests'] for x in runs[case]) / n_tiles:.2f}"
         peak = max(x["rss_mb"] for x in runs[case])
-        label = LABELS[case].replace("16", str(CONNECTIONS)) if case == "dict-pool" else LABELS[case]
+        label = LABELS[case].format(connections=CONNECTIONS)
         print(
             f"{label:38} | {rates[case][0]:10.1f} / {rates[case][1]:10.1f} | {per_tile:>8} | "
             f"{vs(case, pool):>13} | {vs(case, bound):>13} | {r['cpu_s']:5.2f} | {peak:6.0f}"

@@ -63,15 +63,48 @@ def first_window_of(wins: lt.WindowSequence, tile: tuple[int, int]) -> int:
     return next(i for i in range(len(wins)) if any((k.row, k.col) == tile for k in wins.tiles(i)))
 
 
+def keep_here(monkeypatch) -> None:
+    """The pass stays on the consumer's thread."""
+    monkeypatch.setattr(feed, "SPARE_CORES", float("inf"))
+
+
+def move_at_once(monkeypatch) -> None:
+    """The pass moves to the producer after the first window."""
+    monkeypatch.setattr(feed, "SPARE_CORES", float("-inf"))
+    monkeypatch.setattr(feed, "PROBE_SECONDS", 0.0)
+
+
 @pytest.fixture(params=["here", "moved"])
 def where(request, monkeypatch) -> str:
     """Where the pass runs: on the consumer's thread throughout, or moved after the first window."""
-    if request.param == "here":
-        monkeypatch.setattr(feed, "SPARE_CORES", float("inf"))
-    else:
-        monkeypatch.setattr(feed, "SPARE_CORES", float("-inf"))
-        monkeypatch.setattr(feed, "PROBE_SECONDS", 0.0)
+    (keep_here if request.param == "here" else move_at_once)(monkeypatch)
     return request.param
+
+
+def up_to_the_gate(src: FetchingSource):
+    """A prefetched pass over ``src``'s windows, iterated up to the first window of its gated tile:
+    (the prefetched sequence, its iterator, that window's index)."""
+    wins = lt.windows(src, 16, stride=8)
+    gated = first_window_of(wins, src.gate)
+    pre = lt.prefetch(wins, workers=2, progress=False)
+    it = iter(pre)
+    assert [next(it).index for _ in range(gated)] == list(range(gated))
+    return pre, it, gated
+
+
+def consume_one(it) -> tuple[threading.Thread, list[Exception]]:
+    """A thread taking the next item of ``it``, started, and the WorkerError it gets, if any."""
+    errors: list[Exception] = []
+
+    def consume() -> None:
+        try:
+            next(it)
+        except lt.WorkerError as err:
+            errors.append(err)
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    return consumer, errors
 
 
 @pytest.fixture(autouse=True)
@@ -187,25 +220,11 @@ def test_a_break_stops_the_pass_after_a_few_windows(where):
 
 @pytest.mark.timeout(60)
 def test_close_tells_a_waiting_consumer_at_once_and_stops_the_producer(monkeypatch):
-    monkeypatch.setattr(feed, "SPARE_CORES", float("-inf"))  # the pass moves to the producer at once
-    monkeypatch.setattr(feed, "PROBE_SECONDS", 0.0)
+    move_at_once(monkeypatch)
     src = FetchingSource(image(), tile_shape=8, gate=(4, 0))
-    wins = lt.windows(src, 16, stride=8)
-    gated = first_window_of(wins, (4, 0))
-    pre = lt.prefetch(wins, workers=2, progress=False)
-    it = iter(pre)
-    assert [next(it).index for _ in range(gated)] == list(range(gated))
+    pre, it, _ = up_to_the_gate(src)
     assert src.entered.wait(WAIT)
-    errors: list[Exception] = []
-
-    def consume() -> None:
-        try:
-            next(it)
-        except lt.WorkerError as err:
-            errors.append(err)
-
-    consumer = threading.Thread(target=consume)
-    consumer.start()
+    consumer, errors = consume_one(it)
     closer = threading.Thread(target=pre.close)
     closer.start()
     consumer.join(WAIT)  # told while the gated tile still blocks the producer
@@ -261,24 +280,11 @@ def test_the_pass_moves_to_a_producer_once_the_process_leaves_a_core_idle(monkey
 
 @pytest.mark.timeout(60)
 def test_closing_while_the_consumer_computes_its_window_tells_it_after_that_window(monkeypatch):
-    monkeypatch.setattr(feed, "SPARE_CORES", float("inf"))  # the pass stays on the consumer's thread
+    keep_here(monkeypatch)
     src = FetchingSource(image(), tile_shape=8, gate=(4, 0))
-    wins = lt.windows(src, 16, stride=8)
-    gated = first_window_of(wins, (4, 0))
-    pre = lt.prefetch(wins, workers=2, progress=False)
-    it = iter(pre)
-    assert [next(it).index for _ in range(gated)] == list(range(gated))
+    pre, it, gated = up_to_the_gate(src)
     assert producers() == []
-    errors: list[Exception] = []
-
-    def consume() -> None:
-        try:
-            next(it)
-        except lt.WorkerError as err:
-            errors.append(err)
-
-    consumer = threading.Thread(target=consume)
-    consumer.start()
+    consumer, errors = consume_one(it)
     assert src.entered.wait(WAIT)
     pre.close()  # returns at once: the consumer's thread computes the window, nothing can stop it
     assert consumer.is_alive() and not errors
@@ -300,7 +306,7 @@ def counting_pass(n: int, closed: list[bool]):
 
 @pytest.mark.timeout(60)
 def test_a_close_while_the_consumer_holds_the_pass_still_ends_the_pass(monkeypatch):
-    monkeypatch.setattr(feed, "SPARE_CORES", float("inf"))
+    keep_here(monkeypatch)
     closed: list[bool] = []
     feeds: list[feed.Feed] = []
 
@@ -321,8 +327,7 @@ def test_a_close_while_the_consumer_holds_the_pass_still_ends_the_pass(monkeypat
 
 @pytest.mark.timeout(60)
 def test_a_producer_that_cannot_start_leaves_the_pass_on_the_consumer_s_thread(monkeypatch):
-    monkeypatch.setattr(feed, "SPARE_CORES", float("-inf"))  # always try to move
-    monkeypatch.setattr(feed, "PROBE_SECONDS", 0.0)
+    move_at_once(monkeypatch)  # tries to, after every window
     start = threading.Thread.start
 
     def refuse(self):
